@@ -1,0 +1,57 @@
+"""The registry of data sets preprocessing can read, by name: a second data set is one new
+module that calls `register_dataset`, with no change to the preprocessing or the reader."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from itwinai_hpc.errors import UserError
+
+
+@dataclass
+class RawData:
+    """A data set as read from its source: train (incl. what becomes validation) and test."""
+
+    train_images: np.ndarray  # uint8 N×H×W
+    train_labels: np.ndarray  # int64 N
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str  # a sentence saying where it came from, written into the manifest
+
+
+@dataclass
+class DatasetSpec:
+    """How to read one data set, and the constants the reader needs."""
+
+    name: str
+    load: Callable[[str], RawData]  # source (folder or source name) -> RawData
+    num_classes: int
+    # Published normalisation constants on the 0..1 scale; None means "compute from train".
+    mean: float | None = None
+    std: float | None = None
+    sources: tuple[str, ...] = field(default=())  # named sources besides a folder, for messages
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+# Built-in data sets are imported on first use, so the registry stays cheap to import.
+_BUILTIN_MODULES = {"mnist": "itwinai_hpc.data.mnist"}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_dataset(name: str, *, file: str | None = None) -> DatasetSpec:
+    """The spec registered under `name`; an unknown name is a UserError listing the valid ones."""
+    if name not in _REGISTRY and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
+    if name not in _REGISTRY:
+        valid = ", ".join(sorted(set(_REGISTRY) | set(_BUILTIN_MODULES)))
+        raise UserError(f"unknown dataset {name!r}; valid datasets: {valid}", file=file,
+                        field="dataset")
+    return _REGISTRY[name]
