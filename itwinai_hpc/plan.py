@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from .schema import Container, Resources, Workflow
 
-BUILTIN_RESOURCES = Resources(nodes=1, ntasks_per_node=1, gpus_per_node=0)
+BUILTIN_RESOURCES = Resources.model_validate({"nodes": 1, "ntasks-per-node": 1, "gpus-per-node": 0})
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ def merge(base, override):
         return override
     if override is None:
         return base
-    values = base.model_dump(exclude_none=True)
-    values.update(override.model_dump(exclude_none=True))
+    values = base.model_dump(exclude_none=True, by_alias=True)
+    values.update(override.model_dump(exclude_none=True, by_alias=True))
     return type(base).model_validate(values)
 
 

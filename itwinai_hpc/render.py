@@ -110,7 +110,7 @@ def render_run(loaded: LoadedWorkflow, run_dir: str | Path, run_id: str | None =
     workdir = Path(workdir or os.getcwd()).absolute()
     run_id = run_id or new_run_id(loaded.workflow.name)
     for label, path in (("run folder", run_dir), ("working directory", workdir)):
-        if not SBATCH_SAFE_PATH.match(str(path)):
+        if not SBATCH_SAFE_PATH.fullmatch(str(path)):
             raise UserError(f"the {label} {str(path)!r} contains characters that cannot appear "
                             "on an #SBATCH line (spaces, quotes, shell characters); use a plain "
                             "path")

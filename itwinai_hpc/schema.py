@@ -53,7 +53,7 @@ def _kebab(name: str) -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=_kebab, populate_by_name=True,
+    model_config = ConfigDict(extra="forbid", alias_generator=_kebab, populate_by_name=False,
                               frozen=True)
 
 
@@ -81,7 +81,7 @@ class Resources(_Model):
             if v < 1:
                 raise ValueError("time must be at least 1 minute")
             return str(v)
-        if not TIME_RE.match(v):
+        if not TIME_RE.fullmatch(v):
             raise ValueError(f"'{v}' is not a SLURM time; use MM, HH:MM:SS, D-HH or D-HH:MM:SS")
         return v
 
@@ -92,7 +92,7 @@ class Resources(_Model):
             name = flag.split("=", 1)[0]
             if name in OWNED_SBATCH_FLAGS:
                 raise ValueError(f"'{name}' is set by itwinai-hpc: {OWNED_SBATCH_FLAGS[name]}")
-            if not SBATCH_FLAG.match(flag):
+            if not SBATCH_FLAG.fullmatch(flag):
                 raise ValueError(f"'{flag}' is not a long sbatch option like '--exclusive' or "
                                  "'--reservation=NAME' (no spaces, quotes or shell characters)")
         return flags
@@ -124,7 +124,7 @@ class Container(_Model):
 
 def _check_env(env: dict | None) -> dict | None:
     for key in env or {}:
-        if not ENV_NAME.match(key):
+        if not ENV_NAME.fullmatch(key):
             raise ValueError(f"'{key}' is not a valid environment variable name")
     return env
 
@@ -150,7 +150,7 @@ class Step(_Model):
     launcher: Literal["none", "srun", "torchrun"] = "none"
     command: Annotated[str, Field(min_length=1)]
     args: list[Scalar] = []
-    array: Annotated[str, Field(pattern=ARRAY)] | StrictInt | None = None
+    array: str | None = None
     nproc_per_node: Annotated[StrictInt, Field(ge=1)] | None = None
     resources: Resources = Resources()
     container: ContainerField = None
@@ -160,6 +160,17 @@ class Step(_Model):
     @classmethod
     def _env(cls, env: dict | None) -> dict | None:
         return _check_env(env)
+
+    @field_validator("array", mode="before")
+    @classmethod
+    def _array(cls, v):
+        if v is None:
+            return None
+        v = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        if not isinstance(v, str) or not re.fullmatch(ARRAY, v):
+            raise ValueError(f"{v!r} is not a SLURM array spec like '0-9', '1,3,5' or "
+                             "'0-99%10'")
+        return v
 
     @field_validator("needs", mode="before")
     @classmethod
@@ -185,7 +196,7 @@ class Workflow(_Model):
     @classmethod
     def _vars(cls, v: dict) -> dict:
         for key in v:
-            if not ENV_NAME.match(key):
+            if not ENV_NAME.fullmatch(key):
                 raise ValueError(f"'{key}' is not a valid variable name (letters, digits, _)")
         return v
 

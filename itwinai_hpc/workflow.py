@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from .errors import UserError, UserErrors
+from .plan import merge
 from .schema import Container, Defaults, Resources, Step, Workflow
 from .yamlsrc import YamlDoc, load_yaml
 
@@ -54,10 +55,10 @@ def load_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     try:
         wf = Workflow.model_validate(doc.data)
     except ValidationError as exc:
-        raise UserErrors(_explain(exc, doc)) from None
+        raise UserErrors(_by_line(_explain(exc, doc))) from None
     problems = check_graph(wf, doc)
     if problems:
-        raise UserErrors(problems)
+        raise UserErrors(_by_line(problems))
     return LoadedWorkflow(wf, path, doc, tuple(overrides))
 
 
@@ -65,8 +66,12 @@ def peek_name(path: str | Path) -> str:
     """The workflow's raw `name` (for naming a run before the full load), or 'workflow'."""
     data = load_yaml(path).data
     name = data.get("name") if isinstance(data, dict) else None
-    return name if isinstance(name, str) and re.match(r"^[A-Za-z][A-Za-z0-9_-]*$", name) \
+    return name if isinstance(name, str) and re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name) \
         else "workflow"
+
+
+def _by_line(errors: list[UserError]) -> list[UserError]:
+    return sorted(errors, key=lambda e: (e.file or "", e.line or 0))
 
 
 # ---- --set overrides -------------------------------------------------------------------------
@@ -104,7 +109,7 @@ def apply_override(doc: YamlDoc, item: str) -> None:
             if isinstance(node, dict) and (key not in node or node[key] is None):
                 node[key] = {}
             node = node[key]
-    doc.overridden.add(tuple(real_path))
+    doc.overridden[tuple(real_path)] = item
 
 
 def _step_index(steps: list, name: str, dotted: str) -> int:
@@ -134,8 +139,10 @@ def _substitute_document(doc: YamlDoc, context: dict[str, str]) -> None:
                 cycle = " -> ".join(resolving[resolving.index(name):] + [name])
                 raise _VarError(f"variables refer to each other in a loop: {cycle}")
             resolving.append(name)
-            value = _subst_value(raw_vars[name], lookup)
-            resolving.pop()
+            try:
+                value = _subst_value(raw_vars[name], lookup)
+            finally:
+                resolving.pop()
             resolved[name] = value
             return value
 
@@ -175,7 +182,7 @@ def _substitute_document(doc: YamlDoc, context: dict[str, str]) -> None:
 
     walk(data, ())
     if errors:
-        raise UserErrors(errors)
+        raise UserErrors(_by_line(errors))
 
 
 class _VarError(Exception):
@@ -183,7 +190,7 @@ class _VarError(Exception):
 
 
 def _lookup_builtin(name: str, context: dict[str, str], defined) -> Any:
-    m = VAR_NAME.match(name)
+    m = VAR_NAME.fullmatch(name)
     if not m:
         raise _VarError(f"'${{{name}}}' is not a variable reference; write $${{...}} for a "
                         "literal '${...}' (e.g. shell code)")
@@ -222,6 +229,8 @@ def _subst_value(value: Any, lookup) -> Any:
 def _explain(exc: ValidationError, doc: YamlDoc) -> list[UserError]:
     grouped: dict[tuple, list[dict]] = {}
     for err in exc.errors(include_url=False):
+        if _wrong_union_branch(err):
+            continue
         path = _data_path(err["loc"], doc.data, err["type"])
         grouped.setdefault(path, []).append(err)
     out = []
@@ -230,6 +239,12 @@ def _explain(exc: ValidationError, doc: YamlDoc) -> list[UserError]:
         out.append(UserError(_message(path, errs, doc.data), file=file, line=line,
                              field=_dotted(path, doc.data) or "(top level)"))
     return out
+
+
+def _wrong_union_branch(err: dict) -> bool:
+    """A mapping tried against a union's `'none'` branch: the Container branch's errors speak."""
+    return any(isinstance(k, str) and k.startswith("literal[") for k in err["loc"]) and \
+        not isinstance(err.get("input"), str)
 
 
 def _data_path(loc: tuple, data: Any, kind: str) -> tuple:
@@ -339,6 +354,12 @@ def check_graph(wf: Workflow, doc: YamlDoc) -> list[UserError]:
         if step.nproc_per_node is not None and step.launcher != "torchrun":
             err(("steps", i, "nproc-per-node"), "nproc-per-node applies only to launcher "
                 f"'torchrun' (this step's launcher is '{step.launcher}')")
+        container = merge(None if wf.defaults.container == "none" else wf.defaults.container,
+                          None if step.container == "none" else step.container)
+        if step.container != "none" and container is not None and not container.image:
+            where = ("steps", i, "container") if step.container else ("defaults", "container")
+            err(where + ("image",), "the container has no image: set image (a .sif file or "
+                "a docker:// reference), or write 'container: none'")
         if step.launcher == "torchrun" and (step.resources.ntasks_per_node or 1) != 1:
             err(("steps", i, "resources", "ntasks-per-node"), "with launcher 'torchrun' there is "
                 "one torchrun agent per node; set nproc-per-node for the processes per node")

@@ -23,7 +23,7 @@ class YamlDoc:
     file: str
     data: Any
     lines: dict[Path_, int] = field(default_factory=dict)
-    overridden: set[Path_] = field(default_factory=set)
+    overridden: dict[Path_, str] = field(default_factory=dict)   # path -> the --set text
 
     def line_of(self, path: Path_) -> int | None:
         """The line of `path`, or of its nearest ancestor that has one."""
@@ -39,7 +39,7 @@ class YamlDoc:
         path = tuple(path)
         for i in range(len(path), 0, -1):
             if path[:i] in self.overridden:
-                return "--set " + ".".join(str(p) for p in path[:i]), None
+                return f"--set {self.overridden[path[:i]]}", None
         return self.file, self.line_of(path)
 
 
