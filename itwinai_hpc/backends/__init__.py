@@ -1,0 +1,87 @@
+"""Schedulers that run an already-rendered run folder: SLURM, local, submitit.
+
+A backend only submits, asks about and cancels jobs of a run; rendering happened before it is
+called (render.py), and run-level logic (resume, wait, status exit codes) lives in operations.py.
+Backends never import torch or mlflow.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+from ..errors import UserError
+from ..runs import RunManifest, StepRecord
+
+BACKENDS = ("slurm", "local", "submitit")
+
+
+class SubmitError(Exception):
+    """The scheduler refused a job. What was submitted before it has been cancelled. Exit 1."""
+
+    exit_code = 1
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    # Which rendered scripts this backend runs: "sbatch" (NN-step.sbatch) or "local" (NN-step.sh)
+    scripts: ClassVar[str] = "sbatch"
+
+    @abstractmethod
+    def submit(self, manifest: RunManifest, steps: list[str]) -> None:
+        """Submit `steps` (names, in dependency order) of the rendered run in manifest.run_dir.
+
+        Parents outside `steps` have completed already (resume). Each job id goes into run.json
+        (`manifest.updating()`) as soon as it is known. If the scheduler refuses a job, cancel
+        what this call submitted, record the refusal in the manifest and raise SubmitError.
+        """
+
+    @abstractmethod
+    def refresh(self, manifest: RunManifest) -> None:
+        """Update the unfinished steps' state, exit code, elapsed time, nodes and log with ONE
+        scheduler query; steps already in a finished state are never asked about again."""
+
+    @abstractmethod
+    def cancel(self, manifest: RunManifest) -> list[str]:
+        """Cancel every unfinished job of the run; return the names of the steps cancelled."""
+
+    def log_files(self, manifest: RunManifest, step: StepRecord) -> list[Path]:
+        """The step's output file(s): one per array task for arrays."""
+        if step.log:
+            return [Path(step.log)]
+        return []
+
+
+def sbatch_works() -> bool:
+    """True where sbatch exists and the controller answers (what `--backend auto` asks)."""
+    if not shutil.which("sbatch"):
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True,
+                              timeout=15).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def resolve_backend_name(name: str | None) -> str:
+    if name in (None, "auto"):
+        return "slurm" if sbatch_works() else "local"
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend '{name}'; choose one of: auto, {', '.join(BACKENDS)}")
+    return name
+
+
+def get_backend(name: str | None) -> Backend:
+    """The backend object for a name ('auto' resolves as `resolve_backend_name` says)."""
+    name = resolve_backend_name(name)
+    if name == "slurm":
+        from .slurm import SlurmBackend
+        return SlurmBackend()
+    if name == "local":
+        from .local import LocalBackend
+        return LocalBackend()
+    from .submitit import SubmititBackend
+    return SubmititBackend()
