@@ -56,8 +56,8 @@ def split_data(raw: RawData, config: PreprocessConfig) -> dict[str, tuple[np.nda
     n = len(raw.train_images)
     n_val = config.validation_count(n)
     if not 1 <= n_val < n:
-        raise UserError(f"{config.validation_size!r} leaves {n - n_val} training "
-                        f"and {n_val} validation samples out of {n}; both splits need at least one",
+        raise UserError(f"{config.validation_size!r} must leave at least one sample in both "
+                        f"train and validation, and the source has {n} training samples",
                         field="validation_size")
     order = np.random.default_rng(config.seed).permutation(n)
     val, train = order[:n_val], order[n_val:]
