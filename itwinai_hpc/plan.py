@@ -41,8 +41,17 @@ class JobSpec:
     extra_sbatch: tuple[str, ...] = field(default=())
 
     @property
+    def local_script(self) -> str:
+        """The script of this step for backends that run without SLURM (local, submitit)."""
+        return local_script_name(self.script)
+
+    @property
     def log_pattern(self) -> str:
         return "%x-%A_%a.out" if self.array else "%x-%j.out"
+
+
+def local_script_name(sbatch_script: str) -> str:
+    return sbatch_script.removesuffix(".sbatch") + ".sh"
 
 
 def merge(base, override):

@@ -26,6 +26,8 @@ from .workflow import LoadedWorkflow
 # SLURM_* variables that say which cluster to talk to, not which job we are in: they survive
 # when a run is submitted from inside another job (see submit.sh and backends/slurm.py).
 KEEP_SLURM_ENV = ("SLURM_CONF", "SLURM_CLUSTERS", "SLURM_TIME_FORMAT")
+# Backends that run steps without sbatch get a NN-step.sh per step, rendered from local.sh.j2.
+LOCAL_SCRIPT_BACKENDS = ("local", "submitit")
 # Paths end up on #SBATCH lines, which sbatch splits itself: no quoting can protect them there.
 SBATCH_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@%:,=-]+$")
 
@@ -125,6 +127,10 @@ def render_run(loaded: LoadedWorkflow, run_dir: str | Path, run_id: str | None =
     try:
         for job in jobs:
             run.files[job.script] = env.get_template("sbatch.sh.j2").render(job=job, **common)
+        if backend in LOCAL_SCRIPT_BACKENDS:
+            for job in jobs:
+                run.files[job.local_script] = env.get_template("local.sh.j2").render(job=job,
+                                                                                    **common)
         run.files["submit.sh"] = env.get_template("submit.sh.j2").render(
             jobs=jobs, index_of={j.name: j.index for j in jobs}, keep_env=KEEP_SLURM_ENV,
             **common)

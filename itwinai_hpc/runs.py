@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 from . import __version__
 from .errors import UserError
+from .plan import local_script_name
 
 MANIFEST = "run.json"
 # SLURM's names. Finished states are cached in run.json and never asked for again.
@@ -46,7 +47,7 @@ class StepRecord:
     job_id: str | None = None
     state: str = UNSUBMITTED
     exit_code: int | None = None
-    elapsed: str | None = None
+    elapsed: int | None = None          # seconds
     nodes: str | None = None
     reason: str | None = None
     log: str | None = None
@@ -56,6 +57,10 @@ class StepRecord:
     @property
     def finished(self) -> bool:
         return self.state in FINISHED
+
+    @property
+    def local_script(self) -> str:
+        return local_script_name(self.script)
 
 
 @dataclass

@@ -1,0 +1,153 @@
+"""SLURM backend: sbatch the rendered scripts as an afterok chain; ask sacct/scontrol for states.
+
+The queries themselves (commands and parsing) live in slurm_query.py; this module decides what to
+submit, with which dependencies and environment, and what to write into run.json.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from ..render import KEEP_SLURM_ENV
+from ..runs import RunManifest, StepRecord
+from . import Backend, SubmitError
+from .slurm_query import SlurmQueryError, detect_accounting, query_jobs
+
+
+def submit_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment minus the SLURM_* variables of the job it may be running in:
+    sbatch would otherwise hand that job's node count, memory or CPUs on to our jobs.
+    The variables that choose the cluster (SLURM_CONF, ...) stay."""
+    environ = dict(os.environ if environ is None else environ)
+    return {k: v for k, v in environ.items()
+            if not k.startswith("SLURM_") or k in KEEP_SLURM_ENV}
+
+
+def sbatch_command(step: StepRecord, parent_ids: list[str]) -> list[str]:
+    """The sbatch line for one step, exactly as submit.sh writes it."""
+    cmd = ["sbatch", "--parsable"]
+    if parent_ids:
+        cmd += ["--kill-on-invalid-dep=yes", "--dependency=afterok:" + ":".join(parent_ids)]
+    return cmd + [step.script]
+
+
+def log_path(manifest: RunManifest, step: StepRecord, job_id: str) -> str:
+    """Where the script's `#SBATCH --output=logs/%x-%j.out` (or %x-%A_%a for arrays) points."""
+    name = f"{manifest.workflow_name}.{step.name}"
+    suffix = f"{job_id}_*.out" if step.array else f"{job_id}.out"
+    return str(Path(manifest.run_dir) / "logs" / f"{name}-{suffix}")
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+    scripts = "sbatch"
+
+    def __init__(self, poll_after_cancel_s: float = 15.0):
+        self.poll_after_cancel_s = poll_after_cancel_s
+
+    # ---- submit -----------------------------------------------------------------------
+    def submit(self, manifest: RunManifest, steps: list[str]) -> None:
+        env = submit_environment()
+        with manifest.updating() as m:
+            if "accounting" not in m.extra:
+                m.extra["accounting"] = self._accounting(env)
+            m.extra.setdefault("submitted_since", _now())
+        job_ids = {s.name: s.job_id for s in manifest.steps if s.job_id}
+        submitted: list[tuple[str, str]] = []
+        order = sorted((manifest.step(n) for n in steps), key=lambda s: s.index)
+        for step in order:
+            parents = [job_ids[n] for n in step.needs if n in steps]
+            cmd = sbatch_command(step, parents)
+            try:
+                p = subprocess.run(cmd, cwd=manifest.run_dir, env=env, capture_output=True,
+                                   text=True, timeout=120)
+            except FileNotFoundError:
+                raise SubmitError("sbatch not found: is this a SLURM login node? "
+                                  "(--backend local runs on this machine)") from None
+            if p.returncode != 0:
+                self._refused(manifest, step, p.stderr.strip() or p.stdout.strip(), submitted,
+                              env)
+            job_id = p.stdout.strip().split(";")[0]
+            job_ids[step.name] = job_id
+            submitted.append((step.name, job_id))
+            with manifest.updating() as m:
+                s = m.step(step.name)
+                s.job_id, s.state, s.submitted_at = job_id, "PENDING", _now()
+                s.log = log_path(m, s, job_id)
+
+    def _refused(self, manifest: RunManifest, step: StepRecord, message: str,
+                 submitted: list[tuple[str, str]], env: dict[str, str]) -> None:
+        """Cancel what this submission queued, say so in run.json, raise."""
+        if submitted:
+            subprocess.run(["scancel", *(j for _, j in submitted)], env=env,
+                           capture_output=True, timeout=60)
+        with manifest.updating() as m:
+            s = m.step(step.name)
+            s.state, s.reason = "FAILED", f"refused by sbatch: {message}"
+            for name, _ in submitted:
+                m.step(name).state = "CANCELLED"
+                m.step(name).reason = f"cancelled because sbatch refused step '{step.name}'"
+            m.extra["submit_error"] = {"step": step.name, "message": message}
+        cancelled = f"; cancelled the jobs already submitted ({', '.join(j for _, j in submitted)})" \
+            if submitted else ""
+        raise SubmitError(f"sbatch refused step '{step.name}': {message}{cancelled}")
+
+    @staticmethod
+    def _accounting(env: dict[str, str]) -> str:
+        try:
+            return detect_accounting(lambda cmd, **kw: subprocess.run(cmd, env=env, **kw))
+        except SlurmQueryError:
+            return "none"
+
+    # ---- status -----------------------------------------------------------------------
+    def refresh(self, manifest: RunManifest) -> None:
+        active = [s for s in manifest.steps if s.job_id and not s.finished]
+        if not active:
+            return
+        env = submit_environment()
+        infos = query_jobs([s.job_id for s in active],
+                           manifest.extra.get("submitted_since") or manifest.created,
+                           manifest.extra.get("accounting", "none"),
+                           run=lambda cmd, **kw: subprocess.run(cmd, env=env, **kw))
+        with manifest.updating() as m:
+            for s in m.steps:
+                info = infos.get(s.job_id or "")
+                if info is None or s.finished:
+                    continue                # unknown right now: keep the last known state
+                s.state = info.state
+                s.exit_code = info.exit_code
+                s.elapsed = info.elapsed
+                s.nodes = info.nodes or s.nodes
+                s.reason = info.reason or None
+
+    # ---- cancel -----------------------------------------------------------------------
+    def cancel(self, manifest: RunManifest) -> list[str]:
+        active = [s for s in manifest.steps if s.job_id and not s.finished]
+        if not active:
+            return []
+        env = submit_environment()
+        p = subprocess.run(["scancel", *(s.job_id for s in active)], env=env,
+                           capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise SubmitError(f"scancel failed: {p.stderr.strip()}")
+        deadline = time.monotonic() + self.poll_after_cancel_s
+        while time.monotonic() < deadline:      # let SLURM say what became of them
+            self.refresh(manifest)
+            if all(manifest.step(s.name).finished for s in active):
+                break
+            time.sleep(0.5)
+        return [s.name for s in active]
+
+    def log_files(self, manifest: RunManifest, step: StepRecord) -> list[Path]:
+        if not step.log:
+            return []
+        path = Path(step.log)
+        return sorted(path.parent.glob(path.name)) if "*" in path.name else [path]
+
+
+def _now() -> str:
+    return dt.datetime.now().isoformat(timespec="seconds")

@@ -1,0 +1,143 @@
+"""Run-level operations on top of a backend: submit, status, wait, cancel, resume.
+
+What a user means by "the run" lives here (which steps to resume, when a run is done, the exit
+code of `status`); what a scheduler means by "a job" lives in backends/. No torch, no mlflow.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backends import Backend, get_backend
+from .errors import UserError
+from .runs import OK_STATES, UNSUBMITTED, RunManifest, StepRecord
+
+# Exit codes of `status` (and of `submit --wait`, which ends with a status).
+EXIT_OK, EXIT_FAILED, EXIT_ACTIVE = 0, 1, 3
+
+
+def backend_for(manifest: RunManifest) -> Backend:
+    if not manifest.backend:
+        raise UserError(f"run {manifest.run_id} was rendered but never submitted; submit it "
+                        f"with `bash {Path(manifest.run_dir) / 'submit.sh'}` or "
+                        "`itwinai-hpc submit`")
+    return get_backend(manifest.backend)
+
+
+def submit(manifest: RunManifest, backend: Backend, steps: list[str] | None = None) -> None:
+    """Submit `steps` (default: all) of a written run folder with `backend`."""
+    with manifest.updating() as m:
+        m.backend = backend.name
+    names = steps if steps is not None else [s.name for s in manifest.steps]
+    backend.submit(manifest, names)
+
+
+def exit_code(manifest: RunManifest) -> int:
+    """0 when every step completed; 1 as soon as any failed or was cancelled (the run cannot
+    succeed any more, even if an independent branch still runs); else 3: work remains."""
+    if all(s.state in OK_STATES for s in manifest.steps):
+        return EXIT_OK
+    if any(s.finished and s.state not in OK_STATES for s in manifest.steps):
+        return EXIT_FAILED
+    if any(_active(s) for s in manifest.steps):
+        return EXIT_ACTIVE
+    return EXIT_FAILED      # nothing runs and something never got submitted (refused)
+
+
+def _active(step: StepRecord) -> bool:
+    return step.job_id is not None and not step.finished
+
+
+def refresh(manifest: RunManifest) -> RunManifest:
+    """Ask the run's backend once about every unfinished step; returns the updated manifest."""
+    if any(_active(s) for s in manifest.steps):
+        backend_for(manifest).refresh(manifest)
+    return manifest
+
+
+def wait(manifest: RunManifest, interval: float = 2.0, timeout: float | None = None,
+         progress=None) -> int:
+    """Poll until no step is pending or running; returns the status exit code."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = None
+    while True:
+        refresh(manifest)
+        line = progress_line(manifest)
+        if progress and line != last:
+            progress(line)
+            last = line
+        if not any(_active(s) for s in manifest.steps):
+            return exit_code(manifest)
+        if deadline is not None and time.monotonic() > deadline:
+            return EXIT_ACTIVE
+        time.sleep(interval)
+
+
+def progress_line(manifest: RunManifest) -> str:
+    return "  ".join(f"{s.name}:{s.state}" for s in manifest.steps)
+
+
+def cancel(manifest: RunManifest) -> list[str]:
+    refresh(manifest)
+    if not any(_active(s) for s in manifest.steps):
+        return []
+    return backend_for(manifest).cancel(manifest)
+
+
+def steps_to_resume(manifest: RunManifest) -> list[str]:
+    """Steps that did not complete, plus everything that needs them, in run order."""
+    not_done = {s.name for s in manifest.steps if s.state not in OK_STATES}
+    todo = manifest.dependents(not_done)
+    return [s.name for s in sorted(manifest.steps, key=lambda s: s.index) if s.name in todo]
+
+
+def resume(manifest: RunManifest) -> list[str]:
+    """Re-submit what did not complete (and its dependents); completed steps are kept."""
+    refresh(manifest)
+    active = [s.name for s in manifest.steps if _active(s)]
+    if active:
+        raise UserError(f"run {manifest.run_id} still has steps pending or running "
+                        f"({', '.join(active)}); wait for them or `itwinai-hpc cancel` first")
+    todo = steps_to_resume(manifest)
+    if not todo:
+        return []
+    with manifest.updating() as m:
+        for s in m.steps:
+            if s.name in todo:
+                if s.job_id:
+                    s.history.append(s.job_id)
+                s.job_id, s.state, s.exit_code = None, UNSUBMITTED, None
+                s.elapsed = s.nodes = s.reason = s.log = None
+    backend_for(manifest).submit(manifest, todo)
+    return todo
+
+
+@dataclass
+class FailedStep:
+    step: StepRecord
+    log: Path | None
+    tail: str
+
+
+def failures(manifest: RunManifest, lines: int = 20) -> list[FailedStep]:
+    """Steps that failed on their own (not cancelled as a dependent), with their log tails."""
+    backend = backend_for(manifest)
+    out = []
+    for s in manifest.steps:
+        if s.finished and s.state not in OK_STATES and s.state != "CANCELLED":
+            logs = backend.log_files(manifest, s)
+            log = next((p for p in logs if p.exists()), None)
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log else ""
+            out.append(FailedStep(s, log, tail))
+    return out
+
+
+def print_failures(manifest: RunManifest, stream=sys.stderr) -> None:
+    for f in failures(manifest):
+        print(f"\nstep '{f.step.name}' {f.step.state} (exit code {f.step.exit_code}); "
+              f"log: {f.log or '(none)'}", file=stream)
+        if f.tail:
+            print("  " + f.tail.replace("\n", "\n  "), file=stream)
