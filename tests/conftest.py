@@ -1,0 +1,219 @@
+"""Shared fixtures: the real test SLURM cluster(s) from tests/slurm/, and isolated run folders.
+
+A missing or broken cluster is a test failure with the start script's log, never a skip.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from itwinai_hpc.backends.slurm_query import parse_accounting_mode
+
+SLURM_SCRIPTS = Path(__file__).parent / "slurm"
+MAIN_DIR = os.environ.get("SLURM_CI_DIR", "/tmp/itwinai-hpc-slurm")
+
+# Clusters beside the main one, started on first use and stopped at session end. Each has its
+# own directory and ports (slurmctld PORT, slurmd PORT+1.., slurmdbd PORT+100, mariadbd +101).
+EXTRA_CLUSTERS: dict[str, dict[str, str]] = {
+    # full sacct through slurmdbd+mariadb; finished jobs leave scontrol/squeue ~12 s after end
+    "dbd": {"SLURM_CI_ACCOUNTING": "dbd", "SLURM_CI_MINJOBAGE": "5", "SLURM_CI_PORT": "8017"},
+    # no slurmdbd: finished jobs leave scontrol fast, then only `sacct -c` knows them
+    "jobcomp_short": {"SLURM_CI_ACCOUNTING": "jobcomp", "SLURM_CI_MINJOBAGE": "5",
+                      "SLURM_CI_PORT": "8217"},
+    # no accounting at all: a purged job is simply unknown
+    "none_short": {"SLURM_CI_ACCOUNTING": "none", "SLURM_CI_MINJOBAGE": "5",
+                   "SLURM_CI_PORT": "8417"},
+}
+
+
+@dataclass
+class SlurmCluster:
+    """A running test cluster. Commands need SLURM_CONF=conf: the main cluster's is set in
+    os.environ for the whole session; for another one use cluster.activate(monkeypatch)."""
+
+    conf: str
+    directory: str
+    nodes: list[str]
+    accounting: str            # 'jobcomp', 'dbd' or 'none', read from `scontrol show config`
+    started_here: bool = False
+    env_overrides: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        """os.environ with this cluster's SLURM_CONF, for subprocess calls."""
+        return {**os.environ, "SLURM_CONF": self.conf}
+
+    def activate(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Point SLURM_CONF at this cluster for the current test only."""
+        monkeypatch.setenv("SLURM_CONF", self.conf)
+
+    def run(self, *cmd: str, check: bool = True) -> str:
+        """Run a SLURM command against this cluster; return stdout (fail the test on error)."""
+        p = subprocess.run(cmd, capture_output=True, text=True, env=self.env(), timeout=60)
+        if check and p.returncode:
+            pytest.fail(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()}")
+        return p.stdout
+
+    def sbatch(self, *args: str) -> str:
+        """sbatch --parsable ARGS -> job id (e.g. cluster.sbatch('--wrap', 'exit 3'))."""
+        return self.run("sbatch", "--parsable", *args).strip().split(";")[0]
+
+    def job_fields(self, job_id: str) -> dict[str, str]:
+        """`scontrol show job -o ID` as {key: value}; {} once the controller forgot the job.
+        For an array id this is its first task's line."""
+        out = self.run("scontrol", "show", "job", "-o", str(job_id), check=False)
+        first = out.splitlines()[0] if out.strip() else ""
+        parts = re.split(r" (?=[A-Za-z][A-Za-z0-9_:/]*=)", first.strip())
+        return dict(p.split("=", 1) for p in parts if "=" in p)
+
+    def job_state(self, job_id: str) -> str | None:
+        """JobState from scontrol (PENDING, RUNNING, COMPLETED, FAILED, ...); None if purged."""
+        return self.job_fields(job_id).get("JobState")
+
+    def active_jobs(self, job_ids: Iterable[str] | None = None) -> set[str]:
+        """Ids (as submitted; array tasks as 12_3) still pending/running/completing."""
+        cmd = ["squeue", "-h", "-t", "PD,R,CG,CF,S,RQ,SO", "-o", "%i"]
+        ids = [str(j) for j in job_ids] if job_ids is not None else []
+        if ids:
+            cmd += ["-j", ",".join(ids)]
+        # squeue -j with only unknown ids exits 1 ("Invalid job id"): those are gone too
+        return set(self.run(*cmd, check=False).split())
+
+    def wait_for_jobs(self, job_ids: Iterable[str], timeout: float = 60) -> None:
+        """Poll squeue until none of job_ids is active; fail the test after timeout s."""
+        ids = [str(j) for j in job_ids]
+        deadline = time.monotonic() + timeout
+        while left := self.active_jobs(ids):
+            if time.monotonic() > deadline:
+                pytest.fail(f"jobs still active after {timeout} s: {sorted(left)}\n"
+                            + self.run("squeue", check=False))
+            time.sleep(0.2)
+
+    def wait_for_state(self, job_id: str, states: Iterable[str], timeout: float = 60) -> str:
+        """Poll scontrol until the job is in one of states; return it (fail after timeout)."""
+        wanted = set(states)
+        deadline = time.monotonic() + timeout
+        while (st := self.job_state(job_id)) not in wanted:
+            if time.monotonic() > deadline:
+                pytest.fail(f"job {job_id} is {st}, not {sorted(wanted)}, after {timeout} s")
+            time.sleep(0.2)
+        return st
+
+    def cancel_all(self) -> None:
+        """scancel every job of this cluster (a test's leftovers must not block the next)."""
+        self.run("scancel", "-u", getpass.getuser(), check=False)
+
+
+def _start_cluster(env: dict[str, str]) -> tuple[bool, str]:
+    p = subprocess.run(["bash", str(SLURM_SCRIPTS / "start-slurm.sh")], env=env,
+                       capture_output=True, text=True, timeout=600)
+    return p.returncode == 0, p.stderr
+
+
+def _controller_alive(directory: str) -> bool:
+    """slurmctld of that cluster runs (pid file, not a zombie). Checked before any client
+    command: sinfo against a stopped controller retries for ~9 s, with no conf file ~60 s."""
+    try:
+        pid = Path(directory, "slurmctld.pid").read_text().strip()
+        stat = Path("/proc", pid, "stat").read_text()
+    except (OSError, ValueError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" and Path(directory, "slurm.conf").exists()
+
+
+def _sinfo_nodes(conf: str) -> list[str] | None:
+    try:
+        p = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True,
+                           env={**os.environ, "SLURM_CONF": conf}, timeout=20)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    rows = [line.split() for line in p.stdout.splitlines() if line.strip()]
+    if p.returncode or not rows or any(r[1] not in ("idle", "mixed", "allocated") for r in rows):
+        return None
+    return [r[0] for r in rows]
+
+
+def _bring_up(directory: str, overrides: dict[str, str], reuse: bool) -> SlurmCluster:
+    conf = f"{directory}/slurm.conf"
+    nodes = _sinfo_nodes(conf) if reuse and _controller_alive(directory) else None
+    started = False
+    if nodes is None:
+        env = {**os.environ, "SLURM_CI_DIR": directory, **overrides}
+        ok, log = _start_cluster(env)
+        nodes = _sinfo_nodes(conf) if ok else None
+        if nodes is None:
+            tail = "\n".join(log.splitlines()[-40:])
+            pytest.fail(f"could not start the test SLURM cluster in {directory} "
+                        f"(tests/slurm/start-slurm.sh):\n{tail}", pytrace=False)
+        started = "already running" not in log
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                            env={**os.environ, "SLURM_CONF": conf}, timeout=20).stdout
+    return SlurmCluster(conf, directory, nodes, parse_accounting_mode(config), started, overrides)
+
+
+def _stop(cluster: SlurmCluster) -> None:
+    subprocess.run(["bash", str(SLURM_SCRIPTS / "stop-slurm.sh")], capture_output=True,
+                   env={**os.environ, "SLURM_CI_DIR": cluster.directory}, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """The main test cluster: 2 nodes (node1, node2) x 2 CPUs, jobcomp accounting (sacct -c),
+    MinJobAge=300. Reused if already up (tests/run.sh starts it), else started here and
+    stopped at session end. Sets os.environ["SLURM_CONF"] for the session."""
+    cluster = _bring_up(MAIN_DIR, {}, reuse=True)
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = cluster.conf
+    yield cluster
+    # No scancel of leftovers here: another session may share this cluster and its jobs.
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old
+    if cluster.started_here:
+        _stop(cluster)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster_factory() -> Iterator[Callable[[str], SlurmCluster]]:
+    """get(name) -> a second cluster from EXTRA_CLUSTERS ('dbd', 'jobcomp_short',
+    'none_short'), started on first use (1-4 s; dbd ~15 s on a machine without mariadb),
+    stopped at session end if started here. It runs beside the main cluster; use cluster.activate(monkeypatch)
+    or cluster.env() to talk to it."""
+    started: dict[str, SlurmCluster] = {}
+
+    def get(name: str) -> SlurmCluster:
+        if name not in EXTRA_CLUSTERS:
+            raise KeyError(f"unknown extra cluster {name!r}; known: {sorted(EXTRA_CLUSTERS)}")
+        if name not in started:
+            overrides = {**EXTRA_CLUSTERS[name], "SLURM_CI_LINK_ETC": "0"}
+            # start-slurm.sh restarts a cluster left running with other knobs, so always call it
+            started[name] = _bring_up(f"{MAIN_DIR}-{name}", overrides, reuse=False)
+        return started[name]
+
+    yield get
+    for cluster in started.values():
+        if cluster.started_here:
+            _stop(cluster)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster_dbd(slurm_cluster_factory) -> SlurmCluster:
+    """A second cluster with slurmdbd (full sacct) and MinJobAge=5 (see EXTRA_CLUSTERS)."""
+    return slurm_cluster_factory("dbd")
+
+
+@pytest.fixture
+def run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty folder that is also the cwd, so a run's `runs/` and `mlruns/` land in it.
+    Under /tmp, which the cluster's jobs (same machine, root) can read and write."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
