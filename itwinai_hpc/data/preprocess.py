@@ -196,12 +196,12 @@ def preprocess(source: str, output: str | os.PathLike, config: PreprocessConfig 
     """
     config = config or PreprocessConfig()
     spec = get_dataset(config.dataset)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     raw = spec.load(source)
     splits = split_data(raw, config)
     plan = plan_shards(config, {s: len(splits[s][1]) for s in SPLITS})
     pid = plan_id(config, splits)
+    output = Path(output)  # created only once the input has proved readable
+    output.mkdir(parents=True, exist_ok=True)
     result = PreprocessResult()
 
     if not finalize_only:
