@@ -135,7 +135,8 @@ def failures(manifest: RunManifest, lines: int = 20) -> list[FailedStep]:
     return out
 
 
-def print_failures(manifest: RunManifest, stream=sys.stderr) -> None:
+def print_failures(manifest: RunManifest, stream=None) -> None:
+    stream = stream or sys.stderr
     for f in failures(manifest):
         print(f"\nstep '{f.step.name}' {f.step.state} (exit code {f.step.exit_code}); "
               f"log: {f.log or '(none)'}", file=stream)

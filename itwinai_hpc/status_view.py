@@ -19,9 +19,9 @@ def format_elapsed(seconds: int | None) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
-def _log(path: str | None, run_dir: str) -> str:
-    if not path:
-        return "-"
+def _log(path: str | None, run_dir: str, finished: bool) -> str:
+    if not path or (finished and "*" not in path and not Path(path).exists()):
+        return "-"                      # e.g. a dependent cancelled before it ever started
     try:
         return os.path.relpath(path, run_dir) if Path(path).is_relative_to(run_dir) else path
     except ValueError:
@@ -34,7 +34,7 @@ def rows(manifest: RunManifest) -> list[tuple[str, ...]]:
         state = s.state + (f" ({s.reason})" if s.reason and s.state == "PENDING" else "")
         out.append((s.name, s.job_id or "-", state, format_elapsed(s.elapsed),
                     "-" if s.exit_code is None else str(s.exit_code), s.nodes or "-",
-                    _log(s.log, manifest.run_dir)))
+                    _log(s.log, manifest.run_dir, s.finished)))
     return out
 
 

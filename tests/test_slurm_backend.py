@@ -1,0 +1,277 @@
+"""The SLURM backend against the real test cluster: submit, status, cancel, resume, refusals.
+
+Every test submits real jobs with the real sbatch (tests/slurm/start-slurm.sh's cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from itwinai_hpc.cli import main
+from itwinai_hpc.runs import RunManifest, find_run
+
+pytestmark = pytest.mark.slurm
+ROOT = Path(__file__).resolve().parent.parent
+MNIST_TRAIN = ROOT / "use-cases/mnist/training-workflow.yml"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def chain_workflow(folder: Path, fail_step: str | None = None, sleep: float = 1) -> Path:
+    """3 steps a -> b -> c that append "<step> <start> <end>" to order.txt."""
+    def cmd(name):
+        code = "exit 3" if name == fail_step else "true"
+        return (f'bash -c "s=\\$(date +%s.%N); sleep {sleep}; '
+                f'echo {name} \\$s \\$(date +%s.%N) >> {folder}/order.txt; {code}"')
+    return write(folder / "chain.yml", f"""
+name: chain
+defaults:
+  resources: {{time: 5, mem: 100M}}
+  container: none
+steps:
+  - {{name: a, command: '{cmd("a")}'}}
+  - {{name: b, command: '{cmd("b")}', needs: [a]}}
+  - {{name: c, command: '{cmd("c")}', needs: [b]}}
+""")
+
+
+def status_json(capsys, run: str | None = None) -> tuple[int, dict]:
+    capsys.readouterr()
+    rc = main(["status", "--json"] + ([run] if run else []))
+    return rc, json.loads(capsys.readouterr().out)
+
+
+def states(doc: dict) -> dict[str, str]:
+    return {s["name"]: s["state"] for s in doc["steps"]}
+
+
+def wait_done(capsys, run: str | None = None, timeout: float = 90) -> tuple[int, dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rc, doc = status_json(capsys, run)
+        if rc != 3 or time.monotonic() > deadline:
+            return rc, doc
+        time.sleep(0.5)
+
+
+# ---- issue 2: the rendered scripts and the real sbatch --------------------------------------
+
+def test_the_cpu_mnist_training_scripts_are_accepted_by_sbatch_test_only(slurm_cluster, tmp_path):
+    out = tmp_path / "run"
+    assert main(["render", str(MNIST_TRAIN), "-o", str(out)]) == 0
+    for script in ("01-preprocess.sbatch", "02-train.sbatch"):
+        p = subprocess.run(["sbatch", "--test-only", script], cwd=out, capture_output=True,
+                           text=True, env=slurm_cluster.env())
+        assert p.returncode == 0 and "to start at" in p.stderr, p.stderr
+
+
+def test_a_gpu_variant_is_refused_with_slurms_own_message(slurm_cluster, tmp_path):
+    out = tmp_path / "run"
+    assert main(["render", str(MNIST_TRAIN), "-o", str(out),
+                 "--set", "steps.train.resources.gpus-per-node=4"]) == 0
+    p = subprocess.run(["sbatch", "--test-only", "02-train.sbatch"], cwd=out,
+                       capture_output=True, text=True, env=slurm_cluster.env())
+    assert p.returncode != 0
+    assert "Requested node configuration is not available" in p.stderr, p.stderr
+
+
+def test_submit_sh_by_hand_runs_the_chain_in_order_and_values_stay_literal(
+        slurm_cluster, run_folder):
+    marker = run_folder / "PWNED"
+    wf = write(run_folder / "hand.yml", f"""
+name: hand
+vars:
+  evil: "$(touch {marker}); `touch {marker}`"
+defaults:
+  resources: {{time: 5, mem: 100M}}
+  container: none
+  env: {{EVIL: "${{evil}}"}}
+steps:
+  - {{name: first, command: "printf '%s\\\\n'", args: ["${{evil}}", "a;b"]}}
+  - {{name: second, command: printenv EVIL, needs: [first]}}
+""")
+    out = run_folder / "run"
+    assert main(["render", str(wf), "-o", str(out)]) == 0
+    env = {k: v for k, v in slurm_cluster.env().items() if k != "PYTHONPATH"}
+    env["PATH"] = "/usr/bin:/bin"                      # by hand: no itwinai-hpc needed
+    p = subprocess.run(["bash", str(out / "submit.sh")], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    ids = dict(line.split("\t") for line in (out / "jobs.tsv").read_text().splitlines())
+    assert list(ids) == ["first", "second"]
+    slurm_cluster.wait_for_jobs(ids.values())
+    assert {slurm_cluster.job_state(i) for i in ids.values()} == {"COMPLETED"}
+    first = (out / "logs" / f"hand.first-{ids['first']}.out").read_text().splitlines()
+    second = (out / "logs" / f"hand.second-{ids['second']}.out").read_text().splitlines()
+    evil = f"$(touch {marker}); `touch {marker}`"
+    assert first[1:] == [evil, "a;b"] and second[1:] == [evil]
+    assert not marker.exists()
+
+
+# ---- issue 3: submit, status, cancel, resume -------------------------------------------------
+
+def test_a_three_step_workflow_runs_in_order_and_ends_completed(slurm_cluster, run_folder,
+                                                                capsys):
+    wf = chain_workflow(run_folder)
+    assert main(["submit", str(wf), "--backend", "slurm"]) == 0
+    out = capsys.readouterr().out
+    manifest = RunManifest.load(find_run(None))
+    assert manifest.run_id in out and manifest.run_dir in out
+    assert all(s.job_id for s in manifest.steps)          # ids recorded at submit time
+    rc, doc = wait_done(capsys)
+    assert rc == 0 and set(states(doc).values()) == {"COMPLETED"}
+    assert [s["exit_code"] for s in doc["steps"]] == [0, 0, 0]
+    rows = [line.split() for line in (run_folder / "order.txt").read_text().splitlines()]
+    assert [r[0] for r in rows] == ["a", "b", "c"]
+    assert float(rows[1][1]) >= float(rows[0][2]) and float(rows[2][1]) >= float(rows[1][2])
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    table = capsys.readouterr().out
+    assert "STEP" in table and "COMPLETED" in table and "logs/chain.a-" in table
+    print(table)
+
+
+def test_a_failed_step_shows_exit_code_3_and_its_dependents_are_cancelled(
+        slurm_cluster, run_folder, capsys):
+    wf = chain_workflow(run_folder, fail_step="b")
+    assert main(["submit", str(wf), "--backend", "slurm", "--wait"]) == 1
+    err = capsys.readouterr().err
+    assert "step 'b' FAILED (exit code 3)" in err and "log:" in err
+    rc, doc = status_json(capsys)
+    assert rc == 1
+    assert states(doc) == {"a": "COMPLETED", "b": "FAILED", "c": "CANCELLED"}
+    assert doc["steps"][1]["exit_code"] == 3
+    ran = [line.split()[0] for line in (run_folder / "order.txt").read_text().splitlines()]
+    assert ran == ["a", "b"]                              # c never ran
+
+
+def test_cancel_during_a_running_step_leaves_nothing_of_the_run_queued(
+        slurm_cluster, run_folder, capsys):
+    wf = chain_workflow(run_folder, sleep=60)
+    assert main(["submit", str(wf), "--backend", "slurm"]) == 0
+    manifest = RunManifest.load(find_run(None))
+    ids = [s.job_id for s in manifest.steps]
+    slurm_cluster.wait_for_state(ids[0], ["RUNNING"])
+    assert main(["cancel", manifest.run_id]) == 0
+    assert slurm_cluster.active_jobs(ids) == set()
+    rc, doc = status_json(capsys)
+    assert rc == 1 and set(states(doc).values()) == {"CANCELLED"}
+
+
+def test_resume_after_a_failure_reruns_only_the_failed_step_and_its_dependents(
+        slurm_cluster, run_folder, capsys):
+    wf = chain_workflow(run_folder, fail_step="b")
+    assert main(["submit", str(wf), "--backend", "slurm", "--wait"]) == 1
+    manifest = RunManifest.load(find_run(None))
+    first_ids = {s.name: s.job_id for s in manifest.steps}
+    # fix the cause: b now succeeds (the scripts read order.txt's folder; edit the script)
+    script = Path(manifest.run_dir) / manifest.step("b").script
+    script.write_text(script.read_text().replace("exit 3", "true"))
+    assert main(["resume", manifest.run_id, "--wait"]) == 0
+    after = RunManifest.load(manifest.run_dir)
+    assert after.step("a").job_id == first_ids["a"]               # not re-run
+    assert after.step("b").job_id != first_ids["b"] and after.step("b").history == [first_ids["b"]]
+    assert [s.state for s in after.steps] == ["COMPLETED"] * 3
+    ran = [line.split()[0] for line in (run_folder / "order.txt").read_text().splitlines()]
+    assert ran == ["a", "b", "b", "c"]
+
+
+def test_one_status_refresh_makes_exactly_one_scheduler_call(slurm_cluster, run_folder,
+                                                            monkeypatch, capsys):
+    calls = run_folder / "calls.log"
+    wrappers = run_folder / "bin"
+    wrappers.mkdir()
+    for tool in ("sacct", "squeue", "scontrol", "sinfo", "sbatch", "scancel"):
+        real = subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True,
+                              text=True).stdout.strip()
+        w = wrappers / tool
+        w.write_text(f'#!/bin/bash\necho "{tool} $*" >> {calls}\nexec {real} "$@"\n')
+        w.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    wf = chain_workflow(run_folder, sleep=20)
+    assert main(["submit", str(wf), "--backend", "slurm"]) == 0
+    calls.write_text("")
+    assert main(["status"]) == 3
+    assert len(calls.read_text().splitlines()) == 1, calls.read_text()
+    main(["cancel", RunManifest.load(find_run(None)).run_id])
+    calls.write_text("")
+    assert main(["status"]) == 1                      # all finished: cached, no query at all
+    assert calls.read_text() == ""
+
+
+def test_more_nodes_than_the_cluster_has_is_refused_and_nothing_stays_queued(
+        slurm_cluster, run_folder, capsys):
+    wf = chain_workflow(run_folder)
+    rc = main(["submit", str(wf), "--backend", "slurm", "--set", "steps.b.resources.nodes=3"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "sbatch refused step 'b'" in err and "Node count specification invalid" in err, err
+    manifest = RunManifest.load(find_run(None))
+    a = manifest.step("a")
+    assert slurm_cluster.active_jobs([a.job_id]) == set()
+    assert a.state == "CANCELLED" and manifest.step("b").state == "FAILED"
+    assert "refused by sbatch" in manifest.step("b").reason
+    assert manifest.extra["submit_error"]["step"] == "b"
+    assert manifest.step("c").job_id is None
+
+
+def test_leaked_slurm_variables_of_an_enclosing_job_do_not_change_what_is_submitted(
+        slurm_cluster, run_folder, monkeypatch, capsys):
+    for k, v in {"SLURM_JOB_ID": "999", "SLURM_NNODES": "2", "SLURM_NTASKS": "8",
+                 "SLURM_CPUS_PER_TASK": "2", "SLURM_MEM_PER_NODE": "999999",
+                 "SLURM_JOB_NAME": "outer", "SLURM_EXPORT_ENV": "NONE"}.items():
+        monkeypatch.setenv(k, v)
+    wf = write(run_folder / "env.yml", """
+name: leak
+defaults: {container: none, resources: {time: 5, mem: 100M}}
+steps:
+  - {name: show, command: 'echo "$SLURM_JOB_NAME $SLURM_NNODES $SLURM_CPUS_ON_NODE"'}
+""")
+    assert main(["submit", str(wf), "--backend", "slurm", "--wait"]) == 0
+    manifest = RunManifest.load(find_run(None))
+    log = Path(manifest.step("show").log).read_text().splitlines()
+    assert log[-1] == "leak.show 1 1"
+
+
+def test_a_two_node_step_sees_both_nodes_and_its_torchrun_rendezvous_resolves(
+        slurm_cluster, run_folder, capsys):
+    probe = write(run_folder / "probe.py", """
+import os, socket, torch.distributed as dist
+dist.init_process_group("gloo")
+host = os.environ["MASTER_ADDR"]
+print("RANK", dist.get_rank(), dist.get_world_size(), os.environ["SLURM_NNODES"],
+      os.environ["SLURMD_NODENAME"], host, socket.gethostbyname(host), flush=True)
+dist.barrier()
+dist.destroy_process_group()
+""")
+    import sys
+    bindir = Path(sys.executable).parent
+    wf = write(run_folder / "ddp.yml", f"""
+name: ddp
+defaults: {{container: none, resources: {{time: 5, mem: 500M}}, env: {{PATH: "{bindir}:/usr/bin:/bin"}}}}
+steps:
+  - name: nodes
+    command: 'echo "$SLURM_NNODES $(scontrol show hostnames "$SLURM_JOB_NODELIST" | tr "\\n" " ")"'
+    resources: {{nodes: 2}}
+  - name: ddp
+    launcher: torchrun
+    command: {sys.executable} {probe}
+    resources: {{nodes: 2}}
+""")
+    assert main(["submit", str(wf), "--backend", "slurm", "--wait"]) == 0, capsys.readouterr()
+    manifest = RunManifest.load(find_run(None))
+    nodes_log = Path(manifest.step("nodes").log).read_text().splitlines()
+    assert nodes_log[-1].split() == ["2", "node1", "node2"]
+    ranks = sorted(l.split() for l in Path(manifest.step("ddp").log).read_text().splitlines()
+                   if l.startswith("RANK"))
+    assert [r[1:4] for r in ranks] == [["0", "2", "2"], ["1", "2", "2"]]
+    assert {r[4] for r in ranks} == {"node1", "node2"}            # one rank per node
+    assert all(r[6] == "127.0.0.1" for r in ranks)                 # MASTER_ADDR resolves
