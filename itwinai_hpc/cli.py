@@ -124,10 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(sub) -> None:
     """Commands that live in other modules; each registers its own parser."""
-    import importlib.util
-    if importlib.util.find_spec("itwinai_hpc.data.cli"):   # TODO(lead): drop once data/cli lands
-        from .data import cli as data_cli
-        data_cli.add_parser(sub)
+    from .data import cli as data_cli
+    data_cli.add_parser(sub)
 
 
 def command_line() -> str:
