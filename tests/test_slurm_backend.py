@@ -275,3 +275,58 @@ steps:
     assert [r[1:4] for r in ranks] == [["0", "2", "2"], ["1", "2", "2"]]
     assert {r[4] for r in ranks} == {"node1", "node2"}            # one rank per node
     assert all(r[6] == "127.0.0.1" for r in ranks)                 # MASTER_ADDR resolves
+
+
+# ---- status on clusters with other accounting -----------------------------------------------
+
+def submit_and_wait_until_purged(cluster, monkeypatch, folder: Path, capsys) -> RunManifest:
+    """Submit a -> b (exits 3) -> c to `cluster`, then wait until the controller has forgotten
+    every job (MinJobAge=5 there), so status must ask accounting or read the run folder."""
+    cluster.activate(monkeypatch)
+    wf = chain_workflow(folder, fail_step="b", sleep=0.5)
+    assert main(["submit", str(wf), "--backend", "slurm"]) == 0
+    manifest = RunManifest.load(find_run(None))
+    ids = [s.job_id for s in manifest.steps]
+    deadline = time.monotonic() + 120
+    while any(cluster.job_state(i) for i in ids):
+        assert time.monotonic() < deadline, "jobs not purged from the controller in 120 s"
+        time.sleep(1)
+    capsys.readouterr()
+    return manifest
+
+
+@pytest.mark.slow
+def test_status_with_full_accounting_reads_sacct_after_jobs_left_the_queue(
+        slurm_cluster_factory, run_folder, monkeypatch, capsys):
+    manifest = submit_and_wait_until_purged(slurm_cluster_factory("dbd"), monkeypatch,
+                                            run_folder, capsys)
+    for marker in (Path(manifest.run_dir) / "logs").glob(".exit-*"):
+        marker.unlink()                        # only sacct can know now
+    rc, doc = status_json(capsys)
+    assert rc == 1
+    assert states(doc) == {"a": "COMPLETED", "b": "FAILED", "c": "CANCELLED"}
+    assert doc["steps"][1]["exit_code"] == 3 and doc["steps"][0]["nodes"] in ("node1", "node2")
+
+
+@pytest.mark.slow
+def test_status_with_only_a_job_completion_log_reads_sacct_c(
+        slurm_cluster_factory, run_folder, monkeypatch, capsys):
+    manifest = submit_and_wait_until_purged(slurm_cluster_factory("jobcomp_short"), monkeypatch,
+                                            run_folder, capsys)
+    for marker in (Path(manifest.run_dir) / "logs").glob(".exit-*"):
+        marker.unlink()
+    rc, doc = status_json(capsys)
+    assert rc == 1
+    assert states(doc) == {"a": "COMPLETED", "b": "FAILED", "c": "CANCELLED"}
+    assert doc["steps"][1]["exit_code"] == 3
+
+
+@pytest.mark.slow
+def test_status_without_any_accounting_uses_the_exit_status_jobs_left_behind(
+        slurm_cluster_factory, run_folder, monkeypatch, capsys):
+    submit_and_wait_until_purged(slurm_cluster_factory("none_short"), monkeypatch, run_folder,
+                                 capsys)
+    rc, doc = status_json(capsys)
+    assert rc == 1
+    assert states(doc) == {"a": "COMPLETED", "b": "FAILED", "c": "CANCELLED"}
+    assert doc["steps"][1]["exit_code"] == 3

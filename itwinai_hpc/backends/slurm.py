@@ -115,14 +115,32 @@ class SlurmBackend(Backend):
                            run=lambda cmd, **kw: subprocess.run(cmd, env=env, **kw))
         with manifest.updating() as m:
             for s in m.steps:
-                info = infos.get(s.job_id or "")
-                if info is None or s.finished:
-                    continue                # unknown right now: keep the last known state
+                if s.finished or not s.job_id:
+                    continue
+                info = infos.get(s.job_id)
+                if info is None:
+                    self._gone(m, s)
+                    continue
                 s.state = info.state
                 s.exit_code = info.exit_code
                 s.elapsed = info.elapsed
                 s.nodes = info.nodes or s.nodes
                 s.reason = info.reason or None
+
+    @staticmethod
+    def _gone(manifest: RunManifest, step: StepRecord) -> None:
+        """SLURM no longer knows the job (purged, and no accounting that remembers it): take
+        the exit status the script left behind, or infer a dependent's cancellation."""
+        marker = Path(manifest.run_dir) / "logs" / f".exit-{step.job_id}"
+        if marker.is_file() and marker.read_text().strip().isdigit():
+            step.exit_code = int(marker.read_text())
+            step.state = "COMPLETED" if step.exit_code == 0 else "FAILED"
+            step.reason = "from the exit status the job left in the run folder"
+            return
+        parents = [manifest.step(n) for n in step.needs]
+        if any(p.finished and p.state != "COMPLETED" for p in parents):
+            step.state = "CANCELLED"
+            step.reason = "its dependency did not complete (the job has left the queue)"
 
     # ---- cancel -----------------------------------------------------------------------
     def cancel(self, manifest: RunManifest) -> list[str]:
