@@ -1,0 +1,149 @@
+"""Local backend: run a rendered run's NN-step.sh scripts on this machine, without SLURM.
+
+`submit` starts a detached runner (local_runner.py) and returns; the runner writes states into
+run.json, so `status`, `logs`, `cancel` and `resume` work as with SLURM. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserError
+from ..runs import RunManifest, StepRecord
+from . import Backend, SubmitError
+from .local_procs import alive, job_marker, kill_job, start_time
+from .local_runner import CANCEL_GRACE_S, now_iso
+
+PARALLEL_ENV = "ITWINAI_HPC_LOCAL_PARALLEL"
+RUNNER_LOG = "logs/local-runner.log"
+
+
+def parallel_limit(environ: dict[str, str] | None = None) -> int:
+    """How many steps (or array tasks) run at once: $ITWINAI_HPC_LOCAL_PARALLEL, default 2."""
+    value = (os.environ if environ is None else environ).get(PARALLEL_ENV, "2")
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UserError(f"{PARALLEL_ENV}={value!r}: expected a whole number of at least 1")
+    return n
+
+
+def check_container_runtimes(manifest: RunManifest, steps: list[str]) -> None:
+    """A step with a container needs its runtime here; say so before anything runs."""
+    from ..plan import plan
+    from ..workflow import load_workflow
+    loaded = load_workflow(Path(manifest.run_dir) / "workflow.yml",
+                           builtins={"run_dir": manifest.run_dir, "run_id": manifest.run_id})
+    missing = {}
+    for job in plan(loaded.workflow):
+        if job.name in steps and job.container and not shutil.which(job.container.runtime):
+            missing.setdefault(job.container.runtime, []).append(job.name)
+    if missing:
+        runtime, names = next(iter(missing.items()))
+        raise UserError(f"step(s) {', '.join(names)} run in a container, but '{runtime}' is not "
+                        f"on PATH here; install {runtime} (or load its module), or run without "
+                        "containers: --set defaults.container=none")
+
+
+def log_path(manifest: RunManifest, step: StepRecord, job_id: str) -> str:
+    """Like SLURM's %x-%j.out (%x-%A_%a.out for arrays, one file per task)."""
+    name = f"{manifest.workflow_name}.{step.name}-{job_id}"
+    return str(Path(manifest.run_dir) / "logs" / (f"{name}_*.out" if step.array else
+                                                  f"{name}.out"))
+
+
+class LocalBackend(Backend):
+    name = "local"
+    scripts = "local"
+
+    # ---- submit -----------------------------------------------------------------------
+    def submit(self, manifest: RunManifest, steps: list[str]) -> None:
+        parallel = parallel_limit()
+        missing = [s for s in steps
+                   if not (Path(manifest.run_dir) / manifest.step(s).local_script).is_file()]
+        if missing:
+            raise UserError(f"run {manifest.run_id} has no local script for step(s) "
+                            f"{', '.join(missing)} (it was rendered for another backend); "
+                            "submit the workflow again with --backend local")
+        check_container_runtimes(manifest, steps)
+        order = [s.name for s in sorted(manifest.steps, key=lambda s: s.index) if s.name in steps]
+        with manifest.updating() as m:
+            local = m.extra.setdefault("local", {})
+            local["cancel"] = False
+            for name in order:
+                s = m.step(name)
+                local["next_id"] = local.get("next_id", 0) + 1
+                s.job_id = str(local["next_id"])
+                s.state, s.submitted_at, s.reason = "PENDING", now_iso(), None
+                s.log = log_path(m, s, s.job_id)
+            with open(Path(m.run_dir) / RUNNER_LOG, "ab") as out:
+                try:
+                    # A new session, no terminal and no shared pipes: the run goes on after
+                    # this command (and its terminal) ended.
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "itwinai_hpc.backends.local_runner", m.run_dir,
+                         str(parallel), *order],
+                        cwd=m.workdir, stdin=subprocess.DEVNULL, stdout=out,
+                        stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                except OSError as exc:
+                    for name in order:
+                        m.step(name).state = "FAILED"
+                        m.step(name).reason = f"could not start the local runner: {exc}"
+                    raise SubmitError(f"could not start the local runner: {exc}") from None
+            local["runner_pid"] = proc.pid
+            local["runner_started"] = start_time(proc.pid)
+
+    # ---- status -----------------------------------------------------------------------
+    def refresh(self, manifest: RunManifest) -> None:
+        """run.json is the runner's record; here only: is the runner still there?"""
+        with manifest.updating() as m:
+            local = m.extra.get("local", {})
+            if alive(local.get("runner_pid"), local.get("runner_started")):
+                return
+            orphans = [s for s in m.steps if s.job_id and not s.finished]
+            if not orphans:
+                return
+            why = (f"the local runner (pid {local.get('runner_pid')}) ended without finishing "
+                   f"this step; see {RUNNER_LOG}")
+            for s in orphans:
+                if s.state == "RUNNING":
+                    # Nobody would ever collect it: stop what is left of it.
+                    kill_job(job_marker(m.run_id, s.job_id), [], grace=2)
+                    s.state, s.reason = "FAILED", why
+                else:
+                    s.state, s.reason = "CANCELLED", why
+
+    # ---- cancel -----------------------------------------------------------------------
+    def cancel(self, manifest: RunManifest) -> list[str]:
+        with manifest.updating() as m:
+            # Under the lock: the runner starts nothing after this, and what it started
+            # before is in run.json as RUNNING.
+            m.extra.setdefault("local", {})["cancel"] = True
+            active = [s.name for s in m.steps if s.job_id and not s.finished]
+            running = [(s.name, s.job_id) for s in m.steps if s.state == "RUNNING"]
+        for _, job_id in running:
+            kill_job(job_marker(manifest.run_id, job_id), [], CANCEL_GRACE_S)
+        local = manifest.extra.get("local", {})
+        deadline = time.monotonic() + CANCEL_GRACE_S + 5
+        while alive(local.get("runner_pid"), local.get("runner_started")) and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)          # let the runner record exit codes and stop
+        with manifest.updating() as m:
+            for name in active:
+                s = m.step(name)
+                if not s.finished:
+                    s.state, s.reason = "CANCELLED", "cancelled by the user"
+        return active
+
+    def log_files(self, manifest: RunManifest, step: StepRecord) -> list[Path]:
+        if not step.log:
+            return []
+        path = Path(step.log)
+        return sorted(path.parent.glob(path.name)) if "*" in path.name else [path]

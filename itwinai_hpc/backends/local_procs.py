@@ -1,0 +1,101 @@
+"""Find and stop every process of a local job by reading /proc (no psutil). Linux only.
+
+A local job's processes carry ITWINAI_HPC_LOCAL_JOB=<run id>/<job id>[_<task>] in their
+environment (the runner sets it; children inherit it), which finds them even after they left the
+job's process group or session (torchrun's workers do) or lost their parent. Never kills by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+MARKER = "ITWINAI_HPC_LOCAL_JOB"
+
+
+def job_marker(run_id: str, job_id: str, task: int | None = None) -> str:
+    return f"{run_id}/{job_id}" + ("" if task is None else f"_{task}")
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, session, ...]."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot: with the pid, it names one process."""
+    fields = _stat(pid)
+    return fields[19] if fields else None
+
+
+def alive(pid: int | None, started: str | None = None) -> bool:
+    """pid runs (not a zombie) and, if `started` is given, is the process that started then."""
+    if not pid:
+        return False
+    fields = _stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return started is None or fields[19] == started
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _marked(pid: int, marker: str) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:                     # gone, or another user's process
+        return False
+    prefix = f"{MARKER}={marker}".encode()
+    return any(e == prefix or e.startswith(prefix + b"_") for e in environ.split(b"\0"))
+
+
+def job_processes(marker: str, leaders: list[int] = ()) -> set[int]:
+    """Live processes of the job: marked with `marker` (or a task of it), in the process group
+    of a leader, or descended from one."""
+    me = os.getpid()
+    table = {}
+    for pid in _pids():
+        fields = _stat(pid)
+        if fields and fields[0] not in ("Z", "X"):
+            table[pid] = (int(fields[1]), int(fields[2]))
+    found = {p for p, (_, pgrp) in table.items() if pgrp in leaders or p in leaders}
+    found |= {p for p in table if _marked(p, marker)}
+    changed = True
+    while changed:                       # add descendants of what was found
+        more = {p for p, (ppid, _) in table.items() if ppid in found and p not in found}
+        found |= more
+        changed = bool(more)
+    found.discard(me)
+    return found
+
+
+def kill_job(marker: str, leaders: list[int] = (), grace: float = 5.0) -> int:
+    """TERM every process of the job, KILL what is left after `grace` seconds. Returns how
+    many processes it signalled."""
+    victims = job_processes(marker, leaders)
+    for pid in victims:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not job_processes(marker, leaders):
+            return len(victims)
+        time.sleep(0.1)
+    left = job_processes(marker, leaders)
+    for pid in left:
+        _signal(pid, signal.SIGKILL)
+    return len(victims | left)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

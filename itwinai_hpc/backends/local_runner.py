@@ -1,0 +1,209 @@
+"""The detached process that runs a local run's steps in dependency order and writes run.json.
+
+`python -m itwinai_hpc.backends.local_runner RUN_DIR PARALLEL STEP...`, started by LocalBackend.
+It only runs the rendered NN-step.sh scripts; deciding what to run (resume) is operations.py's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..runs import RunManifest, StepRecord
+from .local_procs import MARKER, job_marker, kill_job
+
+TICK_S = 0.2
+LEFTOVER_GRACE_S = 2.0       # a finished step's background processes, like SLURM's cgroup kill
+CANCEL_GRACE_S = 5.0
+
+
+def expand_array(spec: str) -> tuple[list[int], int | None]:
+    """SLURM's --array syntax: '0-3', '1,3,5', '0-9:2', any of them with '%N' (at most N tasks
+    at once). Returns (task ids, limit or None)."""
+    limit = None
+    if "%" in spec:
+        spec, n = spec.split("%", 1)
+        limit = max(1, int(n))
+    ids: list[int] = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?(?::(\d+))?", part)
+        if not m:
+            raise ValueError(f"'{part}' is not part of a SLURM array spec like '0-9:2'")
+        first = int(m.group(1))
+        last = int(m.group(2)) if m.group(2) else first
+        ids.extend(range(first, last + 1, int(m.group(3) or 1)))
+    return sorted(set(ids)), limit
+
+
+def now_iso() -> str:
+    return dt.datetime.now().isoformat(timespec="seconds")
+
+
+@dataclass
+class StepRun:
+    """One step's tasks (a single task None for a plain step) as the runner sees them."""
+
+    name: str
+    todo: list[int | None]
+    limit: int | None
+    running: dict[int | None, subprocess.Popen] = field(default_factory=dict)
+    exit_codes: list[int] = field(default_factory=list)
+    started: float | None = None
+    cut: bool = False               # tasks were dropped by a cancel: never COMPLETED
+
+
+class Runner:
+    def __init__(self, run_dir: str, names: list[str], parallel: int):
+        self.manifest = RunManifest.load(run_dir)
+        self.parallel = max(1, parallel)
+        self.host = socket.gethostname()
+        self.stop = False           # SIGTERM: stop like a cancel
+        self.steps: dict[str, StepRun] = {}
+        for name in names:
+            rec = self.manifest.step(name)
+            tasks, limit = expand_array(rec.array) if rec.array else ([None], None)
+            self.steps[name] = StepRun(name, list(tasks), limit)
+        from .slurm import submit_environment    # the caller's env minus its own job's SLURM_*
+        self.base_env = submit_environment()
+
+    # ---- the loop -----------------------------------------------------------------------
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_term)
+        while True:
+            self._sweep_finished()
+            with self.manifest.updating() as m:
+                cancelling = self.stop or m.extra.get("local", {}).get("cancel", False)
+                self._record_finished(m, cancelling)
+                if cancelling:
+                    self._cancel_unstarted(m, "cancelled before it started")
+                else:
+                    self._cancel_dependents_of_failures(m)
+                    self._launch_ready(m)
+                busy = any(s.running for s in self.steps.values())
+                waiting = any(not m.step(n).finished for n in self.steps)
+            if cancelling and busy:
+                self._kill_running()
+            if not busy and not waiting:
+                return
+            time.sleep(TICK_S)
+
+    def _on_term(self, signum, frame) -> None:
+        self.stop = True
+
+    def _kill_running(self) -> None:
+        for s in self.steps.values():
+            for task, proc in list(s.running.items()):
+                kill_job(self._marker(s.name, task), [proc.pid], CANCEL_GRACE_S)
+
+    def _marker(self, name: str, task: int | None) -> str:
+        rec = self.manifest.step(name)
+        return job_marker(self.manifest.run_id, rec.job_id or "?", task)
+
+    # ---- finished tasks -----------------------------------------------------------------
+    def _sweep_finished(self) -> None:
+        """A step that ended leaves no processes behind (SLURM ends a job's leftovers too)."""
+        for s in self.steps.values():
+            for task, proc in s.running.items():
+                if proc.poll() is not None:
+                    kill_job(self._marker(s.name, task), [proc.pid], LEFTOVER_GRACE_S)
+
+    def _record_finished(self, m: RunManifest, cancelling: bool) -> None:
+        for s in self.steps.values():
+            for task, proc in list(s.running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                del s.running[task]
+                s.exit_codes.append(128 - rc if rc < 0 else rc)   # killed by signal N: 128+N
+            rec = m.step(s.name)
+            if s.running or s.todo and not cancelling or rec.finished or not s.exit_codes:
+                continue
+            bad = [c for c in s.exit_codes if c != 0]
+            rec.exit_code = bad[0] if bad else 0
+            if s.todo or s.cut or bad and cancelling:
+                rec.state = "CANCELLED"
+            else:
+                rec.state = "FAILED" if bad else "COMPLETED"
+            rec.elapsed = int(time.time() - (s.started or time.time()))
+            if rec.state == "CANCELLED":
+                rec.reason = "cancelled while running"
+
+    # ---- scheduling ---------------------------------------------------------------------
+    def _cancel_dependents_of_failures(self, m: RunManifest) -> None:
+        failed = {s.name for s in m.steps if s.finished and s.state != "COMPLETED"}
+        for s in self.steps.values():
+            rec = m.step(s.name)
+            if rec.finished or s.running or s.exit_codes:
+                continue
+            broken = [n for n in rec.needs if n in failed]
+            if broken:
+                rec.state = "CANCELLED"
+                rec.reason = f"dependency '{broken[0]}' did not complete ({m.step(broken[0]).state})"
+                s.todo = []
+
+    def _cancel_unstarted(self, m: RunManifest, reason: str) -> None:
+        for s in self.steps.values():
+            rec = m.step(s.name)
+            if not rec.finished and not s.running and not s.exit_codes:
+                rec.state, rec.reason = "CANCELLED", reason
+            s.cut = s.cut or bool(s.todo)
+            s.todo = []
+
+    def _launch_ready(self, m: RunManifest) -> None:
+        free = self.parallel - sum(len(s.running) for s in self.steps.values())
+        for s in self.steps.values():           # manifest order: dependency order
+            rec = m.step(s.name)
+            if free <= 0:
+                return
+            if rec.finished or not s.todo:
+                continue
+            if not all(m.step(n).state in ("COMPLETED", "SKIPPED") for n in rec.needs):
+                continue
+            while s.todo and free > 0 and (s.limit is None or len(s.running) < s.limit):
+                task = s.todo.pop(0)
+                s.running[task] = self._start(rec, task)
+                free -= 1
+                if s.started is None:
+                    s.started = time.time()
+                    rec.state, rec.nodes, rec.reason = "RUNNING", self.host, None
+
+    def _start(self, rec: StepRecord, task: int | None) -> subprocess.Popen:
+        env = dict(self.base_env, SLURM_JOB_ID=rec.job_id or "0",
+                   **{MARKER: self._marker(rec.name, task)})
+        log = Path(self.manifest.run_dir) / "logs" / \
+            f"{self.manifest.workflow_name}.{rec.name}-{rec.job_id}.out"
+        if task is not None:
+            env.update(SLURM_ARRAY_JOB_ID=rec.job_id or "0", SLURM_ARRAY_TASK_ID=str(task))
+            log = log.with_name(log.name.replace(".out", f"_{task}.out"))
+        with open(log, "ab") as out:
+            # Its own session: cancel can signal its process group without touching ours.
+            return subprocess.Popen(["bash", str(Path(self.manifest.run_dir) /
+                                                 rec.local_script)],
+                                    cwd=self.manifest.workdir, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print("usage: python -m itwinai_hpc.backends.local_runner RUN_DIR PARALLEL STEP...",
+              file=sys.stderr)
+        return 2
+    run_dir, parallel, names = argv[0], int(argv[1]), argv[2:]
+    print(f"[itwinai-hpc] {now_iso()} local runner {os.getpid()} for {run_dir}: "
+          f"{' '.join(names)} (at most {parallel} at once)", flush=True)
+    Runner(run_dir, names, parallel).run()
+    print(f"[itwinai-hpc] {now_iso()} local runner {os.getpid()} done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

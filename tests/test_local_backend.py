@@ -1,0 +1,365 @@
+"""Local mode: a run's steps on this machine, detached, in dependency order, with SLURM's
+environment; status, logs, cancel and resume as with SLURM. Real processes, no SLURM needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from itwinai_hpc import operations
+from itwinai_hpc.backends.local_procs import alive
+from itwinai_hpc.backends.local_runner import expand_array
+from itwinai_hpc.data.idx import write_idx
+from itwinai_hpc.data.mnist import IDX_FILES
+from itwinai_hpc.render import render_run
+from itwinai_hpc.runs import RunManifest
+from itwinai_hpc.workflow import load_workflow
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+SLURM_COMMANDS = {"sbatch", "srun", "sinfo", "squeue", "scontrol", "scancel", "salloc", "sacct"}
+# The step appends "<step> <start> <end>" (epoch seconds) to order.txt.
+STAMP = 'start=$(date +%s.%N); {body}; echo "$ITWINAI_HPC_STEP $start $(date +%s.%N)" >> order.txt'
+
+
+@pytest.fixture
+def no_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """PATH with /usr/bin's commands except SLURM's (links in a folder), the venv first."""
+    bin_dir = tmp_path / "bin-without-slurm"
+    bin_dir.mkdir()
+    for entry in os.scandir("/usr/bin"):
+        if entry.name not in SLURM_COMMANDS:
+            (bin_dir / entry.name).symlink_to(entry.path)
+    path = f"{VENV_BIN}:{bin_dir}"
+    monkeypatch.setenv("PATH", path)
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    assert shutil.which("sbatch") is None
+    return {**os.environ, "PATH": path}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ITWINAI_HPC_RUNS", str(tmp_path / "runs"))
+    return tmp_path
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    return subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def write_workflow(folder: Path, text: str) -> Path:
+    path = folder / "wf.yml"
+    path.write_text(text)
+    return path
+
+
+def submit(workflow: Path, *extra: str, env=None) -> tuple[subprocess.CompletedProcess, Path]:
+    p = cli("submit", str(workflow), "--backend", "local", "-o",
+            str(workflow.parent / "run"), *extra, env=env)
+    return p, workflow.parent / "run"
+
+
+def wait_for(run_dir: Path, timeout: float = 60) -> RunManifest:
+    manifest = RunManifest.load(run_dir)
+    rc = operations.wait(manifest, interval=0.2, timeout=timeout)
+    assert rc != operations.EXIT_ACTIVE, operations.progress_line(manifest)
+    return manifest
+
+
+def states(manifest: RunManifest) -> dict[str, str]:
+    return {s.name: s.state for s in manifest.steps}
+
+
+def order(folder: Path) -> dict[str, tuple[float, float]]:
+    lines = (folder / "order.txt").read_text().split("\n")
+    return {n: (float(a), float(b)) for n, a, b in (ln.split() for ln in lines if ln)}
+
+
+def log_text(manifest: RunManifest, step: str) -> str:
+    files = operations.backend_for(manifest).log_files(manifest, manifest.step(step))
+    return "".join(f.read_text() for f in files)
+
+
+def step_processes(run_id: str) -> list[int]:
+    """Live processes whose environment names the run (the scripts export ITWINAI_HPC_RUN_ID)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if f"ITWINAI_HPC_RUN_ID={run_id}".encode() in environ and state != "Z":
+            found.append(int(pid))
+    return found
+
+
+def make_idx(folder: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = {"train_images": rng.integers(0, 256, (60, 28, 28), dtype=np.uint8),
+            "train_labels": rng.integers(0, 10, 60).astype(np.uint8),
+            "test_images": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+            "test_labels": rng.integers(0, 10, 20).astype(np.uint8)}
+    folder.mkdir()
+    for key, name in IDX_FILES.items():
+        write_idx(folder / name, data[key])
+
+
+# ---- the whole run ---------------------------------------------------------------------------
+def test_auto_without_slurm_runs_the_chain_locally_in_dependency_order(workdir, no_slurm):
+    make_idx(workdir / "idx")
+    (workdir / "prep.yml").write_text("validation_size: 10\nshards: 1\n")
+    show_env = ('echo "env $SLURM_JOB_ID $SLURM_JOB_NAME $SLURM_NNODES $SLURM_JOB_NODELIST '
+                '$SLURM_NTASKS $SLURM_CPUS_PER_TASK $SLURM_SUBMIT_DIR"')
+    workflow = write_workflow(workdir, f"""
+name: chain
+steps:
+  - name: preprocess
+    command: itwinai-hpc preprocess
+    args: [--source, {workdir}/idx, --output, {workdir}/shards, --config, {workdir}/prep.yml]
+  - name: ddp
+    needs: [preprocess]
+    launcher: torchrun
+    nproc-per-node: 2
+    command: python -c
+    args: ["import os; print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'])"]
+  - name: tasks
+    needs: [preprocess]
+    launcher: srun
+    resources: {{ntasks-per-node: 2, cpus-per-task: 1}}
+    command: bash -c
+    args: ['echo "task $SLURM_PROCID"; {show_env}']
+  - name: shards
+    needs: [preprocess]
+    array: "0-4:2%1"
+    command: bash -c
+    args: ['echo "array $SLURM_ARRAY_JOB_ID $SLURM_ARRAY_TASK_ID"']
+  - name: report
+    needs: [ddp, tasks, shards]
+    command: bash -c
+    args: ['{STAMP.format(body="ls shards")}']
+""")
+    run_dir = workdir / "run"
+    p = cli("submit", str(workflow), "--wait", "-o", str(run_dir),
+            env={**no_slurm, "ITWINAI_HPC_LOCAL_PARALLEL": "2"})
+    assert p.returncode == 0, p.stderr
+    manifest = RunManifest.load(run_dir)
+    assert manifest.backend == "local"            # what auto picked without sbatch
+    assert set(states(manifest).values()) == {"COMPLETED"}
+    ends = {s.name: s for s in manifest.steps}
+    assert any((workdir / "shards").iterdir())
+    assert "rank 0 of 2" in log_text(manifest, "ddp") and "rank 1 of 2" in log_text(manifest, "ddp")
+    tasks = log_text(manifest, "tasks")
+    assert "task 0" in tasks and "task 1" in tasks
+    job_id = ends["tasks"].job_id
+    assert (f"env {job_id} chain.tasks 1 {os.uname().nodename} 2 1 {workdir}" in tasks)
+    array = log_text(manifest, "shards")
+    assert [ln.split()[2] for ln in array.splitlines() if ln.startswith("array")] == \
+        ["0", "2", "4"]
+    assert len({s.job_id for s in manifest.steps}) == len(manifest.steps)
+    # report started after every step it needs had ended (their logs' mtimes)
+    report_start = order(workdir)["report"][0]
+    for need in ("ddp", "tasks", "shards"):
+        for log in operations.backend_for(manifest).log_files(manifest, ends[need]):
+            assert log.stat().st_mtime <= report_start + 0.01
+    assert cli("status", str(run_dir), env=no_slurm).returncode == 0
+
+
+def test_failed_step_cancels_its_dependents_and_submit_wait_exits_1(workdir, no_slurm):
+    workflow = write_workflow(workdir, """
+name: failing
+steps:
+  - name: broken
+    command: bash -c
+    args: ['echo about to fail; exit 3']
+  - name: after
+    needs: [broken]
+    command: touch after-ran
+  - name: later
+    needs: [after]
+    command: touch later-ran
+  - name: independent
+    command: touch independent-ran
+""")
+    p, run_dir = submit(workflow, "--wait", env=no_slurm)
+    assert p.returncode == 1
+    manifest = RunManifest.load(run_dir)
+    assert states(manifest) == {"broken": "FAILED", "after": "CANCELLED", "later": "CANCELLED",
+                                "independent": "COMPLETED"}
+    assert manifest.step("broken").exit_code == 3
+    assert "dependency 'broken'" in manifest.step("after").reason
+    assert not (workdir / "after-ran").exists() and not (workdir / "later-ran").exists()
+    assert "about to fail" in p.stderr                 # the failure report shows the log tail
+    status = cli("status", str(run_dir), env=no_slurm)
+    assert status.returncode == 1 and "FAILED" in status.stdout
+
+
+def test_submit_returns_at_once_and_status_follows_the_run(workdir, no_slurm):
+    workflow = write_workflow(workdir, """
+name: slow
+steps:
+  - name: first
+    command: sleep 3
+  - name: second
+    needs: [first]
+    command: "true"
+""")
+    t0 = time.monotonic()
+    p, run_dir = submit(workflow, env=no_slurm)
+    assert p.returncode == 0, p.stderr
+    assert time.monotonic() - t0 < 2.5                 # python start-up + render, not the 3 s
+    status = cli("status", str(run_dir), "--json", env=no_slurm)
+    assert status.returncode == 3
+    assert [s["state"] for s in json.loads(status.stdout)["steps"]][1] == "PENDING"
+    manifest = wait_for(run_dir)
+    assert states(manifest) == {"first": "COMPLETED", "second": "COMPLETED"}
+    assert manifest.step("first").elapsed >= 3
+    assert not alive(manifest.extra["local"]["runner_pid"])
+
+
+def test_cancel_stops_the_running_steps_process_tree_and_what_was_to_come(workdir, no_slurm):
+    workflow = write_workflow(workdir, """
+name: stoppable
+steps:
+  - name: long
+    command: bash -c
+    args: ['sleep 300 & sleep 300; wait']
+  - name: next
+    needs: [long]
+    command: touch next-ran
+""")
+    p, run_dir = submit(workflow, env=no_slurm)
+    assert p.returncode == 0, p.stderr
+    manifest = RunManifest.load(run_dir)
+    deadline = time.monotonic() + 20
+    while len(step_processes(manifest.run_id)) < 3:    # bash + its two sleeps
+        assert time.monotonic() < deadline, "the step never started its sleeps"
+        time.sleep(0.1)
+    c = cli("cancel", str(run_dir), env=no_slurm)
+    assert c.returncode == 0, c.stderr
+    assert "long" in c.stdout and "next" in c.stdout
+    assert step_processes(manifest.run_id) == []
+    manifest = RunManifest.load(run_dir)
+    assert states(manifest) == {"long": "CANCELLED", "next": "CANCELLED"}
+    assert not alive(manifest.extra["local"]["runner_pid"])
+    assert not (workdir / "next-ran").exists()
+    assert cli("status", str(run_dir), env=no_slurm).returncode == 1
+
+
+def test_resume_reruns_only_the_failed_step_and_its_dependents(workdir, no_slurm):
+    workflow = write_workflow(workdir, """
+name: resumable
+steps:
+  - name: good
+    command: bash -c
+    args: ['echo good >> ran.txt']
+  - name: flaky
+    needs: [good]
+    command: bash -c
+    args: ['echo flaky >> ran.txt; test -e fixed']
+  - name: last
+    needs: [flaky]
+    command: bash -c
+    args: ['echo last >> ran.txt']
+""")
+    p, run_dir = submit(workflow, "--wait", env=no_slurm)
+    assert p.returncode == 1
+    first_flaky = RunManifest.load(run_dir).step("flaky").job_id
+    (workdir / "fixed").touch()
+    r = cli("resume", str(run_dir), "--wait", env=no_slurm)
+    assert r.returncode == 0, r.stderr
+    manifest = RunManifest.load(run_dir)
+    assert set(states(manifest).values()) == {"COMPLETED"}
+    assert (workdir / "ran.txt").read_text().split() == ["good", "flaky", "flaky", "last"]
+    assert manifest.step("flaky").history == [first_flaky]
+    assert manifest.step("flaky").job_id != first_flaky
+
+
+def test_a_dead_runner_leaves_failed_steps_instead_of_a_run_that_never_ends(workdir, no_slurm):
+    workflow = write_workflow(workdir, """
+name: orphaned
+steps:
+  - name: long
+    command: sleep 300
+  - name: next
+    needs: [long]
+    command: "true"
+""")
+    p, run_dir = submit(workflow, env=no_slurm)
+    manifest = RunManifest.load(run_dir)
+    deadline = time.monotonic() + 20
+    while not step_processes(manifest.run_id):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(manifest.extra["local"]["runner_pid"], 9)
+    time.sleep(0.3)
+    status = cli("status", str(run_dir), "--json", env=no_slurm)
+    assert status.returncode == 1
+    steps = {s["name"]: s for s in json.loads(status.stdout)["steps"]}
+    assert steps["long"]["state"] == "FAILED" and "local runner" in steps["long"]["reason"]
+    assert steps["next"]["state"] == "CANCELLED"
+    assert step_processes(manifest.run_id) == []
+
+
+def test_missing_container_runtime_is_an_exit_2_error_before_anything_runs(workdir, no_slurm):
+    workflow = write_workflow(workdir, """
+name: boxed
+defaults:
+  container: {image: my.sif}
+steps:
+  - name: step
+    command: touch step-ran
+""")
+    p, run_dir = submit(workflow, env=no_slurm)
+    assert p.returncode == 2
+    assert "'apptainer' is not on PATH" in p.stderr
+    assert "--set defaults.container=none" in p.stderr and "Traceback" not in p.stderr
+    assert RunManifest.load(run_dir).step("step").job_id is None
+    time.sleep(0.5)
+    assert not (workdir / "step-ran").exists()
+
+
+# ---- pieces ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec, ids, limit", [
+    ("0-3", [0, 1, 2, 3], None), ("1,3,5", [1, 3, 5], None), ("0-9:2", [0, 2, 4, 6, 8], None),
+    ("0-7%2", list(range(8)), 2), ("4", [4], None), ("1-2,10-12%3", [1, 2, 10, 11, 12], 3)])
+def test_array_specs_expand_like_slurms(spec, ids, limit):
+    assert expand_array(spec) == (ids, limit)
+
+
+def test_rendered_local_scripts_pass_shellcheck(tmp_path):
+    workflow = write_workflow(tmp_path, """
+name: lint
+defaults:
+  container: {image: "my image.sif", binds: [/data]}
+  env: {A: "x y"}
+steps:
+  - {name: plain, command: echo, args: ["a b", "x;y"]}
+  - {name: tasks, launcher: srun, command: echo, args: [hi], array: "0-3%2",
+     resources: {ntasks-per-node: 2, nodes: 2}}
+  - {name: ddp, launcher: torchrun, nproc-per-node: 2, command: python -c, args: ["print(1)"],
+     container: none}
+""")
+    for case in (workflow, ROOT / "use-cases/mnist/training-workflow.yml",
+                 ROOT / "use-cases/mnist/inference-workflow.yml"):
+        out = tmp_path / f"run-{case.stem}"
+        loaded = load_workflow(case, builtins={"run_dir": str(out), "run_id": "r"})
+        run = render_run(loaded, out, "r", backend="local", workdir=tmp_path)
+        run.write()
+        scripts = sorted(str(p) for p in out.glob("*.sh") if p.name != "submit.sh")
+        assert len(scripts) == len(run.jobs)
+        for script in scripts:
+            assert subprocess.run(["bash", "-n", script]).returncode == 0
+        p = subprocess.run(["shellcheck", "--severity=style", *scripts], capture_output=True,
+                           text=True)
+        assert p.returncode == 0, p.stdout
