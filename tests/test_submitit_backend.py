@@ -1,0 +1,125 @@
+"""The submitit backend: step chains through submitit's SLURM executor (on the real test cluster)
+and its local executor, dependencies honoured, failures stop dependents, requeue-ready callable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import submitit
+
+from itwinai_hpc.backends.submitit import StepScript, choose_cluster, time_minutes
+from itwinai_hpc.runs import RunManifest
+
+CHAIN = """
+name: chain
+steps:
+  - name: first
+    command: bash -c
+    args: ['echo "first $(date +%s.%N)" >> order.txt; sleep 2; echo "first-end $(date +%s.%N)" >> order.txt']
+  - name: second
+    needs: [first]
+    command: bash -c
+    args: ['echo "second $(date +%s.%N)" >> order.txt; echo "job $SLURM_JOB_ID"']
+"""
+
+FAILING = """
+name: failing
+steps:
+  - name: broken
+    command: bash -c
+    args: ['exit 3']
+  - name: after
+    needs: [broken]
+    command: touch after-ran
+"""
+
+
+def submit(folder: Path, text: str, cluster: str) -> tuple[subprocess.CompletedProcess, Path]:
+    (folder / "wf.yml").write_text(text)
+    env = {**os.environ, "ITWINAI_HPC_SUBMITIT_CLUSTER": cluster}
+    p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "submit", "wf.yml", "--backend",
+                        "submitit", "-o", str(folder / "run"), "--wait"], cwd=folder, env=env,
+                       capture_output=True, text=True, timeout=120)
+    return p, folder / "run"
+
+
+def stamps(folder: Path) -> dict[str, float]:
+    return {k: float(v) for k, v in (ln.split() for ln in (folder / "order.txt").read_text()
+                                     .splitlines())}
+
+
+def assert_chain_ran_in_order(p, run_dir: Path, folder: Path) -> RunManifest:
+    assert p.returncode == 0, p.stdout + p.stderr
+    manifest = RunManifest.load(run_dir)
+    assert manifest.backend == "submitit"
+    assert [s.state for s in manifest.steps] == ["COMPLETED", "COMPLETED"]
+    t = stamps(folder)
+    assert t["second"] >= t["first-end"]
+    second = manifest.step("second")
+    assert f"job {second.job_id}" in Path(second.log).read_text()
+    return manifest
+
+
+@pytest.mark.slurm
+def test_chain_runs_in_order_through_submitits_slurm_executor(slurm_cluster, run_folder):
+    p, run_dir = submit(run_folder, CHAIN, "slurm")
+    manifest = assert_chain_ran_in_order(p, run_dir, run_folder)
+    assert manifest.extra["submitit"]["cluster"] == "slurm"
+    first, second = manifest.step("first"), manifest.step("second")
+    assert slurm_cluster.job_fields(first.job_id).get("JobName") == "chain.first"
+    assert f"afterok:{first.job_id}" in (run_dir / "submitit" /
+                                         f"{second.job_id}_submission.sh").read_text()
+
+
+@pytest.mark.slurm
+def test_failed_step_on_slurm_records_its_exit_code_and_cancels_dependents(slurm_cluster,
+                                                                           run_folder):
+    p, run_dir = submit(run_folder, FAILING, "slurm")
+    assert p.returncode == 1
+    manifest = RunManifest.load(run_dir)
+    assert [s.state for s in manifest.steps] == ["FAILED", "CANCELLED"]
+    assert manifest.step("broken").exit_code == 3
+    assert not (run_folder / "after-ran").exists()
+
+
+def test_chain_runs_in_order_through_submitits_local_executor(tmp_path):
+    p, run_dir = submit(tmp_path, CHAIN, "local")
+    manifest = assert_chain_ran_in_order(p, run_dir, tmp_path)
+    assert manifest.extra["submitit"]["cluster"] == "local"
+
+
+def test_failed_step_with_the_local_executor_cancels_dependents(tmp_path):
+    p, run_dir = submit(tmp_path, FAILING, "local")
+    assert p.returncode == 1
+    manifest = RunManifest.load(run_dir)
+    assert [s.state for s in manifest.steps] == ["FAILED", "CANCELLED"]
+    assert manifest.step("broken").exit_code == 3
+    time.sleep(0.5)
+    assert not (tmp_path / "after-ran").exists()
+
+
+def test_step_callable_is_checkpointable_and_resubmits_itself():
+    step = StepScript("/runs/r", "/work", "r", "train", "/runs/r/02-train.sbatch", "/runs/r/x")
+    assert isinstance(step, submitit.helpers.Checkpointable)
+    again = step.checkpoint()
+    assert isinstance(again, submitit.helpers.DelayedSubmission)
+    assert again.function is step and again.args == () and again.kwargs == {}
+
+
+def test_cluster_choice_follows_the_environment_override():
+    assert choose_cluster({"ITWINAI_HPC_SUBMITIT_CLUSTER": "local"}) == "local"
+    assert choose_cluster({"ITWINAI_HPC_SUBMITIT_CLUSTER": "slurm"}) == "slurm"
+    with pytest.raises(Exception, match="expected 'slurm' or 'local'"):
+        choose_cluster({"ITWINAI_HPC_SUBMITIT_CLUSTER": "pbs"})
+
+
+@pytest.mark.parametrize("value, minutes", [
+    ("30", 30), ("00:30:00", 30), ("1:00:01", 61), ("2-00", 2880), ("1-01:30", 1530),
+    ("0:45", 1), (None, None)])
+def test_slurm_times_become_whole_minutes(value, minutes):
+    assert time_minutes(value) == minutes
