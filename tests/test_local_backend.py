@@ -46,10 +46,16 @@ def no_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The test's cwd; at the end, nothing a failed test's steps left behind keeps running."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ITWINAI_HPC_RUNS", str(tmp_path / "runs"))
-    return tmp_path
+    yield tmp_path
+    for pid in step_processes(None, under=tmp_path):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
@@ -90,8 +96,9 @@ def log_text(manifest: RunManifest, step: str) -> str:
     return "".join(f.read_text() for f in files)
 
 
-def step_processes(run_id: str) -> list[int]:
-    """Live processes whose environment names the run (the scripts export ITWINAI_HPC_RUN_ID)."""
+def step_processes(run_id: str | None, under: Path | None = None) -> list[int]:
+    """Live processes whose environment names the run (the scripts export ITWINAI_HPC_RUN_ID),
+    or (under=) any run in that folder."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -99,7 +106,9 @@ def step_processes(run_id: str) -> list[int]:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if f"ITWINAI_HPC_RUN_ID={run_id}".encode() in environ and state != "Z":
+        mine = (f"ITWINAI_HPC_RUN_ID={run_id}".encode() in environ if under is None else
+                any(e.startswith(f"ITWINAI_HPC_RUN_DIR={under}/".encode()) for e in environ))
+        if mine and state != "Z":
             found.append(int(pid))
     return found
 
@@ -254,6 +263,28 @@ steps:
     assert not alive(manifest.extra["local"]["runner_pid"])
     assert not (workdir / "next-ran").exists()
     assert cli("status", str(run_dir), env=no_slurm).returncode == 1
+
+
+def test_cancel_also_stops_torchrun_workers_in_their_own_sessions(workdir, no_slurm):
+    workflow = write_workflow(workdir, """
+name: ddpcancel
+steps:
+  - name: ddp
+    launcher: torchrun
+    nproc-per-node: 2
+    command: python -c
+    args: ["import time; time.sleep(300)"]
+""")
+    p, run_dir = submit(workflow, env=no_slurm)
+    assert p.returncode == 0, p.stderr
+    run_id = RunManifest.load(run_dir).run_id
+    deadline = time.monotonic() + 30
+    while len(step_processes(run_id)) < 3:             # torchrun (bash exec'd it), 2 workers
+        assert time.monotonic() < deadline, "torchrun never started its workers"
+        time.sleep(0.2)
+    assert cli("cancel", str(run_dir), env=no_slurm).returncode == 0
+    assert step_processes(run_id) == []
+    assert RunManifest.load(run_dir).step("ddp").state == "CANCELLED"
 
 
 def test_resume_reruns_only_the_failed_step_and_its_dependents(workdir, no_slurm):
