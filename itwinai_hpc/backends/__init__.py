@@ -27,8 +27,6 @@ class SubmitError(Exception):
 
 class Backend(ABC):
     name: ClassVar[str]
-    # Which rendered scripts this backend runs: "sbatch" (NN-step.sbatch) or "local" (NN-step.sh)
-    scripts: ClassVar[str] = "sbatch"
 
     @abstractmethod
     def submit(self, manifest: RunManifest, steps: list[str]) -> None:

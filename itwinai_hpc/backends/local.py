@@ -61,7 +61,6 @@ def log_path(manifest: RunManifest, step: StepRecord, job_id: str) -> str:
 
 class LocalBackend(Backend):
     name = "local"
-    scripts = "local"
 
     # ---- submit -----------------------------------------------------------------------
     def submit(self, manifest: RunManifest, steps: list[str]) -> None:

@@ -44,7 +44,6 @@ def log_path(manifest: RunManifest, step: StepRecord, job_id: str) -> str:
 
 class SlurmBackend(Backend):
     name = "slurm"
-    scripts = "sbatch"
 
     def __init__(self, poll_after_cancel_s: float = 15.0):
         self.poll_after_cancel_s = poll_after_cancel_s

@@ -102,7 +102,6 @@ class StepScript(submitit.helpers.Checkpointable):
 
 class SubmititBackend(Backend):
     name = "submitit"
-    scripts = "local"
 
     def __init__(self) -> None:
         self.slurm = SlurmBackend()
