@@ -41,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override any field, e.g. steps.train.resources.nodes=4 or "
                             "vars.data_dir=/scratch/x (repeatable; VALUE is read as YAML)")
 
+    def run_folder_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-o", "--output", metavar="DIR",
+                       help="the run folder to create (default: RUNS/<run id>)")
+        p.add_argument("--runs-dir", type=Path, metavar="RUNS",
+                       help="where run folders go (default: $ITWINAI_HPC_RUNS or ./runs)")
+        p.add_argument("--templates", metavar="DIR",
+                       help="a folder of templates that replace the built-in ones of the same "
+                            "name")
+
     p = sub.add_parser("validate", help="check a workflow file; writes nothing",
                        description="Check a workflow file: schema, types, needs, cycles. "
                                    "Prints every problem with file, line and field; exit 2 "
@@ -54,12 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(works by hand with only sbatch), the resolved workflow "
                                    "and run.json. Submits nothing.")
     workflow_args(p)
-    p.add_argument("-o", "--output", metavar="DIR",
-                   help="the run folder to create (default: RUNS/<run id>)")
-    p.add_argument("--runs-dir", type=Path, metavar="RUNS",
-                   help="where run folders go (default: $ITWINAI_HPC_RUNS or ./runs)")
-    p.add_argument("--templates", metavar="DIR",
-                   help="a folder of templates that replace the built-in ones of the same name")
+    run_folder_args(p)
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("submit", help="render a run folder and submit it",
@@ -69,10 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     workflow_args(p)
     p.add_argument("--backend", default="auto", choices=["auto", "slurm", "local", "submitit"],
                    help="auto (default): slurm where sbatch works, else local")
-    p.add_argument("-o", "--output", metavar="DIR", help="the run folder (default: RUNS/<id>)")
-    p.add_argument("--runs-dir", type=Path, metavar="RUNS",
-                   help="where run folders go (default: $ITWINAI_HPC_RUNS or ./runs)")
-    p.add_argument("--templates", metavar="DIR", help="templates that replace built-in ones")
+    run_folder_args(p)
     p.add_argument("--wait", action="store_true",
                    help="wait with live progress; exit like `status` (non-zero if a step fails)")
     p.add_argument("--dry-run", action="store_true",
