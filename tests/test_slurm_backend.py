@@ -330,3 +330,48 @@ def test_status_without_any_accounting_uses_the_exit_status_jobs_left_behind(
     assert rc == 1
     assert states(doc) == {"a": "COMPLETED", "b": "FAILED", "c": "CANCELLED"}
     assert doc["steps"][1]["exit_code"] == 3
+
+
+# ---- logs, dry run, watch ---------------------------------------------------------------------
+
+def test_logs_prints_a_steps_output_and_follows_it_until_the_step_ends(
+        slurm_cluster, run_folder, capsys):
+    wf = write(run_folder / "talk.yml", """
+name: talk
+defaults: {container: none, resources: {time: 5, mem: 100M}}
+steps:
+  - {name: talk, command: 'for i in 1 2 3; do echo "line $i"; sleep 1; done'}
+  - {name: quiet, command: 'true', needs: [talk]}
+""")
+    assert main(["submit", str(wf), "--backend", "slurm"]) == 0
+    run_id = RunManifest.load(find_run(None)).run_id
+    capsys.readouterr()
+    assert main(["logs", run_id, "talk", "-f"]) == 0       # returns once the step has ended
+    followed = capsys.readouterr().out
+    assert [l for l in followed.splitlines() if l.startswith("line")] == ["line 1", "line 2",
+                                                                         "line 3"]
+    assert main(["logs", run_id, "talk"]) == 0
+    assert capsys.readouterr().out == followed
+    assert main(["logs", run_id, "nosuch"]) == 2
+    assert "has no step 'nosuch'" in capsys.readouterr().err
+
+
+def test_dry_run_renders_the_run_folder_and_submits_nothing(slurm_cluster, run_folder, capsys):
+    wf = chain_workflow(run_folder)
+    before = slurm_cluster.run("squeue", "-h", "-o", "%i")
+    assert main(["submit", str(wf), "--backend", "slurm", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: nothing submitted" in out and "02-b.sbatch  (after a)" in out
+    manifest = RunManifest.load(find_run(None))
+    assert all(s.job_id is None for s in manifest.steps)
+    assert slurm_cluster.run("squeue", "-h", "-o", "%i") == before
+
+
+def test_status_watch_refreshes_until_the_run_is_done(slurm_cluster, run_folder, capsys):
+    wf = chain_workflow(run_folder, sleep=0.5)
+    assert main(["submit", str(wf), "--backend", "slurm"]) == 0
+    run_dir = RunManifest.load(find_run(None)).run_dir
+    capsys.readouterr()
+    assert main(["status", run_dir, "--watch", "--interval", "0.5"]) == 0   # a folder works too
+    tables = capsys.readouterr().out.split("run chain-")
+    assert len(tables) >= 3 and "COMPLETED" in tables[-1] and "PENDING" in tables[1]
