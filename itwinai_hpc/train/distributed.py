@@ -1,0 +1,145 @@
+"""The process group and the environment a training process runs in: rank, world size, device,
+SLURM facts for logging, and the stop request (STOP file or signal) that every rank agrees on.
+
+Reads only environment variables (torchrun's and SLURM's); never asks a scheduler anything.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Context:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: "object"            # torch.device
+    backend: str | None          # None when running alone without a process group
+    slurm: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+
+SLURM_KEYS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_JOB_NAME", "SLURM_NNODES",
+              "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT", "SLURM_CLUSTER_NAME")
+
+
+def setup() -> Context:
+    """Join torchrun's process group when WORLD_SIZE is set (nccl where this process has a GPU,
+    else gloo); otherwise run alone as rank 0 of 1."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    has_gpu = torch.cuda.is_available() and local_rank < torch.cuda.device_count()
+    device = torch.device(f"cuda:{local_rank}") if has_gpu else torch.device("cpu")
+    if has_gpu:
+        torch.cuda.set_device(device)
+    backend = None
+    if "MASTER_ADDR" in os.environ and world >= 1 and "RANK" in os.environ:
+        backend = "nccl" if has_gpu else "gloo"
+        dist.init_process_group(backend, device_id=device if has_gpu else None)
+        rank, world = dist.get_rank(), dist.get_world_size()
+    slurm = {k: os.environ[k] for k in SLURM_KEYS if k in os.environ}
+    return Context(rank, world, local_rank, device, backend, slurm)
+
+
+def teardown(ctx: Context) -> None:
+    import torch.distributed as dist
+
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: Context) -> None:
+    import torch.distributed as dist
+
+    if ctx.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(ctx: Context, values: list[float]) -> list[float]:
+    """Sum a few numbers over all ranks (float64, so sample counts stay exact)."""
+    import torch
+    import torch.distributed as dist
+
+    if not ctx.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_object(ctx: Context, obj):
+    """Rank 0's `obj` on every rank (e.g. the MLflow run id)."""
+    import torch.distributed as dist
+
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class StopRequest:
+    """A request to checkpoint and stop early: SIGTERM/SIGUSR2 to this process, or a STOP file in
+    the run folder. Each rank sees its own request; `agreed()` makes every rank stop at the same
+    step (all_reduce MAX), since only some ranks may see the file or get the signal."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+    def __init__(self, ctx: Context, stop_file: Path | None):
+        self.ctx, self.stop_file, self.signalled = ctx, stop_file, None
+        self._previous = {}
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        # Only set a flag: the loop acts between steps, where the state is consistent.
+        self.signalled = signal.Signals(signum).name
+
+    def local(self) -> bool:
+        return bool(self.signalled) or (self.stop_file is not None and self.stop_file.exists())
+
+    def agreed(self) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        flag = self.local()
+        if not self.ctx.distributed:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.ctx.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def reason(self) -> str:
+        if self.signalled:
+            return self.signalled
+        return f"{self.stop_file} exists" if self.local() else "another rank was asked to stop"
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def broadcast_buffers(ctx: Context, model) -> None:
+    """Rank 0's buffers (BatchNorm running stats) on every rank. DDP broadcasts them before each
+    forward, so the last step leaves each rank with its own: without this, ranks would evaluate
+    and end with slightly different models."""
+    import torch.distributed as dist
+
+    if ctx.distributed:
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)

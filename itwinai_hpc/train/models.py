@@ -1,0 +1,40 @@
+"""Models by name: `model: mnist-cnn` in the train config picks a factory registered here, so a
+second use case adds one `register_model` call and no change to the trainer."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from itwinai_hpc.errors import UserError
+
+MODELS: dict[str, Callable] = {}
+
+
+def register_model(name: str):
+    """Decorator: register `factory(num_classes) -> torch.nn.Module` under `name`."""
+    def wrap(factory: Callable) -> Callable:
+        MODELS[name] = factory
+        return factory
+    return wrap
+
+
+def build_model(name: str, num_classes: int, *, file: str | None = None):
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}",
+                        file=file, field="model")
+    return MODELS[name](num_classes)
+
+
+@register_model("mnist-cnn")
+def mnist_cnn(num_classes: int = 10):
+    """The fast MNIST recipe (FACTS.md): ~99% test accuracy after one epoch with OneCycleLR."""
+    from torch import nn
+
+    def block(c_in: int, c_out: int) -> list:
+        # No conv bias: BatchNorm's shift makes it redundant.
+        return [nn.Conv2d(c_in, c_out, 5, padding=2, bias=False), nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+
+    return nn.Sequential(*block(1, 16), *block(16, 32), nn.Flatten(),
+                         nn.Linear(32 * 7 * 7, 128), nn.ReLU(inplace=True),
+                         nn.Linear(128, num_classes))

@@ -1,0 +1,112 @@
+"""One training run's MLflow session as the trainer sees it: rank 0 makes the calls, every rank
+learns the run id (or rank 0's error) so that no rank waits forever on a failed rank 0."""
+
+from __future__ import annotations
+
+import os
+
+from itwinai_hpc.errors import UserError
+from itwinai_hpc.train import distributed as D
+from itwinai_hpc.train.config import flatten
+
+
+class TrackingSession:
+    def __init__(self, ctx: D.Context, config: dict, opts, resume_run_id: str | None = None):
+        self.ctx, self.config, self.opts = ctx, config, opts
+        self.resume_run_id = resume_run_id
+        self.model_name = opts.register_as or config["registry"]["model_name"]
+        self.alias = config["registry"]["alias"]
+        self.metric = config["registry"]["select_by"]
+        self.run_id: str | None = None
+
+    def start(self) -> str:
+        """Create the experiment (rank 0, before anything else writes), start or resume the run,
+        log params and the run folder's scripts. Returns the run id on every rank."""
+        outcome = None
+        if self.ctx.is_main:
+            try:
+                outcome = ("ok", self._start_main())
+            except UserError as e:
+                outcome = ("user", e.format())
+            except Exception as e:  # reported on every rank below, then re-raised here
+                outcome = ("error", f"{type(e).__name__}: {e}")
+                if not self.ctx.distributed:
+                    raise
+        kind, value = D.broadcast_object(self.ctx, outcome)
+        if kind == "user":
+            raise UserError(value)
+        if kind == "error":
+            raise RuntimeError(f"MLflow setup failed on rank 0: {value}")
+        self.run_id = value
+        return value
+
+    def _start_main(self) -> str:
+        from itwinai_hpc import tracking
+
+        tracking.configure(self.opts.tracking_uri)
+        env = os.environ
+        tags = {"itwinai_hpc.step": env.get("ITWINAI_HPC_STEP", "train"),
+                "itwinai_hpc.world_size": str(self.ctx.world_size)}
+        if "ITWINAI_HPC_RUN_ID" in env:
+            tags["itwinai_hpc.run_id"] = env["ITWINAI_HPC_RUN_ID"]
+        for key, value in self.ctx.slurm.items():
+            tags[key.lower().replace("_", ".", 1)] = value   # slurm.job_id, slurm.nnodes ...
+        run_id = tracking.start_run(self.config["tracking"]["experiment"],
+                                    run_id=self.resume_run_id,
+                                    run_name=env.get("ITWINAI_HPC_RUN_ID"), tags=tags)
+        if not self.resume_run_id:   # params are immutable in MLflow: log them once per run
+            params = flatten(self.config)
+            params.update({"world_size": self.ctx.world_size, "backend": self.ctx.backend or "none",
+                           "device": self.ctx.device.type, "data": os.path.abspath(self.opts.data),
+                           "registry.model_name": self.model_name,
+                           "slurm_job_id": self.ctx.slurm.get("SLURM_JOB_ID", ""),
+                           "slurm_nnodes": self.ctx.slurm.get("SLURM_NNODES", "")})
+            tracking.log_params(params)
+        if self.opts.run_dir and os.path.isdir(self.opts.run_dir):
+            tracking.log_run_scripts(self.opts.run_dir)
+        return run_id
+
+    def log_step(self, loss: float, lr: float, step: int) -> None:
+        from itwinai_hpc import tracking
+
+        tracking.log_metrics({"train_loss_step": loss, "lr": lr}, step)
+
+    def log_epoch(self, metrics: dict[str, float], epoch: int) -> None:
+        from itwinai_hpc import tracking
+
+        tracking.log_metrics(metrics, epoch)
+
+    def log_checkpoint(self, path) -> None:
+        from itwinai_hpc import tracking
+
+        tracking.log_artifact(path, "checkpoints")
+
+    def register(self, model, example, *, best: dict, test_accuracy: float) -> tuple[str, bool]:
+        from itwinai_hpc import tracking
+
+        tracking.log_metrics({"test_accuracy": test_accuracy,
+                              f"best_{self.metric}": best["metric"]}, best["epoch"])
+        return tracking.log_and_register(
+            model, example, name=self.model_name, alias=self.alias, metric=self.metric,
+            value=best["metric"], step=best["epoch"],
+            tags={"test_accuracy": repr(test_accuracy), "best_epoch": str(best["epoch"])})
+
+    def stopped(self, result, reason: str):
+        if self.ctx.is_main:
+            from itwinai_hpc import tracking
+
+            tracking.set_tags({"itwinai_hpc.stopped": reason})
+            tracking.end_run("KILLED")   # resumed later: the same run goes back to RUNNING
+        return result
+
+    def finished(self) -> None:
+        from itwinai_hpc import tracking
+
+        tracking.end_run("FINISHED")
+
+    def failed(self) -> None:
+        if self.ctx.is_main and self.run_id:
+            import mlflow
+
+            if mlflow.active_run() is not None:
+                mlflow.end_run("FAILED")
