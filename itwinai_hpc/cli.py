@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(sub) -> None:
     """Commands that live in other modules; each registers its own parser."""
     from .data import cli as data_cli
+    from .train import cli as train_cli
     data_cli.add_parser(sub)
+    train_cli.add_parser(sub)
 
 
 def command_line() -> str:

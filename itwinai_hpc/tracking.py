@@ -63,6 +63,8 @@ def start_run(experiment: str, *, run_id: str | None = None, run_name: str | Non
 
     if run_id:
         run = mlflow.start_run(run_id=run_id)
+        if "itwinai_hpc.stopped" in run.data.tags:
+            mlflow.delete_tag("itwinai_hpc.stopped")   # it is running again
     else:
         run = mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name)
     if tags:
@@ -113,20 +115,21 @@ def log_run_scripts(run_dir: str | os.PathLike) -> list[str]:
 
 
 def log_and_register(model, input_example, *, name: str, alias: str, metric: str,
-                     value: float, step: int, tags: dict[str, str] | None = None
+                     value: float, tags: dict[str, str] | None = None
                      ) -> tuple[str, bool]:
     """Log `model` (eval mode, pt2 format) to the active run and register it as a new version of
     `name`; move `alias` to it when `value` of `metric` beats the current holder's (higher is
     better; a tie keeps the current one). Returns (version, became_alias_holder).
 
-    `step` links the model to that step's metrics (MLflow 3 logged models); note the file store
-    then appends those metric values once more, with the model id set."""
+    The model is logged at step 0, where the trainer logs no metrics: MLflow 3 copies a run's
+    metrics of the model's step into the history again (with the model id, which the file store
+    does not return), and per-epoch metrics must appear once per epoch."""
     import mlflow
     import mlflow.pytorch
     from mlflow import MlflowClient
 
     info = mlflow.pytorch.log_model(model, name="model", input_example=input_example,
-                                    pip_requirements=PIP_REQUIREMENTS, step=step)
+                                    pip_requirements=PIP_REQUIREMENTS, step=0)
     version = mlflow.register_model(info.model_uri, name).version
     client = MlflowClient()
     for key, val in {metric: repr(float(value)), **(tags or {})}.items():

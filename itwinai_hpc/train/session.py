@@ -81,15 +81,18 @@ class TrackingSession:
 
         tracking.log_artifact(path, "checkpoints")
 
-    def register(self, model, example, *, best: dict, test_accuracy: float) -> tuple[str, bool]:
+    def register(self, model, example, *, best: dict, test_accuracy: float, epochs: int) -> tuple[str, bool]:
         from itwinai_hpc import tracking
 
-        tracking.log_metrics({"test_accuracy": test_accuracy,
-                              f"best_{self.metric}": best["metric"]}, best["epoch"])
-        return tracking.log_and_register(
+        registered = tracking.log_and_register(
             model, example, name=self.model_name, alias=self.alias, metric=self.metric,
-            value=best["metric"], step=best["epoch"],
+            value=best["metric"],
             tags={"test_accuracy": repr(test_accuracy), "best_epoch": str(best["epoch"])})
+        # After log_model, which would otherwise copy them into their history a second time.
+        tracking.log_metrics({"test_accuracy": test_accuracy,
+                              f"best_{self.metric}": best["metric"]}, epochs)
+        tracking.set_tags({"registered_model": f"{self.model_name}/{registered[0]}"})
+        return registered
 
     def stopped(self, result, reason: str):
         if self.ctx.is_main:

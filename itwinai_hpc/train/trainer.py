@@ -141,18 +141,18 @@ def train_classifier(config: dict, opts: TrainOptions, ctx: D.Context, log=print
     start_epoch, start_batch, partial = 0, 0, (0.0, 0.0)
     best = {"metric": None, "epoch": None, "state": None}
     if ck is not None:
+        if ck.get("finished"):   # e.g. a requeue that raced the end of training
+            if ctx.is_main:
+                log(f"training already finished in {ckpt_where} (model version "
+                    f"{ck.get('model_version')}); nothing to do", flush=True)
+            return TrainResult("already-finished", ck["epochs"], ck.get("mlflow_run_id"),
+                               model_version=ck.get("model_version"))
         check_resumable(ck, ctx.world_size, epochs, ckpt_where)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start_epoch, start_batch, best = ck["epoch"], ck["batch"], ck["best"]
         partial = tuple(ck["partial"]) if ctx.is_main else (0.0, 0.0)
-        if ck.get("finished"):
-            if ctx.is_main:
-                log(f"training already finished in {ckpt_where} (model version "
-                    f"{ck.get('model_version')}); nothing to do", flush=True)
-            return TrainResult("already-finished", epochs, ck.get("mlflow_run_id"),
-                               model_version=ck.get("model_version"))
 
     session = TrackingSession(ctx, config, opts, resume_run_id=ck.get("mlflow_run_id") if ck
                               else None)
@@ -265,7 +265,7 @@ def finish(config, opts, ctx, model, best, manifest, session, run_id, memory_for
         example = next(iter(ShardedLoader(manifest, "validation", 2, shuffle=False, rank=0,
                                           world_size=1, verify=False)))[0]
         result.model_version, result.champion = session.register(
-            export, example.numpy(), best=best, test_accuracy=test_acc)
+            export, example.numpy(), best=best, test_accuracy=test_acc, epochs=epochs)
         log(f"best val_accuracy {best['metric']:.4f} (epoch {best['epoch']}), test_accuracy "
             f"{test_acc:.4f}; registered {session.model_name} version {result.model_version}"
             + (f" as @{session.alias}" if result.champion else
