@@ -131,6 +131,13 @@ class RunManifest:
     def done(self) -> bool:
         return all(s.finished for s in self.steps)
 
+    def log_path(self, step: StepRecord, job_id: str) -> str:
+        """logs/<workflow>.<step>-<id>.out, where SLURM's %x-%j.out points (arrays: %x-%A_%a,
+        so a glob over the tasks' files)."""
+        name = f"{self.workflow_name}.{step.name}-{job_id}"
+        return str(Path(self.run_dir) / "logs" / (f"{name}_*.out" if step.array else
+                                                  f"{name}.out"))
+
     def dependents(self, names: set[str]) -> set[str]:
         """`names` plus every step that needs one of them, directly or not."""
         out = set(names)

@@ -47,10 +47,11 @@ class Backend(ABC):
         """Cancel every unfinished job of the run; return the names of the steps cancelled."""
 
     def log_files(self, manifest: RunManifest, step: StepRecord) -> list[Path]:
-        """The step's output file(s): one per array task for arrays."""
-        if step.log:
-            return [Path(step.log)]
-        return []
+        """The step's output file(s): one per array task for arrays (step.log is a glob)."""
+        if not step.log:
+            return []
+        path = Path(step.log)
+        return sorted(path.parent.glob(path.name)) if "*" in path.name else [path]
 
 
 def sbatch_works() -> bool:

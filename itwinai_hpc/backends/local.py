@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from ..runs import RunManifest, StepRecord
+from ..runs import RunManifest
 from . import Backend, SubmitError
 from .local_procs import alive, job_marker, kill_job, start_time
 from .local_runner import CANCEL_GRACE_S, now_iso
@@ -52,13 +52,6 @@ def check_container_runtimes(manifest: RunManifest, steps: list[str]) -> None:
                         "containers: --set defaults.container=none")
 
 
-def log_path(manifest: RunManifest, step: StepRecord, job_id: str) -> str:
-    """Like SLURM's %x-%j.out (%x-%A_%a.out for arrays, one file per task)."""
-    name = f"{manifest.workflow_name}.{step.name}-{job_id}"
-    return str(Path(manifest.run_dir) / "logs" / (f"{name}_*.out" if step.array else
-                                                  f"{name}.out"))
-
-
 class LocalBackend(Backend):
     name = "local"
 
@@ -81,7 +74,7 @@ class LocalBackend(Backend):
                 local["next_id"] = local.get("next_id", 0) + 1
                 s.job_id = str(local["next_id"])
                 s.state, s.submitted_at, s.reason = "PENDING", now_iso(), None
-                s.log = log_path(m, s, s.job_id)
+                s.log = m.log_path(s, s.job_id)
             with open(Path(m.run_dir) / RUNNER_LOG, "ab") as out:
                 try:
                     # A new session, no terminal and no shared pipes: the run goes on after
@@ -140,9 +133,3 @@ class LocalBackend(Backend):
                 if not s.finished:
                     s.state, s.reason = "CANCELLED", "cancelled by the user"
         return active
-
-    def log_files(self, manifest: RunManifest, step: StepRecord) -> list[Path]:
-        if not step.log:
-            return []
-        path = Path(step.log)
-        return sorted(path.parent.glob(path.name)) if "*" in path.name else [path]

@@ -35,13 +35,6 @@ def sbatch_command(step: StepRecord, parent_ids: list[str]) -> list[str]:
     return cmd + [step.script]
 
 
-def log_path(manifest: RunManifest, step: StepRecord, job_id: str) -> str:
-    """Where the script's `#SBATCH --output=logs/%x-%j.out` (or %x-%A_%a for arrays) points."""
-    name = f"{manifest.workflow_name}.{step.name}"
-    suffix = f"{job_id}_*.out" if step.array else f"{job_id}.out"
-    return str(Path(manifest.run_dir) / "logs" / f"{name}-{suffix}")
-
-
 class SlurmBackend(Backend):
     name = "slurm"
 
@@ -76,7 +69,7 @@ class SlurmBackend(Backend):
             with manifest.updating() as m:
                 s = m.step(step.name)
                 s.job_id, s.state, s.submitted_at = job_id, "PENDING", _now()
-                s.log = log_path(m, s, job_id)
+                s.log = m.log_path(s, job_id)
 
     def _refused(self, manifest: RunManifest, step: StepRecord, message: str,
                  submitted: list[tuple[str, str]], env: dict[str, str]) -> None:
@@ -158,12 +151,6 @@ class SlurmBackend(Backend):
                 break
             time.sleep(0.5)
         return [s.name for s in active]
-
-    def log_files(self, manifest: RunManifest, step: StepRecord) -> list[Path]:
-        if not step.log:
-            return []
-        path = Path(step.log)
-        return sorted(path.parent.glob(path.name)) if "*" in path.name else [path]
 
 
 def _now() -> str:

@@ -248,6 +248,3 @@ class SubmititBackend(Backend):
                     rec.state, rec.reason = "CANCELLED", "cancelled by the user"
         return [s.name for s in active]
 
-    def log_files(self, manifest: RunManifest, step: StepRecord) -> list[Path]:
-        return [Path(step.log)] if step.log else []
-
