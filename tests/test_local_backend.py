@@ -233,7 +233,11 @@ steps:
     manifest = wait_for(run_dir)
     assert states(manifest) == {"first": "COMPLETED", "second": "COMPLETED"}
     assert manifest.step("first").elapsed >= 3
-    assert not alive(manifest.extra["local"]["runner_pid"])
+    runner = manifest.extra["local"]["runner_pid"]
+    deadline = time.monotonic() + 10           # it writes the last state, then exits
+    while alive(runner) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(runner)
 
 
 def test_cancel_stops_the_running_steps_process_tree_and_what_was_to_come(workdir, no_slurm):
@@ -260,7 +264,11 @@ steps:
     assert step_processes(manifest.run_id) == []
     manifest = RunManifest.load(run_dir)
     assert states(manifest) == {"long": "CANCELLED", "next": "CANCELLED"}
-    assert not alive(manifest.extra["local"]["runner_pid"])
+    runner = manifest.extra["local"]["runner_pid"]
+    deadline = time.monotonic() + 10           # it writes the last state, then exits
+    while alive(runner) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(runner)
     assert not (workdir / "next-ran").exists()
     assert cli("status", str(run_dir), env=no_slurm).returncode == 1
 
