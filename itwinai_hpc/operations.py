@@ -51,8 +51,24 @@ def _active(step: StepRecord) -> bool:
     return step.job_id is not None and not step.finished
 
 
+def adopt_hand_submission(manifest: RunManifest) -> None:
+    """A run folder submitted by hand with `bash submit.sh` has job ids in jobs.tsv only: take
+    them (the last line per step wins) so that status, logs, cancel and resume work on it."""
+    jobs_tsv = Path(manifest.run_dir) / "jobs.tsv"
+    if manifest.backend or not jobs_tsv.is_file():
+        return
+    ids = dict(line.split("\t", 1) for line in jobs_tsv.read_text().splitlines() if "\t" in line)
+    with manifest.updating() as m:
+        m.backend = "slurm"
+        for s in m.steps:
+            if s.name in ids:
+                s.job_id, s.state = ids[s.name].strip(), "PENDING"
+                s.log = m.log_path(s, s.job_id)
+
+
 def refresh(manifest: RunManifest) -> RunManifest:
     """Ask the run's backend once about every unfinished step; returns the updated manifest."""
+    adopt_hand_submission(manifest)
     if any(_active(s) for s in manifest.steps):
         backend_for(manifest).refresh(manifest)
     return manifest

@@ -114,6 +114,9 @@ steps:
     evil = f"$(touch {marker}); `touch {marker}`"
     assert first[1:] == [evil, "a;b"] and second[1:] == [evil]
     assert not marker.exists()
+    # status knows a run submitted by hand (from jobs.tsv)
+    assert main(["status", str(out)]) == 0
+    assert RunManifest.load(out).step("second").job_id == ids["second"]
 
 
 # ---- issue 3: submit, status, cancel, resume -------------------------------------------------
