@@ -152,4 +152,15 @@ def resolved_workflow_yaml(loaded: LoadedWorkflow) -> str:
               + "\n")
     body = loaded.workflow.model_dump(mode="json", by_alias=True, exclude_none=True,
                                       exclude_defaults=True)
-    return header + yaml.safe_dump(body, sort_keys=False, default_flow_style=False, width=1000)
+    return header + yaml.safe_dump(_escape_vars(body), sort_keys=False,
+                                   default_flow_style=False, width=1000)
+
+
+def _escape_vars(node):
+    """Substituted values may hold a literal ${...} (written $${...}): keep it literal when the
+    resolved file is loaded again (backends do)."""
+    if isinstance(node, dict):
+        return {k: _escape_vars(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_escape_vars(v) for v in node]
+    return node.replace("${", "$${") if isinstance(node, str) else node

@@ -77,6 +77,18 @@ def test_render_writes_a_complete_run_folder(tmp_path, capsys):
     assert [s.name for s in again.workflow.steps] == ["preprocess", "train"]
 
 
+def test_the_resolved_workflow_loads_again_to_the_same_steps(tmp_path):
+    wf = tmp_path / "wf.yml"
+    wf.write_text("name: lit\nvars: {d: /data}\nsteps:\n"
+                  "  - {name: a, command: 'echo $${HOME}', args: ['${d}/x', '$${N:-0}']}\n")
+    out = tmp_path / "run"
+    loaded = load_workflow(wf, builtins={"run_dir": str(out), "run_id": "r"})
+    render_run(loaded, out, "r").write()
+    again = load_workflow(out / "workflow.yml", builtins={"run_dir": str(out), "run_id": "r"})
+    assert again.workflow.steps == loaded.workflow.steps
+    assert again.workflow.steps[0].args == ["/data/x", "${N:-0}"]
+
+
 def test_render_refuses_an_existing_run_folder_and_leaves_it_alone(tmp_path, capsys):
     out = tmp_path / "run1"
     out.mkdir()

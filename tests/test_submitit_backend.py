@@ -123,3 +123,37 @@ def test_cluster_choice_follows_the_environment_override():
     ("0:45", 1), (None, None)])
 def test_slurm_times_become_whole_minutes(value, minutes):
     assert time_minutes(value) == minutes
+
+
+PREEMPTED = """
+name: preempted
+defaults: {resources: {time: 10}}
+steps:
+  - name: long
+    command: bash -c
+    args: ['echo "start $${SLURM_RESTART_COUNT:-0}"; if [[ -e resumed ]]; then exit 0; fi; touch resumed; sleep 60']
+"""
+
+
+@pytest.mark.slurm
+def test_a_step_warned_of_its_time_limit_is_checkpointed_requeued_and_completes(
+        slurm_cluster, run_folder):
+    (run_folder / "wf.yml").write_text(PREEMPTED)
+    env = {**os.environ, "ITWINAI_HPC_SUBMITIT_CLUSTER": "slurm"}
+    p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "submit", "wf.yml", "--backend",
+                        "submitit", "-o", str(run_folder / "run")], cwd=run_folder, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    job = RunManifest.load(run_folder / "run").step("long").job_id
+    slurm_cluster.wait_for_state(job, ["RUNNING"])
+    deadline = time.monotonic() + 30
+    while not (run_folder / "resumed").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    # what slurmctld sends at --signal=B:USR2@90 before the time limit
+    slurm_cluster.run("scancel", "--batch", "--signal=USR2", job)
+    slurm_cluster.wait_for_jobs([job], timeout=90)
+    fields = slurm_cluster.job_fields(job)
+    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1"
+    log = Path(RunManifest.load(run_folder / "run").step("long").log).read_text()
+    assert [l for l in log.splitlines() if l.startswith("start")] == ["start 0", "start 1"]

@@ -8,7 +8,9 @@ from its own checkpoint files. States go into run.json like every backend's. No 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -181,7 +183,9 @@ class SubmititBackend(Backend):
             value = getattr(r, key)
             if value:
                 params[key] = value
-        executor = submitit.SlurmExecutor(folder)
+        # `exec`: python replaces the batch shell, so the B:USR2 warning reaches submitit's
+        # handler (checkpoint + requeue). Sent to a plain bash it would kill the job instead.
+        executor = submitit.SlurmExecutor(folder, python="exec " + shlex.quote(sys.executable))
         executor.update_parameters(**params)
         return executor
 
