@@ -402,3 +402,24 @@ steps:
         p = subprocess.run(["shellcheck", "--severity=style", *scripts], capture_output=True,
                            text=True)
         assert p.returncode == 0, p.stdout
+
+
+def test_a_failing_srun_task_fails_the_step_with_its_exit_code_and_stops_the_others(
+        workdir, no_slurm):
+    workflow = write_workflow(workdir, """
+name: tasks
+defaults: {container: none}
+steps:
+  - name: pair
+    launcher: srun
+    resources: {ntasks-per-node: 2}
+    command: bash -c
+    args: ['if [[ $SLURM_PROCID == 1 ]]; then exit 3; fi; sleep 30; touch survived']
+""")
+    t0 = time.monotonic()
+    p, run_dir = submit(workflow, "--wait", env=no_slurm)
+    assert p.returncode == 1, p.stderr
+    manifest = RunManifest.load(run_dir)
+    assert manifest.step("pair").state == "FAILED" and manifest.step("pair").exit_code == 3
+    assert time.monotonic() - t0 < 20                  # task 0 did not sleep its 30 s
+    assert not (workdir / "survived").exists()
