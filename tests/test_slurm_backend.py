@@ -378,3 +378,30 @@ def test_status_watch_refreshes_until_the_run_is_done(slurm_cluster, run_folder,
     assert main(["status", run_dir, "--watch", "--interval", "0.5"]) == 0   # a folder works too
     tables = capsys.readouterr().out.split("run chain-")
     assert len(tables) >= 3 and "COMPLETED" in tables[-1] and "PENDING" in tables[1]
+
+
+def test_srun_and_array_steps_run_their_tasks_and_report_as_one_step(slurm_cluster, run_folder,
+                                                                     capsys):
+    wf = write(run_folder / "tasks.yml", """
+name: tasks
+defaults: {container: none, resources: {time: 5, mem: 100M}}
+steps:
+  - name: ranks
+    launcher: srun
+    resources: {ntasks-per-node: 2}
+    command: 'bash -c "echo rank \\$SLURM_PROCID of \\$SLURM_NTASKS"'
+  - name: shards
+    needs: [ranks]
+    array: 0-2
+    command: 'echo "shard $SLURM_ARRAY_TASK_ID"'
+""")
+    assert main(["submit", str(wf), "--backend", "slurm", "--wait"]) == 0
+    manifest = RunManifest.load(find_run(None))
+    ranks = Path(manifest.step("ranks").log).read_text()
+    assert sorted(l for l in ranks.splitlines() if l.startswith("rank")) == \
+        ["rank 0 of 2", "rank 1 of 2"]
+    assert manifest.step("shards").state == "COMPLETED"
+    capsys.readouterr()
+    assert main(["logs", manifest.run_id, "shards"]) == 0
+    shards = [l for l in capsys.readouterr().out.splitlines() if l.startswith("shard")]
+    assert sorted(shards) == ["shard 0", "shard 1", "shard 2"]
