@@ -130,7 +130,7 @@ def log_and_register(model, input_example, *, name: str, alias: str, metric: str
 
     info = mlflow.pytorch.log_model(model, name="model", input_example=input_example,
                                     pip_requirements=PIP_REQUIREMENTS, step=0)
-    version = mlflow.register_model(info.model_uri, name).version
+    version = str(mlflow.register_model(info.model_uri, name).version)
     client = MlflowClient()
     for key, val in {metric: repr(float(value)), **(tags or {})}.items():
         client.set_model_version_tag(name, version, key, val)

@@ -143,3 +143,14 @@ def broadcast_buffers(ctx: Context, model) -> None:
     if ctx.distributed:
         for buf in model.buffers():
             dist.broadcast(buf, src=0)
+
+
+def all_gather_object(ctx: Context, obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    import torch.distributed as dist
+
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out

@@ -102,9 +102,10 @@ class TrackingSession:
             tracking.end_run("KILLED")   # resumed later: the same run goes back to RUNNING
         return result
 
-    def finished(self) -> None:
+    def finished(self, weight_hashes: list[str]) -> None:
         from itwinai_hpc import tracking
 
+        tracking.set_tags({f"weights_sha256.rank{r}": h for r, h in enumerate(weight_hashes)})
         tracking.end_run("FINISHED")
 
     def failed(self) -> None:

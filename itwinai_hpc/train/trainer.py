@@ -249,7 +249,9 @@ def finish(config, opts, ctx, model, best, manifest, session, run_id, memory_for
     that a requeued job does not register the model twice."""
     from itwinai_hpc.data.dataset import ShardedLoader
 
-    final_sha = weights_sha256(model)
+    # DDP must leave every rank with the same weights: gather each rank's hash to check.
+    hashes = D.all_gather_object(ctx, weights_sha256(model))
+    final_sha = hashes[ctx.rank]
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     test_loader = ShardedLoader(manifest, "test", config["trainer"]["eval_batch_size"],
@@ -272,8 +274,8 @@ def finish(config, opts, ctx, model, best, manifest, session, run_id, memory_for
                f" (the current @{session.alias} is better or equal)"), flush=True)
     result.model_version = D.broadcast_object(ctx, result.model_version)
     checkpoint(epochs, 0, (0.0, 0.0), finished=True, model_version=result.model_version)
-    # Every rank prints its own final weights: DDP must leave them identical.
-    print(f"[rank {ctx.rank}] final weights sha256 {final_sha}", flush=True)
     if ctx.is_main:
-        session.finished()
+        for rank, sha in enumerate(hashes):
+            log(f"[rank {rank}] final weights sha256 {sha}", flush=True)
+        session.finished(hashes)
     return result

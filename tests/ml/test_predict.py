@@ -1,0 +1,72 @@
+"""predict with the model that training registered: one row per test image, the logged accuracy
+is the file's, and a bad model URI exits 2 with nothing written."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from conftest import N_TEST, REPO, ml_env
+
+pytestmark = pytest.mark.slow   # needs the torchrun training fixture
+
+
+def test_champion_predictions_have_one_row_per_test_image_and_logged_accuracy(
+        trained, mlflow_client, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from itwinai_hpc.predict import COLUMNS, predict
+    from itwinai_hpc.train.config import INFERENCE_SCHEMA, make_config
+
+    config = make_config({"tracking": {"experiment": "inference-test"}}, INFERENCE_SCHEMA)
+    out = tmp_path / "predictions.csv"
+    result = predict(config, str(trained.shards), f"models:/{trained.model_name}@champion", out,
+                     tracking_uri=f"file:{trained.store}")
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == COLUMNS
+    assert len(rows) == N_TEST and sorted(int(r["index"]) for r in rows) == list(range(N_TEST))
+    from_file = sum(r["predicted"] == r["label"] for r in rows) / len(rows)
+    run = mlflow_client.get_run(result.run_id)
+    assert run.data.metrics["accuracy"] == pytest.approx(from_file, abs=1e-12)
+    assert from_file > 0.8 and result.model_version == "1"
+    assert [a.path for a in mlflow_client.list_artifacts(result.run_id)] == ["predictions.csv"]
+
+
+@pytest.mark.parametrize("uri", ["models:/no-such-model@champion", "s3://bucket/model"])
+def test_bad_model_uri_exits_2_with_a_message_and_writes_nothing(trained, tmp_path, uri):
+    out = tmp_path / "p.csv"
+    p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "predict", "--data",
+                        str(trained.shards), "--model", uri.format(name=trained.model_name),
+                        "--output", str(out)], env=ml_env(trained.store), cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "error: --model:" in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists() and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("uri", ["models:/{name}/99", "models:/{name}@no-such-alias",
+                                 "models:/{name}", "runs:/0123456789abcdef/model",
+                                 "best:no-such-experiment:val_accuracy"])
+def test_missing_model_is_a_user_error_naming_the_uri(trained, monkeypatch, uri):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from itwinai_hpc import tracking
+    from itwinai_hpc.errors import UserError
+
+    tracking.configure(f"file:{trained.store}")
+    uri = uri.format(name=trained.model_name)
+    with pytest.raises(UserError) as err:
+        tracking.resolve_model_uri(uri)
+    assert uri in str(err.value)
+
+
+def test_best_run_by_metric_resolves_to_the_registered_run(trained, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from itwinai_hpc import tracking
+
+    tracking.configure(f"file:{trained.store}")
+    uri, about = tracking.resolve_model_uri(f"best:{trained.experiment}:val_accuracy")
+    champion, champ_about = tracking.resolve_model_uri(f"models:/{trained.model_name}@champion")
+    assert about["run_id"] == champ_about["run_id"] and uri.startswith("models:/m-")

@@ -1,0 +1,36 @@
+"""The champion alias: it moves to a new version only when that version's metric is higher."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from itwinai_hpc import tracking
+
+    tracking.configure(f"file:{tmp_path / 'mlruns'}")
+    return tracking
+
+
+def register(tracking, accuracy: float) -> tuple[str, bool]:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    tracking.start_run("registry-test")
+    try:
+        return tracking.log_and_register(model, torch.zeros(2, 1, 2, 2).numpy(), name="m",
+                                         alias="champion", metric="val_accuracy", value=accuracy)
+    finally:
+        tracking.end_run()
+
+
+def test_champion_moves_only_to_a_better_version(store):
+    from mlflow import MlflowClient
+
+    assert register(store, 0.5) == ("1", True)
+    assert register(store, 0.9) == ("2", True)
+    assert register(store, 0.7) == ("3", False)
+    assert register(store, 0.9) == ("4", False)   # a tie keeps the current champion
+    champion = MlflowClient().get_model_version_by_alias("m", "champion")
+    assert str(champion.version) == "2" and float(champion.tags["val_accuracy"]) == 0.9
