@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .schema import Container, Resources, Workflow
+from .schema import Container, Requeue, Resources, Workflow
 
 BUILTIN_RESOURCES = Resources.model_validate({"nodes": 1, "ntasks-per-node": 1, "gpus-per-node": 0})
 
@@ -37,6 +37,7 @@ class JobSpec:
     env: tuple[tuple[str, str], ...]
     array: str | None = None
     nproc_per_node: int = 1
+    requeue: Requeue | None = None
     description: str | None = None
     extra_sbatch: tuple[str, ...] = field(default=())
 
@@ -84,7 +85,7 @@ def plan(wf: Workflow, suffix: str = "sbatch") -> list[JobSpec]:
             launcher=step.launcher, command=step.command,
             args=tuple(_str(a) for a in step.args), resources=res, container=container,
             env=tuple(env.items()), array=None if step.array is None else str(step.array),
-            nproc_per_node=nproc, description=step.description,
+            nproc_per_node=nproc, description=step.description, requeue=step.requeue,
             extra_sbatch=tuple(res.extra_sbatch or ())))
     return specs
 

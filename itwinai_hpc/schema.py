@@ -143,6 +143,18 @@ class Defaults(_Model):
         return _check_env(env)
 
 
+class Requeue(_Model):
+    """Checkpoint and requeue before the time limit, instead of losing the work to it.
+
+    SLURM warns the batch shell `before-limit` seconds ahead (--signal=B:USR2@N); the script
+    writes $ITWINAI_HPC_RUN_DIR/STOP, which the step's code turns into a checkpoint and a clean
+    exit, waits up to `grace` seconds for that, and requeues the job; the next run resumes."""
+
+    before_limit: Annotated[StrictInt, Field(ge=30)] = 300
+    grace: Annotated[StrictInt, Field(ge=1)] | None = None   # default: before-limit - 30
+    max_requeues: Annotated[StrictInt, Field(ge=1)] = 10
+
+
 class Step(_Model):
     name: Annotated[str, Field(pattern=SAFE_NAME)]
     description: str | None = None
@@ -152,6 +164,7 @@ class Step(_Model):
     args: list[Scalar] = []
     array: str | None = None
     nproc_per_node: Annotated[StrictInt, Field(ge=1)] | None = None
+    requeue: Requeue | None = None
     resources: Resources = Resources()
     container: ContainerField = None
     env: dict[str, Scalar] | None = None

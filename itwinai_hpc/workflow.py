@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from .errors import UserError, UserErrors
 from .plan import merge
-from .schema import Container, Defaults, Resources, Step, Workflow
+from .schema import Container, Defaults, Requeue, Resources, Step, Workflow
 from .yamlsrc import YamlDoc, load_yaml
 
 VAR_RE = re.compile(r"\$(\$?)\{([^}]*)\}")
@@ -27,7 +27,7 @@ BUILTIN_VARS = ("workflow_dir", "workdir", "run_dir", "run_id")
 
 # Which model a mapping at a given key belongs to (for "did you mean" on unknown keys).
 _SECTION_MODELS = {"steps": Step, "resources": Resources, "container": Container,
-                   "defaults": Defaults}
+                   "defaults": Defaults, "requeue": Requeue}
 
 
 @dataclass(frozen=True)
@@ -360,6 +360,12 @@ def check_graph(wf: Workflow, doc: YamlDoc) -> list[UserError]:
             where = ("steps", i, "container") if step.container else ("defaults", "container")
             err(where + ("image",), "the container has no image: set image (a .sif file or "
                 "a docker:// reference), or write 'container: none'")
+        if step.requeue and step.requeue.grace and \
+                step.requeue.grace >= step.requeue.before_limit:
+            err(("steps", i, "requeue", "grace"), "grace must be shorter than before-limit, or "
+                "the time limit ends the job before it is requeued")
+        if step.requeue and step.array:
+            err(("steps", i, "requeue"), "requeue is not supported for job arrays")
         if step.launcher == "torchrun" and (step.resources.ntasks_per_node or 1) != 1:
             err(("steps", i, "resources", "ntasks-per-node"), "with launcher 'torchrun' there is "
                 "one torchrun agent per node; set nproc-per-node for the processes per node")

@@ -155,7 +155,10 @@ def lint_cases(tmp_path: Path) -> dict[str, str]:
         "  - {name: tasks, command: hostname, launcher: srun, needs: [shards],\n"
         "     resources: {nodes: 2, ntasks-per-node: 2, extra-sbatch: [--exclusive]}}\n"
         "  - {name: ddp, command: python -m x, launcher: torchrun, nproc-per-node: 2,\n"
-        "     needs: [shards, tasks], container: {image: i.sif, env: {A: 1}, options: [--cleanenv]}}\n")
+        "     needs: [shards, tasks], container: {image: i.sif, env: {A: 1}, options: [--cleanenv]},\n"
+        "     requeue: {before-limit: 600}}\n"
+        "  - {name: long, command: ./long.sh, requeue: {}, needs: [ddp]}\n"
+        "  - {name: wide, command: ./wide.sh, launcher: srun, requeue: {grace: 60}, needs: [ddp]}\n")
     for name, text in render_fixed(variety).files.items():
         if name.endswith((".sbatch", ".sh")):
             scripts[f"variety/{name}"] = text

@@ -405,3 +405,40 @@ steps:
     assert main(["logs", manifest.run_id, "shards"]) == 0
     shards = [l for l in capsys.readouterr().out.splitlines() if l.startswith("shard")]
     assert sorted(shards) == ["shard 0", "shard 1", "shard 2"]
+
+
+WORK_SH = """
+# 40 one-second steps, progress in count.txt; honours $ITWINAI_HPC_STOP_FILE as a trainer does
+n=$(cat count.txt 2>/dev/null || echo 0)
+echo "start at $n, restart ${SLURM_RESTART_COUNT:-0}"
+while ((n < 40)); do
+  sleep 1
+  n=$((n + 1))
+  echo "$n" >>steps.log
+  echo "$n" >count.txt
+  if [[ -e $ITWINAI_HPC_STOP_FILE ]]; then rm -f "$ITWINAI_HPC_STOP_FILE"; exit 0; fi
+done
+"""
+
+
+@pytest.mark.slow
+def test_a_step_near_its_time_limit_checkpoints_is_requeued_and_resumes_to_the_end(
+        slurm_cluster, run_folder, capsys):
+    write(run_folder / "work.sh", WORK_SH)
+    wf = write(run_folder / "long.yml", f"""
+name: long
+defaults: {{container: none}}
+steps:
+  - name: work
+    command: bash {run_folder}/work.sh
+    requeue: {{before-limit: 50, grace: 15}}
+    resources: {{time: 1, mem: 100M}}
+""")
+    assert main(["submit", str(wf), "--backend", "slurm", "--wait"]) == 0
+    manifest = RunManifest.load(find_run(None))
+    job = manifest.step("work").job_id
+    assert int(slurm_cluster.job_fields(job)["Restarts"]) >= 1
+    steps = (run_folder / "steps.log").read_text().split()
+    assert steps == [str(i) for i in range(1, 41)]            # every step once, in order
+    log = Path(manifest.step("work").log).read_text()
+    assert "requeue (restart 1)" in log and "start at 0, restart 0" in log

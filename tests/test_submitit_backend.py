@@ -103,12 +103,14 @@ def test_failed_step_with_the_local_executor_cancels_dependents(tmp_path):
     assert not (tmp_path / "after-ran").exists()
 
 
-def test_step_callable_is_checkpointable_and_resubmits_itself():
-    step = StepScript("/runs/r", "/work", "r", "train", "/runs/r/02-train.sbatch", "/runs/r/x")
+def test_step_callable_is_checkpointable_asks_the_step_to_stop_and_resubmits_itself(tmp_path):
+    step = StepScript(str(tmp_path), "/work", "r", "train", f"{tmp_path}/02-train.sbatch",
+                      f"{tmp_path}/x")
     assert isinstance(step, submitit.helpers.Checkpointable)
     again = step.checkpoint()
     assert isinstance(again, submitit.helpers.DelayedSubmission)
     assert again.function is step and again.args == () and again.kwargs == {}
+    assert (tmp_path / "train.STOP").exists()          # what the step's code polls
 
 
 def test_cluster_choice_follows_the_environment_override():

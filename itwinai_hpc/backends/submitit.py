@@ -63,10 +63,12 @@ class StepScript(submitit.helpers.Checkpointable):
     callable: the script runs again and the step's code resumes from its checkpoint files."""
 
     def __init__(self, run_dir: str, workdir: str, run_id: str, step: str, script: str,
-                 log_prefix: str, parents: list[str] = ()):
+                 log_prefix: str, parents: list[str] = (), grace: float = 60):
         self.run_dir, self.workdir, self.run_id = run_dir, workdir, run_id
         self.step, self.script, self.log_prefix = step, script, log_prefix
         self.parents = list(parents)    # local executor only: job ids to wait for
+        self.grace = grace              # seconds the step gets to checkpoint when warned
+        self._proc: subprocess.Popen | None = None
 
     def __call__(self) -> int:
         job_id = str(submitit.JobEnvironment().job_id)
@@ -79,14 +81,29 @@ class StepScript(submitit.helpers.Checkpointable):
         env = dict(os.environ, **{MARKER: job_marker(self.run_id, job_id)})
         env.setdefault("SLURM_JOB_ID", job_id)
         with open(f"{self.log_prefix}-{job_id}.out", "ab") as log:
-            rc = subprocess.run(["bash", self.script], cwd=self.workdir, env=env,
-                                stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT).returncode
+            self._proc = subprocess.Popen(["bash", self.script], cwd=self.workdir, env=env,
+                                          stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT)
+            rc = self._proc.wait()
+            self._proc = None
         rc = 128 - rc if rc < 0 else rc
         exit_file(folder, job_id).write_text(f"{rc}\n")
         if rc:
             raise SystemExit(rc)        # the job's own exit code, so afterok and sacct see it
         return rc
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on the time-limit warning or preemption: ask the step's code to
+        checkpoint and stop (the same STOP file as the sbatch requeue trap), give it `grace`
+        seconds, then resubmit this callable; the step resumes from its checkpoint."""
+        Path(self.run_dir, f"{self.step}.STOP").touch()
+        proc, self._proc = getattr(self, "_proc", None), None    # a Popen does not pickle
+        if proc is not None:
+            try:
+                proc.wait(timeout=self.grace)
+            except subprocess.TimeoutExpired:
+                pass
+        return super().checkpoint(*args, **kwargs)
 
     def _wait_for_parents(self, folder: Path) -> str | None:
         """Block until every parent job ended; the first one that did not succeed, or None."""
@@ -133,11 +150,14 @@ class SubmititBackend(Backend):
             job = jobs[step.name]
             parents = [job_ids[n] for n in step.needs if n in steps]
             log_prefix = str(Path(manifest.run_dir) / "logs" / job.job_name)
+            # seconds between submitit's warning signal and the requeue (60 s of the 90 s
+            # default warning, as the sbatch trap's default grace)
+            grace = (job.requeue.grace or job.requeue.before_limit - 30) if job.requeue else 60
             if cluster == "slurm":
                 executor = self._slurm_executor(folder, manifest, job, parents)
                 script = str(Path(manifest.run_dir) / step.script)
                 callable_ = StepScript(manifest.run_dir, manifest.workdir, manifest.run_id,
-                                       step.name, script, log_prefix)
+                                       step.name, script, log_prefix, grace=grace)
             else:
                 executor = submitit.LocalExecutor(folder)
                 executor.update_parameters(timeout_min=self._local_minutes(jobs, step.name),
@@ -167,7 +187,7 @@ class SubmititBackend(Backend):
         extra = {"comment": f"itwinai-hpc:{manifest.run_id}", "chdir": manifest.workdir,
                  # B: the batch shell, where submitit's python runs (use_srun=False) and
                  # handles USR2 by checkpointing and requeueing
-                 "signal": "B:USR2@90"}
+                 "signal": f"B:USR2@{job.requeue.before_limit if job.requeue else 90}"}
         if parents:
             extra.update(dependency="afterok:" + ":".join(parents), kill_on_invalid_dep="yes")
         if r.mem:
