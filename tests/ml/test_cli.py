@@ -73,3 +73,12 @@ def test_mlflow_ui_refuses_a_missing_store(tmp_path):
                         str(tmp_path / "nope")], capture_output=True, text=True, cwd=REPO,
                        timeout=60)
     assert p.returncode == 2 and "no MLflow store" in p.stderr
+
+
+def test_mnist_use_case_configs_are_valid():
+    from itwinai_hpc.train.config import INFERENCE_SCHEMA, load_config
+
+    train = load_config(REPO / "use-cases/mnist/mnist-ai-train.yml")
+    assert train["model"] == "mnist-cnn" and train["registry"]["alias"] == "champion"
+    infer = load_config(REPO / "use-cases/mnist/mnist-ai-inference.yml", INFERENCE_SCHEMA)
+    assert infer["model_uri"] == "models:/mnist-cnn@champion"
