@@ -133,7 +133,8 @@ defaults: {resources: {time: 10}}
 steps:
   - name: long
     command: bash -c
-    args: ['echo "start $${SLURM_RESTART_COUNT:-0}"; if [[ -e resumed ]]; then exit 0; fi; touch resumed; sleep 60']
+    args: ['echo "start $${SLURM_RESTART_COUNT:-0}"; if [[ -e resumed ]]; then exit 0; fi; touch resumed;
+            for i in $(seq 60); do if [[ -e $ITWINAI_HPC_STOP_FILE ]]; then echo stopped; exit 0; fi; sleep 1; done']
 """
 
 
@@ -159,3 +160,4 @@ def test_a_step_warned_of_its_time_limit_is_checkpointed_requeued_and_completes(
     assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1"
     log = Path(RunManifest.load(run_folder / "run").step("long").log).read_text()
     assert [l for l in log.splitlines() if l.startswith("start")] == ["start 0", "start 1"]
+    assert "stopped" in log                            # the step saw the STOP file in time

@@ -81,10 +81,13 @@ class StepScript(submitit.helpers.Checkpointable):
         env = dict(os.environ, **{MARKER: job_marker(self.run_id, job_id)})
         env.setdefault("SLURM_JOB_ID", job_id)
         with open(f"{self.log_prefix}-{job_id}.out", "ab") as log:
-            self._proc = subprocess.Popen(["bash", self.script], cwd=self.workdir, env=env,
-                                          stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT)
-            rc = self._proc.wait()
+            proc = self._proc = subprocess.Popen(["bash", self.script], cwd=self.workdir,
+                                                 env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                                 stderr=subprocess.STDOUT)
+            # poll, not wait(): a blocking wait() holds the Popen's lock, and checkpoint(),
+            # run by the signal handler in this same thread, could then never see the exit
+            while (rc := proc.poll()) is None:
+                time.sleep(0.2)
             self._proc = None
         rc = 128 - rc if rc < 0 else rc
         exit_file(folder, job_id).write_text(f"{rc}\n")
