@@ -73,6 +73,12 @@ class Runner:
             self.steps[name] = StepRun(name, list(tasks), limit)
         from .slurm import submit_environment    # the caller's env minus its own job's SLURM_*
         self.base_env = submit_environment()
+        # Steps call `itwinai-hpc`, `torchrun`, `python`: the ones installed beside the
+        # itwinai-hpc that submitted the run come first, as on a cluster inside the image.
+        venv_bin = os.path.dirname(sys.executable)
+        path = self.base_env.get("PATH", "")
+        if venv_bin not in path.split(os.pathsep):
+            self.base_env["PATH"] = os.pathsep.join(p for p in (venv_bin, path) if p)
 
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> None:

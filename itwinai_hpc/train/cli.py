@@ -21,7 +21,8 @@ def add_parser(subparsers) -> None:
                     "holder. Checkpoints go to --checkpoint-dir (default "
                     "$ITWINAI_HPC_RUN_DIR/checkpoints); a re-run with the same folder resumes "
                     "exactly where the last one stopped. SIGTERM, SIGUSR2 or a file "
-                    "$ITWINAI_HPC_RUN_DIR/STOP make every rank checkpoint and exit 0.")
+                    "$ITWINAI_HPC_STOP_FILE (default $ITWINAI_HPC_RUN_DIR/STOP) make every rank "
+                    "checkpoint and exit 0.")
     p.add_argument("--config", required=True, metavar="FILE",
                    help="train YAML (sections: dataset, model, trainer, tracking, registry)")
     p.add_argument("--data", required=True, metavar="SHARDS_DIR",
@@ -87,14 +88,18 @@ def run_train(args: argparse.Namespace) -> int:
     run_dir = os.environ.get("ITWINAI_HPC_RUN_DIR")
     checkpoint_dir = args.checkpoint_dir or (str(Path(run_dir) / "checkpoints") if run_dir
                                              else None)
+    # The job script names the stop file (ITWINAI_HPC_STOP_FILE, one per step of a run).
+    stop_file = os.environ.get("ITWINAI_HPC_STOP_FILE") or (str(Path(run_dir) / "STOP") if run_dir
+                                                            else None)
     opts = TrainOptions(data=args.data, checkpoint_dir=checkpoint_dir, run_dir=run_dir,
                         register_as=args.register_as, tracking_uri=args.tracking_uri,
-                        stop_after_epochs=getattr(args, "stop_after_epochs", None))
+                        stop_after_epochs=getattr(args, "stop_after_epochs", None),
+                        stop_file=stop_file)
     ctx = distributed.setup()
     try:
-        if ctx.is_main and run_dir:
+        if ctx.is_main and stop_file:
             # A STOP left by an earlier job would stop this one after its first steps.
-            Path(run_dir, "STOP").unlink(missing_ok=True)
+            Path(stop_file).unlink(missing_ok=True)
         distributed.barrier(ctx)
         if ctx.is_main and not checkpoint_dir:
             print("note: no --checkpoint-dir and no $ITWINAI_HPC_RUN_DIR: this run cannot be "

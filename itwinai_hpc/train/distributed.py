@@ -129,6 +129,12 @@ class StopRequest:
             return self.signalled
         return f"{self.stop_file} exists" if self.local() else "another rank was asked to stop"
 
+    def consume(self) -> None:
+        """Remove the STOP file once the checkpoint is written: the job script reads a file
+        still there as "the step ended on its own" and then does not requeue it."""
+        if self.ctx.is_main and self.stop_file is not None:
+            self.stop_file.unlink(missing_ok=True)
+
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)

@@ -46,6 +46,7 @@ class TrainOptions:
     register_as: str | None = None
     tracking_uri: str | None = None
     stop_after_epochs: int | None = None   # this invocation only: checkpoint, then exit 0
+    stop_file: str | None = None           # appears when the job should checkpoint and stop
 
 
 @dataclass
@@ -160,7 +161,7 @@ def train_classifier(config: dict, opts: TrainOptions, ctx: D.Context, log=print
     if ctx.is_main and ck is not None:
         log(f"resuming at epoch {start_epoch + 1} batch {start_batch} from {ckpt_where} "
             f"(MLflow run {run_id})", flush=True)
-    stop = D.StopRequest(ctx, Path(opts.run_dir) / "STOP" if opts.run_dir else None)
+    stop = D.StopRequest(ctx, Path(opts.stop_file) if opts.stop_file else None)
 
     def checkpoint(epoch: int, batch: int, sums, **extra) -> None:
         if ctx.is_main and opts.checkpoint_dir:
@@ -202,6 +203,7 @@ def train_classifier(config: dict, opts: TrainOptions, ctx: D.Context, log=print
                         log(f"stopped in epoch {epoch + 1} after batch {b + 1}/{steps_per_epoch}"
                             f" ({stop.reason()}); rerun with the same checkpoint dir to resume",
                             flush=True)
+                    stop.consume()
                     return session.stopped(TrainResult("stopped", epoch, run_id), stop.reason())
             train_time = time.perf_counter() - t0
             D.broadcast_buffers(ctx, model)
@@ -233,6 +235,7 @@ def train_classifier(config: dict, opts: TrainOptions, ctx: D.Context, log=print
                 if ctx.is_main:
                     log(f"stopped after epoch {done} ({reason}); rerun with the same checkpoint "
                         "dir to resume", flush=True)
+                stop.consume()
                 return session.stopped(TrainResult("stopped", done, run_id), reason)
         return finish(config, opts, ctx, model, best, manifest, session, run_id, memory_format,
                       checkpoint, epochs, log)

@@ -41,14 +41,14 @@ def test_stop_file_stops_mid_epoch_and_resume_matches_an_uninterrupted_run(
     run_dir = make_run_dir(tmp_path / "run")
     ck = tmp_path / "ck"
     opts = TrainOptions(data=str(mnist_shards), checkpoint_dir=str(ck), run_dir=str(run_dir),
-                        tracking_uri=tracked)
+                        tracking_uri=tracked, stop_file=str(run_dir / "STOP"))
     (run_dir / "STOP").touch()
     stopped = train_classifier(config, opts, solo(), log=lambda *a, **k: None)
     assert stopped.status == "stopped"
     state = torch.load(ck / "checkpoint.pt", weights_only=False)
     assert (state["epoch"], state["batch"]) == (0, 10)
+    assert not (run_dir / "STOP").exists()      # consumed: the job script then requeues
 
-    (run_dir / "STOP").unlink()
     resumed = train_classifier(config, opts, solo(), log=lambda *a, **k: None)
     assert resumed.status == "finished" and resumed.run_id == stopped.run_id
 
@@ -61,7 +61,8 @@ def test_stop_file_stops_mid_epoch_and_resume_matches_an_uninterrupted_run(
 def test_checkpoint_from_another_world_size_is_refused(config, tracked, mnist_shards, tmp_path):
     ck = tmp_path / "ck"
     opts = TrainOptions(data=str(mnist_shards), checkpoint_dir=str(ck), tracking_uri=tracked,
-                        run_dir=str(make_run_dir(tmp_path / "run")))
+                        run_dir=str(make_run_dir(tmp_path / "run")),
+                        stop_file=str(tmp_path / "run" / "STOP"))
     (tmp_path / "run" / "STOP").touch()
     train_classifier(config, opts, solo(), log=lambda *a, **k: None)
     with pytest.raises(UserError, match="written by 1 processes, this run has 2"):
