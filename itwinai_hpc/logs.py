@@ -25,7 +25,8 @@ def pick_step(manifest: RunManifest, name: str | None) -> StepRecord:
 
 
 def show(manifest: RunManifest, name: str | None, follow: bool = False,
-         out=sys.stdout, interval: float = 0.5) -> int:
+         out=None, interval: float = 0.5) -> int:
+    out = out or sys.stdout          # looked up now: tests and callers may have replaced it
     step = pick_step(manifest, name)
     backend = operations.backend_for(manifest)
     files = backend.log_files(manifest, step)

@@ -44,7 +44,8 @@ def test_mnist_trains_on_two_nodes_registers_the_model_and_predicts_with_it(
 
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
     import mlflow
-    client = mlflow.MlflowClient(tracking_uri=f"file:{run_folder / 'mlruns'}")
+    store = f"file:{run_folder / 'mlruns'}"      # both: an earlier test may have set a registry
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     version = client.get_model_version_by_alias("mnist-cnn", "champion")
     run = client.get_run(version.run_id)
     val_accuracy = run.data.metrics["val_accuracy"]
