@@ -6,7 +6,6 @@ Imports nothing heavy at module level (no torch, h5py or numpy): `itwinai-hpc --
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_parser(subparsers) -> None:
@@ -77,19 +76,3 @@ def run_export_idx(args: argparse.Namespace) -> int:
         print(path)
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    from itwinai_hpc.errors import UserError
-
-    parser = argparse.ArgumentParser(prog="python -m itwinai_hpc.data.cli")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"error: {e.format()}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -141,19 +141,3 @@ def run_mlflow_ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI for {path} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
     os.execve(sys.executable, cmd, env)   # the server replaces us: signals reach it directly
 
-
-def main(argv: list[str] | None = None) -> int:
-    from itwinai_hpc.errors import UserError
-
-    parser = argparse.ArgumentParser(prog="python -m itwinai_hpc.train.cli")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"error: {e.format()}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

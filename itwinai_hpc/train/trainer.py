@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from itertools import islice
@@ -172,7 +171,7 @@ def train_classifier(config: dict, opts: TrainOptions, ctx: D.Context, log=print
             session.log_checkpoint(save_checkpoint(state, opts.checkpoint_dir))
         D.barrier(ctx)   # nobody moves on (or exits) before the checkpoint is on disk
 
-    status, epoch, every = "finished", start_epoch, tcfg["stop_check_every_steps"]
+    epoch, every = start_epoch, tcfg["stop_check_every_steps"]
     try:
         for epoch in range(start_epoch, epochs):
             train_loader.set_epoch(epoch)
@@ -198,7 +197,6 @@ def train_classifier(config: dict, opts: TrainOptions, ctx: D.Context, log=print
                     sums = D.all_reduce_sum(ctx, [loss_sum.item(), float(seen)])
                     sums = [sums[0] + partial[0], sums[1] + partial[1]]
                     checkpoint(epoch, b + 1, sums)
-                    status = "stopped"
                     if ctx.is_main:
                         log(f"stopped in epoch {epoch + 1} after batch {b + 1}/{steps_per_epoch}"
                             f" ({stop.reason()}); rerun with the same checkpoint dir to resume",

@@ -61,7 +61,7 @@ def test_module_main_exits_2_without_traceback_naming_the_bad_file(tmp_path):
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
         (raw / name).write_bytes(b"\x00\x00\x08\x03" + bytes(20))
-    proc = subprocess.run([sys.executable, "-m", "itwinai_hpc.data.cli", "preprocess",
+    proc = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "preprocess",
                            "--source", str(raw), "--output", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2

@@ -129,7 +129,7 @@ def test_concurrent_array_tasks_produce_one_valid_manifest(idx_folder, small_con
     out, config = tmp_path / "out", tmp_path / "pre.yml"
     config.write_text(json.dumps(small_config.as_dict()))  # JSON is YAML
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "itwinai_hpc.data.cli", "preprocess", "--source",
+        [sys.executable, "-m", "itwinai_hpc.cli", "preprocess", "--source",
          str(idx_folder[0]), "--output", str(out), "--config", str(config)],
         env={**os.environ, "SLURM_ARRAY_TASK_ID": str(i)}, stdout=subprocess.PIPE, text=True)
         for i in range(len(SHARD_NAMES))]

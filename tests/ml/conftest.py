@@ -70,10 +70,10 @@ def ml_env(store: Path, run_dir: Path | None = None, **extra: str) -> dict[str, 
 
 def torchrun_train(args: list[str], env: dict[str, str], nproc: int = 2,
                    timeout: int = 240) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc-per-node=N -m itwinai_hpc.train.cli train ARGS`."""
+    """`torchrun --standalone --nproc-per-node=N -m itwinai_hpc.cli train ARGS`."""
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m",
-           "itwinai_hpc.train.cli", "train", *args]
+           "itwinai_hpc.cli", "train", *args]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     assert p.returncode == 0, f"torchrun failed ({p.returncode}):\n{p.stdout}\n{p.stderr[-4000:]}"
     return p

@@ -33,7 +33,7 @@ def test_one_run_holds_params_and_each_epoch_metric_once(trained, mlflow_client,
 
 def test_resumed_run_continues_in_the_same_mlflow_run(trained, training_run):
     run_id = training_run.info.run_id
-    assert f"resuming at epoch 2 batch 0" in trained.second and run_id in trained.second
+    assert "resuming at epoch 2 batch 0" in trained.second and run_id in trained.second
     assert "itwinai_hpc.stopped" not in training_run.data.tags
     assert trained.checkpoints_after_first == ["checkpoint.pt"]
 
