@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, ml_env
+from ml_helpers import REPO, ml_env
 
 PROBE = """
 import contextlib, io, json, sys

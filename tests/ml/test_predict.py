@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import N_TEST, REPO, ml_env
+from ml_helpers import N_TEST, REPO, ml_env
 
 pytestmark = pytest.mark.slow   # needs the torchrun training fixture
 

@@ -10,7 +10,7 @@ import signal
 import pytest
 import torch
 
-from conftest import TEST_TRAIN_CONFIG, make_run_dir
+from ml_helpers import TEST_TRAIN_CONFIG, make_run_dir
 from itwinai_hpc.errors import UserError
 from itwinai_hpc.train import distributed as D
 from itwinai_hpc.train.config import make_config

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import final_weight_hashes
+from ml_helpers import final_weight_hashes
 
 pytestmark = pytest.mark.slow   # three torchrun launches, ~45 s together
 
@@ -71,7 +71,7 @@ def test_run_scripts_and_checkpoint_are_artifacts(trained, mlflow_client, traini
 
 
 def test_rerun_after_finishing_registers_nothing_new(trained, mlflow_client, train_config_file):
-    from conftest import ml_env, torchrun_train
+    from ml_helpers import ml_env, torchrun_train
 
     out = torchrun_train(["--config", str(train_config_file), "--data", str(trained.shards)],
                          ml_env(trained.store, trained.run_dir), nproc=1)
