@@ -181,6 +181,7 @@ def cmd_submit(args) -> int:
     name = resolve_backend_name(args.backend)
     backend = get_backend(name)
     run = prepare_run(args, backend=name)
+    backend.preflight(run.jobs)
     run.write()
     print(f"run {run.run_id}")
     print(f"run folder {run.run_dir}")

@@ -350,7 +350,7 @@ steps:
     assert step_processes(manifest.run_id) == []
 
 
-def test_missing_container_runtime_is_an_exit_2_error_before_anything_runs(workdir, no_slurm):
+def test_missing_container_runtime_is_an_exit_2_error_before_anything_is_written(workdir, no_slurm):
     workflow = write_workflow(workdir, """
 name: boxed
 defaults:
@@ -363,7 +363,7 @@ steps:
     assert p.returncode == 2
     assert "'apptainer' is not on PATH" in p.stderr
     assert "--set defaults.container=none" in p.stderr and "Traceback" not in p.stderr
-    assert RunManifest.load(run_dir).step("step").job_id is None
+    assert not run_dir.exists()                        # nothing written either
     time.sleep(0.5)
     assert not (workdir / "step-ran").exists()
 

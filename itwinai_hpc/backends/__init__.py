@@ -37,6 +37,10 @@ class Backend(ABC):
         what this call submitted, record the refusal in the manifest and raise SubmitError.
         """
 
+    def preflight(self, jobs) -> None:
+        """Refuse (UserError) a run this backend cannot start here, before anything is written
+        or submitted; `jobs` are the run's JobSpecs."""
+
     @abstractmethod
     def refresh(self, manifest: RunManifest) -> None:
         """Update the unfinished steps' state, exit code, elapsed time, nodes and log with ONE

@@ -35,15 +35,11 @@ def parallel_limit(environ: dict[str, str] | None = None) -> int:
     return n
 
 
-def check_container_runtimes(manifest: RunManifest, steps: list[str]) -> None:
+def check_container_runtimes(jobs) -> None:
     """A step with a container needs its runtime here; say so before anything runs."""
-    from ..plan import plan
-    from ..workflow import load_workflow
-    loaded = load_workflow(Path(manifest.run_dir) / "workflow.yml",
-                           builtins={"run_dir": manifest.run_dir, "run_id": manifest.run_id})
     missing = {}
-    for job in plan(loaded.workflow):
-        if job.name in steps and job.container and not shutil.which(job.container.runtime):
+    for job in jobs:
+        if job.container and not shutil.which(job.container.runtime):
             missing.setdefault(job.container.runtime, []).append(job.name)
     if missing:
         runtime, names = next(iter(missing.items()))
@@ -52,8 +48,20 @@ def check_container_runtimes(manifest: RunManifest, steps: list[str]) -> None:
                         "containers: --set defaults.container=none")
 
 
+def planned_jobs(manifest: RunManifest):
+    """The JobSpecs of a written run, from its resolved workflow.yml."""
+    from ..plan import plan
+    from ..workflow import load_workflow
+    return plan(load_workflow(Path(manifest.run_dir) / "workflow.yml",
+                              builtins={"run_dir": manifest.run_dir,
+                                        "run_id": manifest.run_id}).workflow)
+
+
 class LocalBackend(Backend):
     name = "local"
+
+    def preflight(self, jobs) -> None:
+        check_container_runtimes(jobs)
 
     # ---- submit -----------------------------------------------------------------------
     def submit(self, manifest: RunManifest, steps: list[str]) -> None:
@@ -64,7 +72,7 @@ class LocalBackend(Backend):
             raise UserError(f"run {manifest.run_id} has no local script for step(s) "
                             f"{', '.join(missing)} (it was rendered for another backend); "
                             "submit the workflow again with --backend local")
-        check_container_runtimes(manifest, steps)
+        check_container_runtimes(j for j in planned_jobs(manifest) if j.name in steps)
         order = [s.name for s in sorted(manifest.steps, key=lambda s: s.index) if s.name in steps]
         with manifest.updating() as m:
             local = m.extra.setdefault("local", {})
