@@ -127,10 +127,6 @@ class RunManifest:
         raise UserError(f"run {self.run_id} has no step '{name}'; steps: "
                         f"{', '.join(s.name for s in self.steps)}")
 
-    @property
-    def done(self) -> bool:
-        return all(s.finished for s in self.steps)
-
     def log_path(self, step: StepRecord, job_id: str) -> str:
         """logs/<workflow>.<step>-<id>.out, where SLURM's %x-%j.out points (arrays: %x-%A_%a,
         so a glob over the tasks' files)."""

@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-# States a job (or an array) can be reported in after normalize_state().
-ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "SUSPENDED", "REQUEUED"})
+# Final states after normalize_state(); the others are PENDING, RUNNING, SUSPENDED, REQUEUED.
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY",
                           "NODE_FAIL", "PREEMPTED"})
 # The final state of an array is the worst of its tasks': a failure of the job's own code
