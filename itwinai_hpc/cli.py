@@ -8,13 +8,17 @@ by the commands that need them, never by validate, render, status or --help.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
 from . import __version__
+from . import commands
 from .backends import SubmitError
 from .errors import UserError
+
+# Commands the job scripts run (inside a job, on a compute node); every other command is typed
+# at the login node. `--help` lists the two groups apart.
+IN_JOB_COMMANDS = ("preprocess", "export-idx", "stage-shards", "train", "predict")
 
 EPILOG = """examples:
   itwinai-hpc validate use-cases/mnist/training-workflow.yml
@@ -32,10 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="One workflow YAML becomes dependent SLURM jobs (or a local run).",
         epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"itwinai-hpc {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                help="one of the commands listed below")
 
-    def workflow_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("workflow", help="the workflow YAML file")
+    def workflow_args(p: argparse.ArgumentParser, what: str = "the workflow YAML file") -> None:
+        p.add_argument("workflow", nargs="?", metavar="WORKFLOW", help=what)
+        p.add_argument("-f", "--file", dest="workflow_file", metavar="WORKFLOW",
+                       help="the same, as a flag (itwinai's `run-workflow.py -f FILE`)")
         p.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="PATH=VALUE",
                        help="override any field, e.g. steps.train.resources.nodes=4 or "
@@ -55,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Prints every problem with file, line and field; exit 2 "
                                    "if there is any. Writes nothing.")
     workflow_args(p)
-    p.set_defaults(func=cmd_validate)
+    p.set_defaults(func=commands.cmd_validate)
 
     p = sub.add_parser("render", help="write the run folder (scripts, submit.sh) without "
                                       "submitting",
@@ -64,13 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and run.json. Submits nothing.")
     workflow_args(p)
     run_folder_args(p)
-    p.set_defaults(func=cmd_render)
+    p.set_defaults(func=commands.cmd_render)
 
     p = sub.add_parser("submit", help="render a run folder and submit it",
                        description="Render the workflow into a run folder (as `render` does) "
                                    "and submit it: one job per step, each after the steps it "
-                                   "needs. Prints the run id and folder.")
-    workflow_args(p)
+                                   "needs. Or submit a run folder that `render` wrote, with any "
+                                   "backend. Prints the run id and folder.")
+    workflow_args(p, "the workflow YAML file, or a run folder written by `render`")
     p.add_argument("--backend", default="auto", choices=["auto", "slurm", "local", "submitit"],
                    help="auto (default): slurm where sbatch works, else local")
     run_folder_args(p)
@@ -78,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait with live progress; exit like `status` (non-zero if a step fails)")
     p.add_argument("--dry-run", action="store_true",
                    help="render the run folder and print what would be submitted; submit nothing")
-    p.set_defaults(func=cmd_submit)
+    p.set_defaults(func=commands.cmd_submit)
 
     def run_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
         p.add_argument("run", nargs=None if required else "?", metavar="RUN",
@@ -97,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print {run, steps} as JSON")
     p.add_argument("--watch", action="store_true", help="refresh in place until the run is done")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
-    p.set_defaults(func=cmd_status)
+    p.set_defaults(func=commands.cmd_status)
 
     p = sub.add_parser("logs", help="print or follow a step's output",
                        description="Print a step's log (default: the first step that failed, "
@@ -106,168 +114,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("step", nargs="?", help="the step name")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows, "
                                                                "until the step ends")
-    p.set_defaults(func=cmd_logs)
+    p.set_defaults(func=commands.cmd_logs)
 
     p = sub.add_parser("cancel", help="cancel every unfinished job of a run")
     run_arg(p, required=True)
-    p.set_defaults(func=cmd_cancel)
+    p.set_defaults(func=commands.cmd_cancel)
 
     p = sub.add_parser("resume", help="re-submit the steps that did not complete",
                        description="Re-submit the steps of a run that did not complete, and "
                                    "the steps that need them; completed steps are kept.")
     run_arg(p, required=True)
     p.add_argument("--wait", action="store_true", help="wait with live progress")
-    p.set_defaults(func=cmd_resume)
+    p.set_defaults(func=commands.cmd_resume)
 
     _add_optional_commands(sub)
+    _group_command_help(parser, sub)
     return parser
+
+
+def _group_command_help(parser: argparse.ArgumentParser, sub) -> None:
+    """List the commands in two groups (login node / inside jobs) instead of argparse's one."""
+    helps = {a.dest: a.help or "" for a in sub._choices_actions}
+    sub._choices_actions.clear()
+    width = max(map(len, helps)) + 2
+
+    def block(title: str, names) -> str:
+        return title + "\n" + "\n".join(f"  {n:<{width}}{helps[n]}" for n in names) + "\n"
+
+    in_job = [n for n in helps if n in IN_JOB_COMMANDS]
+    login = [n for n in helps if n not in IN_JOB_COMMANDS]
+    parser.epilog = (block("commands you type (at the login node):", login) + "\n" +
+                     block("commands the job scripts run (inside a job; also by hand):", in_job)
+                     + "\n" + EPILOG)
 
 
 def _add_optional_commands(sub) -> None:
     """Commands that live in other modules; each registers its own parser."""
     from .data import cli as data_cli
-    from .train import cli as train_cli
+    from .ml import cli as ml_cli
     data_cli.add_parser(sub)
-    train_cli.add_parser(sub)
-
-
-def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in ["itwinai-hpc", *sys.argv[1:]])
-
-
-def cmd_validate(args) -> int:
-    from .plan import plan
-    from .workflow import load_workflow
-    loaded = load_workflow(args.workflow, args.overrides)
-    jobs = plan(loaded.workflow)
-    print(f"{args.workflow}: OK: workflow '{loaded.workflow.name}', {len(jobs)} step(s)")
-    for job in jobs:
-        after = f"  (after {', '.join(job.needs)})" if job.needs else ""
-        r = job.resources
-        print(f"  {job.index:>2}. {job.name:<16} {job.launcher:<9} nodes={r.nodes}"
-              f" gpus-per-node={r.gpus_per_node}{after}")
-    return 0
-
-
-def prepare_run(args, backend: str | None = None):
-    """Load and render the workflow into a RenderedRun (not yet written)."""
-    from .render import render_run
-    from .runs import default_runs_dir, new_run_id
-    from .workflow import load_workflow, peek_name
-    run_id = new_run_id(peek_name(args.workflow))
-    runs_dir = args.runs_dir or default_runs_dir()
-    run_dir = Path(args.output) if getattr(args, "output", None) else runs_dir / run_id
-    run_dir = run_dir.absolute()
-    loaded = load_workflow(args.workflow, args.overrides,
-                           builtins={"run_dir": str(run_dir), "run_id": run_id})
-    return render_run(loaded, run_dir, run_id, backend=backend,
-                      templates_dir=args.templates, command_line=command_line())
-
-
-def cmd_render(args) -> int:
-    run = prepare_run(args)
-    run.write()
-    print(f"run {run.run_id}")
-    print(f"run folder {run.run_dir}")
-    for name in run.files:
-        print(f"  {name}")
-    print(f"submit it with: bash {run.run_dir / 'submit.sh'}")
-    return 0
-
-
-def cmd_submit(args) -> int:
-    from .backends import get_backend, resolve_backend_name
-    from . import operations
-    name = resolve_backend_name(args.backend)
-    backend = get_backend(name)
-    run = prepare_run(args, backend=name)
-    backend.preflight(run.jobs)
-    run.write()
-    print(f"run {run.run_id}")
-    print(f"run folder {run.run_dir}")
-    if args.dry_run:
-        print(f"dry run: nothing submitted; with --backend {name} it would run:")
-        for job in run.jobs:
-            script = job.script if name == "slurm" else job.local_script
-            print(f"  {script}" + (f"  (after {', '.join(job.needs)})" if job.needs else ""))
-        if name == "slurm":
-            print(f"  i.e. bash {run.run_dir / 'submit.sh'}")
-        return 0
-    assert run.manifest is not None
-    operations.submit(run.manifest, backend)
-    for step in run.manifest.steps:
-        print(f"  {step.name:<16} {step.job_id}")
-    if not args.wait:
-        print(f"follow it with: itwinai-hpc status {run.run_id}")
-        return 0
-    return _wait_and_report(run.manifest)
-
-
-def _wait_and_report(manifest) -> int:
-    from . import operations
-    from .status_view import format_table
-    tty = sys.stderr.isatty()
-
-    def progress(line: str) -> None:
-        print(("\r\x1b[K" if tty else "") + line, end="" if tty else "\n", file=sys.stderr,
-              flush=True)
-
-    rc = operations.wait(manifest, progress=progress)
-    if tty:
-        print(file=sys.stderr)
-    print(format_table(manifest))
-    if rc != 0:
-        operations.print_failures(manifest)
-    return rc
-
-
-def _load_run(args):
-    from .runs import RunManifest, find_run
-    return RunManifest.load(find_run(args.run, args.runs_dir))
-
-
-def cmd_status(args) -> int:
-    import time
-    from . import operations
-    from .status_view import format_table, to_json
-    manifest = _load_run(args)
-    while True:
-        operations.refresh(manifest)
-        rc = operations.exit_code(manifest)
-        text = to_json(manifest) if args.json else format_table(manifest)
-        if args.watch and sys.stdout.isatty():
-            print("\x1b[H\x1b[2J" + text, flush=True)
-        else:
-            print(text, flush=True)
-        if not args.watch or rc != operations.EXIT_ACTIVE:
-            return rc
-        time.sleep(args.interval)
-
-
-def cmd_logs(args) -> int:
-    from . import logs
-    return logs.show(_load_run(args), args.step, follow=args.follow)
-
-
-def cmd_cancel(args) -> int:
-    from . import operations
-    manifest = _load_run(args)
-    cancelled = operations.cancel(manifest)
-    print(f"cancelled: {', '.join(cancelled)}" if cancelled else
-          f"nothing to cancel: every step of run {manifest.run_id} has finished")
-    return 0
-
-
-def cmd_resume(args) -> int:
-    from . import operations
-    manifest = _load_run(args)
-    todo = operations.resume(manifest)
-    if not todo:
-        print(f"nothing to resume: every step of run {manifest.run_id} completed")
-        return 0
-    for name in todo:
-        print(f"  {name:<16} {manifest.step(name).job_id}")
-    return _wait_and_report(manifest) if args.wait else 0
+    ml_cli.add_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 from . import operations
 from .errors import UserError
 from .runs import RunManifest, StepRecord
+from .states import FAILED_ITSELF, StepState
 
 
 def pick_step(manifest: RunManifest, name: str | None) -> StepRecord:
@@ -16,8 +17,9 @@ def pick_step(manifest: RunManifest, name: str | None) -> StepRecord:
     if name:
         return manifest.step(name)
     steps = sorted(manifest.steps, key=lambda s: s.index)
-    failed = [s for s in steps if s.state in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")]
-    started = [s for s in steps if s.job_id and s.state not in ("PENDING", "CANCELLED")]
+    failed = [s for s in steps if s.state in FAILED_ITSELF]
+    started = [s for s in steps
+               if s.job_id and s.state not in (StepState.PENDING, StepState.CANCELLED)]
     if failed or started:
         return (failed or started[::-1])[0]
     raise UserError(f"no step of run {manifest.run_id} has started yet; name a step: "

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from .backends import Backend, get_backend
 from .errors import UserError
-from .runs import OK_STATES, UNSUBMITTED, RunManifest, StepRecord
+from . import layout
+from .runs import RunManifest, StepRecord
+from .states import FAILED_ITSELF, SUCCEEDED, StepState
 
 # Exit codes of `status` (and of `submit --wait`, which ends with a status).
 EXIT_OK, EXIT_FAILED, EXIT_ACTIVE = 0, 1, 3
@@ -28,8 +30,15 @@ def backend_for(manifest: RunManifest) -> Backend:
 
 
 def submit(manifest: RunManifest, backend: Backend, steps: list[str] | None = None) -> None:
-    """Submit `steps` (default: all) of a written run folder with `backend`."""
+    """Submit `steps` (default: all) of a written run folder with `backend`. A folder is
+    submitted once (under its lock, so two submits cannot both win); `resume` re-submits."""
     with manifest.updating() as m:
+        if m.backend or any(s.job_id for s in m.steps) or \
+                (Path(m.run_dir) / layout.JOBS_TSV).exists():
+            raise UserError(f"run {m.run_id} was submitted already"
+                            f"{f' (backend {m.backend})' if m.backend else ''}; follow it with "
+                            f"`itwinai-hpc status {m.run_dir}`, or re-submit what did not "
+                            f"complete with `itwinai-hpc resume {m.run_dir}`")
         m.backend = backend.name
     names = steps if steps is not None else [s.name for s in manifest.steps]
     backend.submit(manifest, names)
@@ -38,9 +47,9 @@ def submit(manifest: RunManifest, backend: Backend, steps: list[str] | None = No
 def exit_code(manifest: RunManifest) -> int:
     """0 when every step completed; 1 as soon as any failed or was cancelled (the run cannot
     succeed any more, even if an independent branch still runs); else 3: work remains."""
-    if all(s.state in OK_STATES for s in manifest.steps):
+    if all(s.state in SUCCEEDED for s in manifest.steps):
         return EXIT_OK
-    if any(s.finished and s.state not in OK_STATES for s in manifest.steps):
+    if any(s.finished and s.state not in SUCCEEDED for s in manifest.steps):
         return EXIT_FAILED
     if any(_active(s) for s in manifest.steps):
         return EXIT_ACTIVE
@@ -54,7 +63,7 @@ def _active(step: StepRecord) -> bool:
 def adopt_hand_submission(manifest: RunManifest) -> None:
     """A run folder submitted by hand with `bash submit.sh` has job ids in jobs.tsv only: take
     them (the last line per step wins) so that status, logs, cancel and resume work on it."""
-    jobs_tsv = Path(manifest.run_dir) / "jobs.tsv"
+    jobs_tsv = Path(manifest.run_dir) / layout.JOBS_TSV
     if manifest.backend or not jobs_tsv.is_file():
         return
     ids = dict(line.split("\t", 1) for line in jobs_tsv.read_text().splitlines() if "\t" in line)
@@ -62,7 +71,7 @@ def adopt_hand_submission(manifest: RunManifest) -> None:
         m.backend = "slurm"
         for s in m.steps:
             if s.name in ids:
-                s.job_id, s.state = ids[s.name].strip(), "PENDING"
+                s.job_id, s.state = ids[s.name].strip(), StepState.PENDING
                 s.log = m.log_path(s, s.job_id)
 
 
@@ -105,7 +114,7 @@ def cancel(manifest: RunManifest) -> list[str]:
 
 def steps_to_resume(manifest: RunManifest) -> list[str]:
     """Steps that did not complete, plus everything that needs them, in run order."""
-    not_done = {s.name for s in manifest.steps if s.state not in OK_STATES}
+    not_done = {s.name for s in manifest.steps if s.state not in SUCCEEDED}
     todo = manifest.dependents(not_done)
     return [s.name for s in sorted(manifest.steps, key=lambda s: s.index) if s.name in todo]
 
@@ -125,7 +134,7 @@ def resume(manifest: RunManifest) -> list[str]:
             if s.name in todo:
                 if s.job_id:
                     s.history.append(s.job_id)
-                s.job_id, s.state, s.exit_code = None, UNSUBMITTED, None
+                s.job_id, s.state, s.exit_code = None, StepState.UNSUBMITTED, None
                 s.elapsed = s.nodes = s.reason = s.log = None
     backend_for(manifest).submit(manifest, todo)
     return todo
@@ -143,7 +152,7 @@ def failures(manifest: RunManifest, lines: int = 20) -> list[FailedStep]:
     backend = backend_for(manifest)
     out = []
     for s in manifest.steps:
-        if s.finished and s.state not in OK_STATES and s.state != "CANCELLED":
+        if s.state in FAILED_ITSELF:
             logs = backend.log_files(manifest, s)
             log = next((p for p in logs if p.exists()), None)
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log else ""

@@ -1,7 +1,10 @@
-"""Render a loaded workflow into a run folder: one script per step, submit.sh, workflow.yml, run.json.
+"""Render a workflow into a run folder: per step an sbatch script and a local script, submit.sh,
+the resolved workflow.yml and run.json with the plan. The folder is the whole request: any
+backend can submit it (TorchX's dry run, then schedule).
 
-`render_run` only builds text in memory (a RenderedRun you can inspect); `RenderedRun.write` puts
-it on disk atomically. Nothing here submits anything, and nothing here imports torch or mlflow.
+`render_workflow` picks the run id and folder, loads the workflow with them and renders, in
+memory (a RenderedRun you can inspect); `RenderedRun.write` puts it on disk atomically. Nothing
+here submits anything, and nothing here imports torch or mlflow.
 """
 
 from __future__ import annotations
@@ -19,15 +22,12 @@ import yaml
 
 from . import __version__
 from .errors import UserError
-from .plan import JobSpec, plan
-from .runs import RunManifest, new_run_id
-from .workflow import LoadedWorkflow
-
-# SLURM_* variables that say which cluster to talk to, not which job we are in: they survive
-# when a run is submitted from inside another job (see submit.sh and backends/slurm.py).
-KEEP_SLURM_ENV = ("SLURM_CONF", "SLURM_CLUSTERS", "SLURM_TIME_FORMAT")
-# Backends that run steps without sbatch get a NN-step.sh per step, rendered from local.sh.j2.
-LOCAL_SCRIPT_BACKENDS = ("local", "submitit")
+from . import layout
+from .backends.slurm_env import KEEP_SLURM_ENV
+from .plan import plan
+from .planned import PlannedStep
+from .runs import RunManifest, default_runs_dir, new_run_id
+from .workflow import LoadedWorkflow, read_workflow, resolve_workflow, workflow_name
 # Paths end up on #SBATCH lines, which sbatch splits itself: no quoting can protect them there.
 SBATCH_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@%:,=-]+$")
 
@@ -64,16 +64,19 @@ def template_env(templates_dir: str | Path | None = None) -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, autoescape=False)
     env.filters["shq"] = shell_quote
     env.filters["comment"] = comment_safe
+    env.globals["layout"] = layout
     return env
 
 
 @dataclass
 class RenderedRun:
+    """A run folder's contents in memory: what `render` writes and every backend submits."""
+
     run_id: str
     run_dir: Path
-    jobs: list[JobSpec]
+    plan: list[PlannedStep]
+    manifest: RunManifest
     files: dict[str, str] = field(default_factory=dict)      # relative name -> text
-    manifest: RunManifest | None = None
 
     def write(self) -> Path:
         """Write every file into a hidden sibling folder, then rename it into place: a crash
@@ -87,14 +90,13 @@ class RenderedRun:
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)    # mkdtemp makes it private; a run folder is not
         try:
-            (tmp / "logs").mkdir()
+            (tmp / layout.LOGS).mkdir()
             for name, text in self.files.items():
                 path = tmp / name
                 path.write_text(text, encoding="utf-8")
                 if name.endswith((".sh", ".sbatch")):
                     path.chmod(0o755)
-            assert self.manifest is not None
-            self.manifest.save(tmp / "run.json")
+            self.manifest.save(tmp / layout.MANIFEST)
             if target.exists():
                 target.rmdir()
             os.replace(tmp, target)
@@ -104,45 +106,61 @@ class RenderedRun:
         return target
 
 
-def render_run(loaded: LoadedWorkflow, run_dir: str | Path, run_id: str | None = None, *,
-               backend: str | None = None, templates_dir: str | Path | None = None,
-               command_line: str = "", workdir: str | Path | None = None) -> RenderedRun:
-    """Build the run folder's contents for `loaded` (already loaded with the same run_dir/id)."""
-    run_dir = Path(run_dir).absolute()
-    workdir = Path(workdir or os.getcwd()).absolute()
-    run_id = run_id or new_run_id(loaded.workflow.name)
-    for label, path in (("run folder", run_dir), ("working directory", workdir)):
-        if not SBATCH_SAFE_PATH.fullmatch(str(path)):
-            raise UserError(f"the {label} {str(path)!r} contains characters that cannot appear "
+def render_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
+                    run_dir: str | Path | None = None, runs_dir: str | Path | None = None,
+                    templates_dir: str | Path | None = None, command_line: str = "",
+                    run_id: str | None = None, workdir: str | Path | None = None) -> RenderedRun:
+    """The one way from a workflow file to a run: parse it once, pick the run id (a new one
+    unless given) and folder (`run_dir`, else RUNS/<run id>), resolve ${run_dir}/${run_id}
+    with exactly those, render. `workdir` (default: here) is where the jobs run."""
+    doc = read_workflow(path, overrides)
+    run_id = run_id or new_run_id(workflow_name(doc))
+    folder = Path(run_dir) if run_dir else Path(runs_dir or default_runs_dir()) / run_id
+    loaded = resolve_workflow(doc, path, tuple(overrides), run_dir=folder.absolute(),
+                              run_id=run_id, workdir=None if workdir is None else Path(workdir))
+    return render_run(loaded, templates_dir=templates_dir, command_line=command_line)
+
+
+def render_run(loaded: LoadedWorkflow, *, templates_dir: str | Path | None = None,
+               command_line: str = "") -> RenderedRun:
+    """Build the run folder's contents for a workflow resolved for one run (its run_dir and
+    run_id are the ones ${run_dir}/${run_id} were substituted with)."""
+    if loaded.run_dir is None or loaded.run_id is None:
+        raise ValueError("this workflow was loaded for checking only (${run_dir} holds a "
+                         "placeholder); render it with render_workflow()")
+    run_dir, run_id, workdir = Path(loaded.run_dir).absolute(), loaded.run_id, loaded.workdir
+    for label, p in (("run folder", run_dir), ("working directory", workdir)):
+        if not SBATCH_SAFE_PATH.fullmatch(str(p)):
+            raise UserError(f"the {label} {str(p)!r} contains characters that cannot appear "
                             "on an #SBATCH line (spaces, quotes, shell characters); use a plain "
                             "path")
     wf = loaded.workflow
-    jobs = plan(wf)
+    steps = plan(wf)
     env = template_env(templates_dir)
     common = dict(run_id=run_id, run_dir=str(run_dir), workdir=str(workdir),
                   workflow_name=wf.name, workflow_file=str(loaded.path.absolute()),
                   version=__version__, command_line=command_line or "(library call)",
-                  n_steps=len(jobs))
-    run = RenderedRun(run_id=run_id, run_dir=run_dir, jobs=jobs)
+                  n_steps=len(steps))
+    files: dict[str, str] = {}
     try:
-        for job in jobs:
-            run.files[job.script] = env.get_template("sbatch.sh.j2").render(job=job, **common)
-        if backend in LOCAL_SCRIPT_BACKENDS:
-            for job in jobs:
-                run.files[job.local_script] = env.get_template("local.sh.j2").render(job=job,
-                                                                                    **common)
-        run.files["submit.sh"] = env.get_template("submit.sh.j2").render(
-            jobs=jobs, index_of={j.name: j.index for j in jobs}, keep_env=KEEP_SLURM_ENV,
+        for job in steps:
+            files[job.script] = env.get_template("sbatch.sh.j2").render(
+                job=job, default_backend="slurm", **common)
+            files[job.local_script] = env.get_template("local.sh.j2").render(
+                job=job, default_backend="local", **common)
+        files[layout.SUBMIT_SCRIPT] = env.get_template("submit.sh.j2").render(
+            jobs=steps, index_of={j.name: j.index for j in steps}, keep_env=KEEP_SLURM_ENV,
             **common)
     except jinja2.TemplateError as exc:
         where = f"{exc.filename}:{exc.lineno}: " if getattr(exc, "lineno", None) else ""
         raise UserError(f"template error: {where}{exc}") from None
-    run.files["workflow.yml"] = resolved_workflow_yaml(loaded)
-    run.manifest = RunManifest.new(run_id=run_id, run_dir=run_dir, workflow_name=wf.name,
-                                   workflow_file=str(loaded.path.absolute()),
-                                   overrides=list(loaded.overrides), backend=backend,
-                                   workdir=str(workdir), jobs=jobs)
-    return run
+    files[layout.RESOLVED_WORKFLOW] = resolved_workflow_yaml(loaded)
+    manifest = RunManifest.new(run_id=run_id, run_dir=run_dir, workflow_name=wf.name,
+                               workflow_file=str(loaded.path.absolute()),
+                               overrides=list(loaded.overrides), workdir=str(workdir),
+                               plan=steps)
+    return RenderedRun(run_id=run_id, run_dir=run_dir, plan=steps, manifest=manifest,
+                       files=files)
 
 
 def resolved_workflow_yaml(loaded: LoadedWorkflow) -> str:

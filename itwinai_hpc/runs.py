@@ -1,31 +1,33 @@
-"""The run folder's manifest (run.json): which steps, which job ids, which states. And finding runs.
+"""The run folder's manifest (run.json): the plan of every step, its job ids and states. And
+finding runs.
 
-Every write is atomic (temporary file + rename) and read-modify-write cycles hold a lock, so a
-status refresh and a backend updating job ids never lose each other's changes.
+run.json is the whole request a backend needs (TorchX's dry-run object, on disk): the planned
+steps (planned.py) plus what became of them. Every write is atomic and read-modify-write cycles
+hold a lock, so a status refresh and a backend updating job ids never lose each other's changes.
+Imports nothing from workflow.py, plan.py or render.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import __version__
+from . import __version__, atomic, layout
 from .errors import UserError
-from .plan import local_script_name
+from .planned import PlannedStep
+from .states import FINISHED, StepState
 
-MANIFEST = "run.json"
-# SLURM's names. Finished states are cached in run.json and never asked for again.
-FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-            "PREEMPTED", "BOOT_FAIL", "DEADLINE", "SKIPPED"}
-OK_STATES = {"COMPLETED", "SKIPPED"}
-UNSUBMITTED = "UNSUBMITTED"
+# run.json's format: a reader accepts its own major format and ignores fields it does not know
+# (a newer minor version may add some); a newer major format asks for an upgrade.
+FORMAT = 1
 
 
 def new_run_id(workflow_name: str, now: dt.datetime | None = None) -> str:
@@ -39,13 +41,13 @@ def default_runs_dir() -> Path:
 
 @dataclass
 class StepRecord:
+    """A step as recorded in run.json: its plan (fixed at render time) and what became of its
+    latest submission (job id, state, ...), with the job ids of earlier attempts."""
+
     name: str
-    index: int
-    script: str
-    needs: list[str]
-    array: str | None = None
+    plan: PlannedStep
     job_id: str | None = None
-    state: str = UNSUBMITTED
+    state: str = StepState.UNSUBMITTED
     exit_code: int | None = None
     elapsed: int | None = None          # seconds
     nodes: str | None = None
@@ -59,12 +61,43 @@ class StepRecord:
         return self.state in FINISHED
 
     @property
+    def index(self) -> int:
+        return self.plan.index
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return self.plan.needs
+
+    @property
+    def array(self) -> str | None:
+        return self.plan.array
+
+    @property
+    def script(self) -> str:
+        return self.plan.script
+
+    @property
     def local_script(self) -> str:
-        return local_script_name(self.script)
+        return self.plan.local_script
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["plan"] = self.plan.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StepRecord":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        values["plan"] = PlannedStep.from_dict(d["plan"])
+        values["state"] = StepState.parse(values.get("state", StepState.UNSUBMITTED))
+        return cls(**values)
 
 
 @dataclass
 class RunManifest:
+    """A rendered run: where it lives, how it was made, and its steps in run order."""
+
     run_id: str
     run_dir: str
     workflow_name: str
@@ -76,39 +109,62 @@ class RunManifest:
     created: str = ""
     itwinai_hpc: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)   # backend-specific (e.g. local pid)
-    format: int = 1
+    format: int = FORMAT
 
     @classmethod
     def new(cls, *, run_id: str, run_dir: Path, workflow_name: str, workflow_file: str,
-            overrides: list[str], backend: str | None, workdir: str, jobs) -> "RunManifest":
-        steps = [StepRecord(name=j.name, index=j.index, script=j.script, needs=list(j.needs),
-                            array=j.array) for j in jobs]
+            overrides: list[str], workdir: str, plan: list[PlannedStep]) -> "RunManifest":
         return cls(run_id=run_id, run_dir=str(run_dir), workflow_name=workflow_name,
-                   workflow_file=workflow_file, workdir=workdir, steps=steps,
-                   overrides=overrides, backend=backend,
+                   workflow_file=workflow_file, workdir=workdir,
+                   steps=[StepRecord(name=p.name, plan=p) for p in plan], overrides=overrides,
                    created=dt.datetime.now().astimezone().isoformat(timespec="seconds"))
 
     # ---- persistence --------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path) -> "RunManifest":
+        """Read run.json (or the run.json of a folder). The folder it was found in is the run's
+        folder from then on, whatever the file says: a copied or moved run acts on itself."""
         path = Path(path)
         if path.is_dir():
-            path = path / MANIFEST
+            path = path / layout.MANIFEST
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise UserError("not a run folder (no run.json)", file=str(path.parent)) from None
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"unreadable run manifest: {exc}", file=str(path)) from None
-        steps = [StepRecord(**s) for s in data.pop("steps")]
-        return cls(steps=steps, **data)
+        try:
+            return cls._from_dict(data, path.parent.absolute())
+        except UserError:
+            raise
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise UserError(f"not a run manifest of itwinai-hpc ({type(exc).__name__}: {exc})",
+                            file=str(path)) from None
+
+    @classmethod
+    def _from_dict(cls, data: Any, folder: Path) -> "RunManifest":
+        if not isinstance(data, dict):
+            raise TypeError("expected a JSON object")
+        fmt = data.get("format")
+        if isinstance(fmt, int) and fmt > FORMAT:
+            raise UserError(f"written by itwinai-hpc {data.get('itwinai_hpc', '?')} in run "
+                            f"folder format {fmt}; this is itwinai-hpc {__version__} (format "
+                            f"{FORMAT}): upgrade itwinai-hpc to read it",
+                            file=str(folder / layout.MANIFEST))
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["steps"] = [StepRecord.from_dict(s) for s in data["steps"]]
+        values["run_dir"] = str(folder)
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["steps"] = [s.to_dict() for s in self.steps]
+        return d
 
     def save(self, path: str | Path | None = None) -> None:
-        path = Path(path) if path else Path(self.run_dir) / MANIFEST
-        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        path = Path(path) if path else Path(self.run_dir) / layout.MANIFEST
+        atomic.write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @contextlib.contextmanager
     def updating(self) -> Iterator["RunManifest"]:
@@ -128,11 +184,8 @@ class RunManifest:
                         f"{', '.join(s.name for s in self.steps)}")
 
     def log_path(self, step: StepRecord, job_id: str) -> str:
-        """logs/<workflow>.<step>-<id>.out, where SLURM's %x-%j.out points (arrays: %x-%A_%a,
-        so a glob over the tasks' files)."""
-        name = f"{self.workflow_name}.{step.name}-{job_id}"
-        return str(Path(self.run_dir) / "logs" / (f"{name}_*.out" if step.array else
-                                                  f"{name}.out"))
+        """Where the job's output goes (for an array, a glob over its tasks' files)."""
+        return layout.log_glob(self.run_dir, step.plan.job_name, job_id, bool(step.array))
 
     def dependents(self, names: set[str]) -> set[str]:
         """`names` plus every step that needs one of them, directly or not."""
@@ -147,18 +200,9 @@ class RunManifest:
         return out
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def lock(run_dir: Path) -> Iterator[None]:
-    with open(run_dir / ".lock", "a") as f:
+    with open(run_dir / layout.LOCK, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -171,9 +215,9 @@ def find_run(ref: str | None, runs_dir: Path | None = None) -> Path:
     runs_dir = runs_dir or default_runs_dir()
     if ref:
         for candidate in (Path(ref), runs_dir / ref):
-            if (candidate / MANIFEST).is_file():
+            if (candidate / layout.MANIFEST).is_file():
                 return candidate
-        matches = sorted(p.parent for p in runs_dir.glob(f"{ref}*/{MANIFEST}"))
+        matches = sorted(p.parent for p in runs_dir.glob(f"{ref}*/{layout.MANIFEST}"))
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -181,7 +225,7 @@ def find_run(ref: str | None, runs_dir: Path | None = None) -> Path:
                             f"{', '.join(m.name for m in matches)}")
         raise UserError(f"no run '{ref}' (looked for a folder with run.json, and under "
                         f"{runs_dir}/)")
-    manifests = list(runs_dir.glob(f"*/{MANIFEST}"))
+    manifests = list(runs_dir.glob(f"*/{layout.MANIFEST}"))
     if not manifests:
         raise UserError(f"no runs under {runs_dir}/ yet; submit one with "
                         "`itwinai-hpc submit WORKFLOW`, or name a run folder")

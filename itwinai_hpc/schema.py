@@ -11,14 +11,12 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
+from . import slurm_syntax
+
 SAFE_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
-# SLURM time: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
-TIME_RE = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|"
-                     r"\d+-\d+:\d{1,2}:\d{1,2})$")
 SLURM_WORD = r"^[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*$"         # partition, account, qos lists
 CONSTRAINT = r"^[A-Za-z0-9_.,&|\[\]*:()!-]+$"
 MEM = r"^\d+[KMGT]?$"
-ARRAY = r"^\d+(-\d+)?(:\d+)?(,\d+(-\d+)?(:\d+)?)*(%\d+)?$"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SBATCH_FLAG = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:/@%+=&|\[\]*()!-]*)?$")
 
@@ -77,13 +75,8 @@ class Resources(_Model):
     def _time(cls, v: str | int | None) -> str | None:
         if v is None:
             return None
-        if isinstance(v, int):
-            if v < 1:
-                raise ValueError("time must be at least 1 minute")
-            return str(v)
-        if not TIME_RE.fullmatch(v):
-            raise ValueError(f"'{v}' is not a SLURM time; use MM, HH:MM:SS, D-HH or D-HH:MM:SS")
-        return v
+        slurm_syntax.time_seconds(v)        # raises ValueError with the reason
+        return str(v)
 
     @field_validator("extra_sbatch")
     @classmethod
@@ -147,7 +140,7 @@ class Requeue(_Model):
     """Checkpoint and requeue before the time limit, instead of losing the work to it.
 
     SLURM warns the batch shell `before-limit` seconds ahead (--signal=B:USR2@N); the script
-    writes $ITWINAI_HPC_RUN_DIR/STOP, which the step's code turns into a checkpoint and a clean
+    creates $ITWINAI_HPC_STOP_FILE, which the step's code turns into a checkpoint and a clean
     exit, waits up to `grace` seconds for that, and requeues the job; the next run resumes."""
 
     before_limit: Annotated[StrictInt, Field(ge=30)] = 300
@@ -156,6 +149,8 @@ class Requeue(_Model):
 
 
 class Step(_Model):
+    """A step as written in the workflow file (plan.py turns it into a PlannedStep)."""
+
     name: Annotated[str, Field(pattern=SAFE_NAME)]
     description: str | None = None
     needs: list[str] = []
@@ -179,11 +174,9 @@ class Step(_Model):
     def _array(cls, v):
         if v is None:
             return None
-        v = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-        if not isinstance(v, str) or not re.fullmatch(ARRAY, v):
-            raise ValueError(f"{v!r} is not a SLURM array spec like '0-9', '1,3,5' or "
-                             "'0-99%10'")
-        return v
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise ValueError(f"{v!r} is not {slurm_syntax.ARRAY_HELP}")
+        return slurm_syntax.parse_array(v).text
 
     @field_validator("needs", mode="before")
     @classmethod
@@ -213,3 +206,14 @@ class Workflow(_Model):
                 raise ValueError(f"'{key}' is not a valid variable name (letters, digits, _)")
         return v
 
+
+
+def merge(base, override):
+    """Field-wise merge of two models of the same type: fields set in `override` win."""
+    if base is None:
+        return override
+    if override is None:
+        return base
+    values = base.model_dump(exclude_none=True, by_alias=True)
+    values.update(override.model_dump(exclude_none=True, by_alias=True))
+    return type(base).model_validate(values)

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from itwinai_hpc.cli import main
-from itwinai_hpc.render import render_run
-from itwinai_hpc.workflow import load_workflow
+from itwinai_hpc.render import render_workflow
 
 EVIL = ["$(touch {marker})", "`touch {marker}`", "a; touch {marker}", "it's \"quoted\"",
         "two\nlines; touch {marker}", "${{HOME}} $HOME", "x' ; touch {marker} ; echo '"]
@@ -57,8 +56,7 @@ def run_script(script: Path, cwd: Path, path_prefix: str = "") -> subprocess.Com
 
 def rendered(tmp_path: Path, wf: Path) -> Path:
     out = tmp_path / "run"
-    loaded = load_workflow(wf, builtins={"run_dir": str(out), "run_id": "inject-1"})
-    render_run(loaded, out, "inject-1", workdir=tmp_path).write()
+    render_workflow(wf, run_dir=out, run_id="inject-1", workdir=tmp_path).write()
     return out
 
 

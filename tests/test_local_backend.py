@@ -16,10 +16,9 @@ import pytest
 
 from itwinai_hpc import operations
 from itwinai_hpc.backends.local_procs import alive
-from itwinai_hpc.backends.local_runner import expand_array
 from itwinai_hpc.data.idx import write_idx
 from itwinai_hpc.data.mnist import IDX_FILES
-from itwinai_hpc.render import render_run
+from itwinai_hpc.render import render_workflow
 from itwinai_hpc.runs import RunManifest
 from itwinai_hpc.workflow import load_workflow
 
@@ -369,13 +368,6 @@ steps:
 
 
 # ---- pieces ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("spec, ids, limit", [
-    ("0-3", [0, 1, 2, 3], None), ("1,3,5", [1, 3, 5], None), ("0-9:2", [0, 2, 4, 6, 8], None),
-    ("0-7%2", list(range(8)), 2), ("4", [4], None), ("1-2,10-12%3", [1, 2, 10, 11, 12], 3)])
-def test_array_specs_expand_like_slurms(spec, ids, limit):
-    assert expand_array(spec) == (ids, limit)
-
-
 def test_rendered_local_scripts_pass_shellcheck(tmp_path):
     workflow = write_workflow(tmp_path, """
 name: lint
@@ -392,11 +384,10 @@ steps:
     for case in (workflow, ROOT / "use-cases/mnist/training-workflow.yml",
                  ROOT / "use-cases/mnist/inference-workflow.yml"):
         out = tmp_path / f"run-{case.stem}"
-        loaded = load_workflow(case, builtins={"run_dir": str(out), "run_id": "r"})
-        run = render_run(loaded, out, "r", backend="local", workdir=tmp_path)
+        run = render_workflow(case, run_dir=out, run_id="r", workdir=tmp_path)
         run.write()
         scripts = sorted(str(p) for p in out.glob("*.sh") if p.name != "submit.sh")
-        assert len(scripts) == len(run.jobs)
+        assert len(scripts) == len(run.plan)
         for script in scripts:
             assert subprocess.run(["bash", "-n", script]).returncode == 0
         p = subprocess.run(["shellcheck", "--severity=style", *scripts], capture_output=True,

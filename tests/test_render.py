@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,35 +12,10 @@ import pytest
 
 from itwinai_hpc.cli import main
 from itwinai_hpc.errors import UserError
-from itwinai_hpc.render import render_run
+from itwinai_hpc.render import render_workflow
 from itwinai_hpc.workflow import load_workflow
 
-ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = Path(__file__).parent / "golden"
-MNIST_TRAIN = ROOT / "use-cases/mnist/training-workflow.yml"
-MNIST_INFER = ROOT / "use-cases/mnist/inference-workflow.yml"
-
-
-def render_fixed(workflow: Path, overrides=(), run_dir="/runs/golden-run", **kw):
-    """Render with a fixed run id, run folder and working directory, so the text is stable."""
-    fixed = {"run_dir": run_dir, "run_id": "golden-run", "workdir": "/work/project"}
-    loaded = load_workflow(workflow, list(overrides), builtins=fixed)
-    return render_run(loaded, run_dir, "golden-run", workdir="/work/project",
-                      command_line=f"itwinai-hpc render {workflow.name}", **kw)
-
-
-def normalized(text: str) -> str:
-    return text.replace(str(ROOT), "<repo>")
-
-
-CASES = {
-    "mnist-training": (MNIST_TRAIN, ()),
-    "mnist-training-2-nodes-4-gpus": (MNIST_TRAIN, ("steps.train.resources.nodes=2",
-                                                    "steps.train.resources.gpus-per-node=4",
-                                                    "defaults.resources.partition=booster",
-                                                    "defaults.resources.account=my-project")),
-    "mnist-inference": (MNIST_INFER, ()),
-}
+from golden_cases import CASES, GOLDEN, MNIST_INFER, MNIST_TRAIN, ROOT, normalized, render_fixed
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -49,27 +23,29 @@ def test_rendered_mnist_scripts_match_the_golden_files(case):
     workflow, overrides = CASES[case]
     run = render_fixed(workflow, overrides)
     folder = GOLDEN / case
-    if os.environ.get("UPDATE_GOLDEN"):
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        for name, text in run.files.items():
-            (folder / name).write_text(normalized(text))
     expected = sorted(p.name for p in folder.iterdir())
     assert sorted(run.files) == expected
     for name, text in run.files.items():
         assert normalized(text) == (folder / name).read_text(), \
-            f"{case}/{name} differs from the golden file (UPDATE_GOLDEN=1 to accept a change)"
+            f"{case}/{name} differs from the golden file; to accept the change, run " \
+            "`.venv/bin/python tests/update_golden.py` and review the diff"
 
 
 def test_render_writes_a_complete_run_folder(tmp_path, capsys):
     out = tmp_path / "run1"
     assert main(["render", str(MNIST_TRAIN), "-o", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["01-preprocess.sbatch", "02-train.sbatch", "logs", "run.json",
-                     "submit.sh", "workflow.yml"]
+    # one render serves every backend: sbatch scripts and local scripts side by side
+    assert names == ["01-preprocess.sbatch", "01-preprocess.sh", "02-train.sbatch", "02-train.sh",
+                     "logs", "run.json", "submit.sh", "workflow.yml"]
     manifest = json.loads((out / "run.json").read_text())
+    assert manifest["format"] == 1
     assert [s["name"] for s in manifest["steps"]] == ["preprocess", "train"]
-    assert manifest["steps"][1]["needs"] == ["preprocess"]
+    train = manifest["steps"][1]["plan"]
+    assert train["needs"] == ["preprocess"] and train["launcher"] == "torchrun"
+    assert train["job_name"] == "mnist-training.train" and train["log_pattern"] == "%x-%j.out"
+    assert train["resources"]["nodes"] == 1 and train["requeue"]["before_limit"] == 300
+    assert train["container"]["image"].endswith("itwinai-hpc.sif")
     assert all(s["state"] == "UNSUBMITTED" and s["job_id"] is None for s in manifest["steps"])
     assert str(out) in capsys.readouterr().out
     # the resolved workflow renders the same scripts again
@@ -82,11 +58,10 @@ def test_the_resolved_workflow_loads_again_to_the_same_steps(tmp_path):
     wf.write_text("name: lit\nvars: {d: /data}\nsteps:\n"
                   "  - {name: a, command: 'echo $${HOME}', args: ['${d}/x', '$${N:-0}']}\n")
     out = tmp_path / "run"
-    loaded = load_workflow(wf, builtins={"run_dir": str(out), "run_id": "r"})
-    render_run(loaded, out, "r").write()
-    again = load_workflow(out / "workflow.yml", builtins={"run_dir": str(out), "run_id": "r"})
-    assert again.workflow.steps == loaded.workflow.steps
-    assert again.workflow.steps[0].args == ["/data/x", "${N:-0}"]
+    run = render_workflow(wf, run_dir=out, run_id="r")
+    run.write()
+    assert render_workflow(out / "workflow.yml", run_dir=out, run_id="r").plan == run.plan
+    assert load_workflow(out / "workflow.yml").workflow.steps[0].args == ["/data/x", "${N:-0}"]
 
 
 def test_render_refuses_an_existing_run_folder_and_leaves_it_alone(tmp_path, capsys):
@@ -101,7 +76,7 @@ def test_render_refuses_an_existing_run_folder_and_leaves_it_alone(tmp_path, cap
 def test_a_template_error_writes_nothing(tmp_path, capsys):
     mine = tmp_path / "templates"
     mine.mkdir()
-    (mine / "header.j2").write_text("# {{ no_such_variable }}\n")
+    (mine / "_header.j2").write_text("# {{ no_such_variable }}\n")
     out = tmp_path / "run1"
     assert main(["render", str(MNIST_TRAIN), "-o", str(out), "--templates", str(mine)]) == 2
     assert "template error" in capsys.readouterr().err
@@ -111,7 +86,7 @@ def test_a_template_error_writes_nothing(tmp_path, capsys):
 def test_user_templates_replace_single_builtin_templates(tmp_path):
     mine = tmp_path / "templates"
     mine.mkdir()
-    (mine / "header.j2").write_text("# site header for {{ job.name }}\n")
+    (mine / "_header.j2").write_text("# site header for {{ job.name }}\n")
     run = render_fixed(MNIST_TRAIN, templates_dir=mine)
     script = run.files["02-train.sbatch"]
     assert script.startswith("#!/bin/bash\n# site header for train\n#SBATCH --job-name=")
@@ -133,8 +108,9 @@ def test_torchrun_launch_follows_the_tested_recipe():
 
 def test_submit_sh_chains_the_steps_with_afterok_and_kill_on_invalid_dep():
     text = render_fixed(MNIST_TRAIN).files["submit.sh"]
-    assert "job_1=$(sbatch --parsable 01-preprocess.sbatch)" in text
-    assert ('job_2=$(sbatch --parsable --kill-on-invalid-dep=yes '
+    log = '--output="$ITWINAI_HPC_RUN_DIR/logs/%x-%j.out"'
+    assert f"job_1=$(sbatch --parsable {log} 01-preprocess.sbatch)" in text
+    assert (f'job_2=$(sbatch --parsable {log} --kill-on-invalid-dep=yes '
             '--dependency=afterok:"$job_1" 02-train.sbatch)') in text
 
 
@@ -200,13 +176,22 @@ def test_validate_render_and_help_never_import_torch_or_mlflow(argv, tmp_path):
     assert "HEAVY [] RC 0" in p.stdout, p.stdout + p.stderr
 
 
-def test_every_command_has_help():
+LOGIN_COMMANDS = ("validate", "render", "submit", "status", "logs", "cancel", "resume",
+                  "mlflow-ui")
+JOB_COMMANDS = ("preprocess", "export-idx", "train", "predict")
+
+
+def test_help_lists_every_command_in_its_group_and_each_has_its_own_help():
     p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "--help"], capture_output=True,
                        text=True)
-    commands = [c for c in ("validate", "render", "submit", "status", "logs", "cancel", "resume",
-                            "preprocess") if f"    {c}" in p.stdout]
-    assert {"validate", "render"} <= set(commands)
-    for c in commands:
+    assert p.returncode == 0
+    login, _, in_job = p.stdout.partition("commands the job scripts run")
+    listed = lambda text: {line.split()[0] for line in text.splitlines()  # noqa: E731
+                           if line.startswith("  ") and line.split()}
+    assert set(LOGIN_COMMANDS) <= listed(login.partition("commands you type")[2])
+    assert set(JOB_COMMANDS) <= listed(in_job.partition("examples:")[0])
+    assert not set(JOB_COMMANDS) & listed(login.partition("commands you type")[2])
+    for c in LOGIN_COMMANDS + JOB_COMMANDS:
         h = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", c, "--help"],
                            capture_output=True, text=True)
         assert h.returncode == 0 and "usage: itwinai-hpc " + c in h.stdout, c

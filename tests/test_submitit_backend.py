@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import submitit
 
-from itwinai_hpc.backends.submitit import StepScript, choose_cluster, time_minutes
+from itwinai_hpc.backends.submitit import SubmititStep, choose_cluster
 from itwinai_hpc.runs import RunManifest
 
 CHAIN = """
@@ -104,8 +104,8 @@ def test_failed_step_with_the_local_executor_cancels_dependents(tmp_path):
 
 
 def test_step_callable_is_checkpointable_asks_the_step_to_stop_and_resubmits_itself(tmp_path):
-    step = StepScript(str(tmp_path), "/work", "r", "train", f"{tmp_path}/02-train.sbatch",
-                      f"{tmp_path}/x")
+    step = SubmititStep(str(tmp_path), "/work", "r", "train", f"{tmp_path}/02-train.sbatch",
+                        "wf.train")
     assert isinstance(step, submitit.helpers.Checkpointable)
     again = step.checkpoint()
     assert isinstance(again, submitit.helpers.DelayedSubmission)
@@ -118,13 +118,6 @@ def test_cluster_choice_follows_the_environment_override():
     assert choose_cluster({"ITWINAI_HPC_SUBMITIT_CLUSTER": "slurm"}) == "slurm"
     with pytest.raises(Exception, match="expected 'slurm' or 'local'"):
         choose_cluster({"ITWINAI_HPC_SUBMITIT_CLUSTER": "pbs"})
-
-
-@pytest.mark.parametrize("value, minutes", [
-    ("30", 30), ("00:30:00", 30), ("1:00:01", 61), ("2-00", 2880), ("1-01:30", 1530),
-    ("0:45", 1), (None, None)])
-def test_slurm_times_become_whole_minutes(value, minutes):
-    assert time_minutes(value) == minutes
 
 
 PREEMPTED = """

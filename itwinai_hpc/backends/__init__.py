@@ -1,8 +1,9 @@
 """Schedulers that run an already-rendered run folder: SLURM, local, submitit.
 
-A backend only submits, asks about and cancels jobs of a run; rendering happened before it is
-called (render.py), and run-level logic (resume, wait, status exit codes) lives in operations.py.
-Backends never import torch or mlflow.
+A backend only submits, asks about and cancels jobs of a run. Everything it needs is in the run
+folder (run.json's plan and the rendered scripts), so any backend can submit any rendered
+folder; backends never import workflow.py, plan.py or render.py, nor torch or mlflow.
+Run-level logic (resume, wait, status exit codes) lives in operations.py.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ class Backend(ABC):
         what this call submitted, record the refusal in the manifest and raise SubmitError.
         """
 
-    def preflight(self, jobs) -> None:
+    def preflight(self, manifest: RunManifest) -> None:
         """Refuse (UserError) a run this backend cannot start here, before anything is written
-        or submitted; `jobs` are the run's JobSpecs."""
+        or submitted (the manifest may still be in memory only)."""
 
     @abstractmethod
     def refresh(self, manifest: RunManifest) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runs import RunManifest
+from ..states import StepState
 from . import Backend, SubmitError
 from .local_procs import alive, job_marker, kill_job, start_time
 from .local_runner import CANCEL_GRACE_S, now_iso
@@ -35,10 +36,11 @@ def parallel_limit(environ: dict[str, str] | None = None) -> int:
     return n
 
 
-def check_container_runtimes(jobs) -> None:
-    """A step with a container needs its runtime here; say so before anything runs."""
+def check_container_runtimes(steps) -> None:
+    """A step with a container needs its runtime here; say so before anything runs. `steps`
+    are PlannedSteps."""
     missing = {}
-    for job in jobs:
+    for job in steps:
         if job.container and not shutil.which(job.container.runtime):
             missing.setdefault(job.container.runtime, []).append(job.name)
     if missing:
@@ -48,20 +50,11 @@ def check_container_runtimes(jobs) -> None:
                         "containers: --set defaults.container=none")
 
 
-def planned_jobs(manifest: RunManifest):
-    """The JobSpecs of a written run, from its resolved workflow.yml."""
-    from ..plan import plan
-    from ..workflow import load_workflow
-    return plan(load_workflow(Path(manifest.run_dir) / "workflow.yml",
-                              builtins={"run_dir": manifest.run_dir,
-                                        "run_id": manifest.run_id}).workflow)
-
-
 class LocalBackend(Backend):
     name = "local"
 
-    def preflight(self, jobs) -> None:
-        check_container_runtimes(jobs)
+    def preflight(self, manifest: RunManifest) -> None:
+        check_container_runtimes(s.plan for s in manifest.steps)
 
     # ---- submit -----------------------------------------------------------------------
     def submit(self, manifest: RunManifest, steps: list[str]) -> None:
@@ -70,9 +63,9 @@ class LocalBackend(Backend):
                    if not (Path(manifest.run_dir) / manifest.step(s).local_script).is_file()]
         if missing:
             raise UserError(f"run {manifest.run_id} has no local script for step(s) "
-                            f"{', '.join(missing)} (it was rendered for another backend); "
-                            "submit the workflow again with --backend local")
-        check_container_runtimes(j for j in planned_jobs(manifest) if j.name in steps)
+                            f"{', '.join(missing)}; render the workflow again",
+                            file=manifest.run_dir)
+        check_container_runtimes(manifest.step(n).plan for n in steps)
         order = [s.name for s in sorted(manifest.steps, key=lambda s: s.index) if s.name in steps]
         with manifest.updating() as m:
             local = m.extra.setdefault("local", {})
@@ -81,7 +74,7 @@ class LocalBackend(Backend):
                 s = m.step(name)
                 local["next_id"] = local.get("next_id", 0) + 1
                 s.job_id = str(local["next_id"])
-                s.state, s.submitted_at, s.reason = "PENDING", now_iso(), None
+                s.state, s.submitted_at, s.reason = StepState.PENDING, now_iso(), None
                 s.log = m.log_path(s, s.job_id)
             with open(Path(m.run_dir) / RUNNER_LOG, "ab") as out:
                 try:
@@ -94,7 +87,7 @@ class LocalBackend(Backend):
                         stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
                 except OSError as exc:
                     for name in order:
-                        m.step(name).state = "FAILED"
+                        m.step(name).state = StepState.FAILED
                         m.step(name).reason = f"could not start the local runner: {exc}"
                     raise SubmitError(f"could not start the local runner: {exc}") from None
             local["runner_pid"] = proc.pid
@@ -113,12 +106,12 @@ class LocalBackend(Backend):
             why = (f"the local runner (pid {local.get('runner_pid')}) ended without finishing "
                    f"this step; see {RUNNER_LOG}")
             for s in orphans:
-                if s.state == "RUNNING":
+                if s.state == StepState.RUNNING:
                     # Nobody would ever collect it: stop what is left of it.
                     kill_job(job_marker(m.run_id, s.job_id), [], grace=2)
-                    s.state, s.reason = "FAILED", why
+                    s.state, s.reason = StepState.FAILED, why
                 else:
-                    s.state, s.reason = "CANCELLED", why
+                    s.state, s.reason = StepState.CANCELLED, why
 
     # ---- cancel -----------------------------------------------------------------------
     def cancel(self, manifest: RunManifest) -> list[str]:
@@ -127,7 +120,7 @@ class LocalBackend(Backend):
             # before is in run.json as RUNNING.
             m.extra.setdefault("local", {})["cancel"] = True
             active = [s.name for s in m.steps if s.job_id and not s.finished]
-            running = [(s.name, s.job_id) for s in m.steps if s.state == "RUNNING"]
+            running = [(s.name, s.job_id) for s in m.steps if s.state == StepState.RUNNING]
         for _, job_id in running:
             kill_job(job_marker(manifest.run_id, job_id), [], CANCEL_GRACE_S)
         local = manifest.extra.get("local", {})
@@ -139,5 +132,5 @@ class LocalBackend(Backend):
             for name in active:
                 s = m.step(name)
                 if not s.finished:
-                    s.state, s.reason = "CANCELLED", "cancelled by the user"
+                    s.state, s.reason = StepState.CANCELLED, "cancelled by the user"
         return active

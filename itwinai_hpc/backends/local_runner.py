@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -17,30 +16,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import layout
 from ..runs import RunManifest, StepRecord
+from ..slurm_syntax import parse_array
+from ..states import SUCCEEDED, StepState
 from .local_procs import MARKER, job_marker, kill_job
+from .slurm_env import submit_environment
 
 TICK_S = 0.2
 LEFTOVER_GRACE_S = 2.0       # a finished step's background processes, like SLURM's cgroup kill
 CANCEL_GRACE_S = 5.0
-
-
-def expand_array(spec: str) -> tuple[list[int], int | None]:
-    """SLURM's --array syntax: '0-3', '1,3,5', '0-9:2', any of them with '%N' (at most N tasks
-    at once). Returns (task ids, limit or None)."""
-    limit = None
-    if "%" in spec:
-        spec, n = spec.split("%", 1)
-        limit = max(1, int(n))
-    ids: list[int] = []
-    for part in spec.split(","):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?(?::(\d+))?", part)
-        if not m:
-            raise ValueError(f"'{part}' is not part of a SLURM array spec like '0-9:2'")
-        first = int(m.group(1))
-        last = int(m.group(2)) if m.group(2) else first
-        ids.extend(range(first, last + 1, int(m.group(3) or 1)))
-    return sorted(set(ids)), limit
 
 
 def now_iso() -> str:
@@ -48,8 +33,9 @@ def now_iso() -> str:
 
 
 @dataclass
-class StepRun:
-    """One step's tasks (a single task None for a plain step) as the runner sees them."""
+class RunningStep:
+    """A step as running under the local runner: its tasks (a single task None for a plain
+    step), the processes of those started, and the exit codes of those done."""
 
     name: str
     todo: list[int | None]
@@ -66,13 +52,18 @@ class Runner:
         self.parallel = max(1, parallel)
         self.host = socket.gethostname()
         self.stop = False           # SIGTERM: stop like a cancel
-        self.steps: dict[str, StepRun] = {}
+        self.steps: dict[str, RunningStep] = {}
         for name in names:
             rec = self.manifest.step(name)
-            tasks, limit = expand_array(rec.array) if rec.array else ([None], None)
-            self.steps[name] = StepRun(name, list(tasks), limit)
-        from .slurm import submit_environment    # the caller's env minus its own job's SLURM_*
-        self.base_env = submit_environment()
+            if rec.array:
+                spec = parse_array(rec.array)
+                self.steps[name] = RunningStep(name, list(spec.ids), spec.limit)
+            else:
+                self.steps[name] = RunningStep(name, [None], None)
+        # The caller's env minus its own job's SLURM_*; the run folder is where run.json was
+        # found (a copy of a rendered folder runs in the copy).
+        self.base_env = dict(submit_environment(), ITWINAI_HPC_RUN_DIR=self.manifest.run_dir,
+                             ITWINAI_HPC_BACKEND="local")
         # Steps call `itwinai-hpc`, `torchrun`, `python`: the ones installed beside the
         # itwinai-hpc that submitted the run come first, as on a cluster inside the image.
         venv_bin = os.path.dirname(sys.executable)
@@ -135,23 +126,23 @@ class Runner:
             bad = [c for c in s.exit_codes if c != 0]
             rec.exit_code = bad[0] if bad else 0
             if s.todo or s.cut or bad and cancelling:
-                rec.state = "CANCELLED"
+                rec.state = StepState.CANCELLED
             else:
-                rec.state = "FAILED" if bad else "COMPLETED"
+                rec.state = StepState.FAILED if bad else StepState.COMPLETED
             rec.elapsed = int(time.time() - (s.started or time.time()))
-            if rec.state == "CANCELLED":
+            if rec.state == StepState.CANCELLED:
                 rec.reason = "cancelled while running"
 
     # ---- scheduling ---------------------------------------------------------------------
     def _cancel_dependents_of_failures(self, m: RunManifest) -> None:
-        failed = {s.name for s in m.steps if s.finished and s.state != "COMPLETED"}
+        failed = {s.name for s in m.steps if s.finished and s.state not in SUCCEEDED}
         for s in self.steps.values():
             rec = m.step(s.name)
             if rec.finished or s.running or s.exit_codes:
                 continue
             broken = [n for n in rec.needs if n in failed]
             if broken:
-                rec.state = "CANCELLED"
+                rec.state = StepState.CANCELLED
                 rec.reason = f"dependency '{broken[0]}' did not complete ({m.step(broken[0]).state})"
                 s.todo = []
 
@@ -159,7 +150,7 @@ class Runner:
         for s in self.steps.values():
             rec = m.step(s.name)
             if not rec.finished and not s.running and not s.exit_codes:
-                rec.state, rec.reason = "CANCELLED", reason
+                rec.state, rec.reason = StepState.CANCELLED, reason
             s.cut = s.cut or bool(s.todo)
             s.todo = []
 
@@ -171,7 +162,7 @@ class Runner:
                 return
             if rec.finished or not s.todo:
                 continue
-            if not all(m.step(n).state in ("COMPLETED", "SKIPPED") for n in rec.needs):
+            if not all(m.step(n).state in SUCCEEDED for n in rec.needs):
                 continue
             while s.todo and free > 0 and (s.limit is None or len(s.running) < s.limit):
                 task = s.todo.pop(0)
@@ -179,16 +170,15 @@ class Runner:
                 free -= 1
                 if s.started is None:
                     s.started = time.time()
-                    rec.state, rec.nodes, rec.reason = "RUNNING", self.host, None
+                    rec.state, rec.nodes, rec.reason = StepState.RUNNING, self.host, None
 
     def _start(self, rec: StepRecord, task: int | None) -> subprocess.Popen:
         env = dict(self.base_env, SLURM_JOB_ID=rec.job_id or "0",
                    **{MARKER: self._marker(rec.name, task)})
-        log = Path(self.manifest.run_dir) / "logs" / \
-            f"{self.manifest.workflow_name}.{rec.name}-{rec.job_id}.out"
+        log = layout.log_file(self.manifest.run_dir, rec.plan.job_name, rec.job_id or "0",
+                              None if task is None else str(task))
         if task is not None:
             env.update(SLURM_ARRAY_JOB_ID=rec.job_id or "0", SLURM_ARRAY_TASK_ID=str(task))
-            log = log.with_name(log.name.replace(".out", f"_{task}.out"))
         with open(log, "ab") as out:
             # Its own session: cancel can signal its process group without touching ours.
             return subprocess.Popen(["bash", str(Path(self.manifest.run_dir) /

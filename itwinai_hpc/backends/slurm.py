@@ -7,29 +7,22 @@ submit, with which dependencies and environment, and what to write into run.json
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
 import time
 from pathlib import Path
 
-from ..render import KEEP_SLURM_ENV
+from .. import layout
 from ..runs import RunManifest, StepRecord
+from ..states import SUCCEEDED, StepState
 from . import Backend, SubmitError
+from .slurm_env import submit_environment
 from .slurm_query import SlurmQueryError, detect_accounting, query_jobs
 
 
-def submit_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The caller's environment minus the SLURM_* variables of the job it may be running in:
-    sbatch would otherwise hand that job's node count, memory or CPUs on to our jobs.
-    The variables that choose the cluster (SLURM_CONF, ...) stay."""
-    environ = dict(os.environ if environ is None else environ)
-    return {k: v for k, v in environ.items()
-            if not k.startswith("SLURM_") or k in KEEP_SLURM_ENV}
-
-
-def sbatch_command(step: StepRecord, parent_ids: list[str]) -> list[str]:
-    """The sbatch line for one step, exactly as submit.sh writes it."""
-    cmd = ["sbatch", "--parsable"]
+def sbatch_command(run_dir: str, step: StepRecord, parent_ids: list[str]) -> list[str]:
+    """The sbatch line for one step, exactly as submit.sh writes it: the log goes to the run
+    folder the job is submitted from (which may be a copy of the one it was rendered in)."""
+    cmd = ["sbatch", "--parsable", f"--output={run_dir}/{layout.LOGS}/{step.plan.log_pattern}"]
     if parent_ids:
         cmd += ["--kill-on-invalid-dep=yes", "--dependency=afterok:" + ":".join(parent_ids)]
     return cmd + [step.script]
@@ -43,7 +36,8 @@ class SlurmBackend(Backend):
 
     # ---- submit -----------------------------------------------------------------------
     def submit(self, manifest: RunManifest, steps: list[str]) -> None:
-        env = submit_environment()
+        env = dict(submit_environment(), ITWINAI_HPC_RUN_DIR=manifest.run_dir,
+                   ITWINAI_HPC_BACKEND=self.name)
         with manifest.updating() as m:
             if "accounting" not in m.extra:
                 m.extra["accounting"] = self._accounting(env)
@@ -53,7 +47,7 @@ class SlurmBackend(Backend):
         order = sorted((manifest.step(n) for n in steps), key=lambda s: s.index)
         for step in order:
             parents = [job_ids[n] for n in step.needs if n in steps]
-            cmd = sbatch_command(step, parents)
+            cmd = sbatch_command(manifest.run_dir, step, parents)
             try:
                 p = subprocess.run(cmd, cwd=manifest.run_dir, env=env, capture_output=True,
                                    text=True, timeout=120)
@@ -68,7 +62,7 @@ class SlurmBackend(Backend):
             submitted.append((step.name, job_id))
             with manifest.updating() as m:
                 s = m.step(step.name)
-                s.job_id, s.state, s.submitted_at = job_id, "PENDING", _now()
+                s.job_id, s.state, s.submitted_at = job_id, StepState.PENDING, _now()
                 s.log = m.log_path(s, job_id)
 
     def _refused(self, manifest: RunManifest, step: StepRecord, message: str,
@@ -79,9 +73,9 @@ class SlurmBackend(Backend):
                            capture_output=True, timeout=60)
         with manifest.updating() as m:
             s = m.step(step.name)
-            s.state, s.reason = "FAILED", f"refused by sbatch: {message}"
+            s.state, s.reason = StepState.FAILED, f"refused by sbatch: {message}"
             for name, _ in submitted:
-                m.step(name).state = "CANCELLED"
+                m.step(name).state = StepState.CANCELLED
                 m.step(name).reason = f"cancelled because sbatch refused step '{step.name}'"
             m.extra["submit_error"] = {"step": step.name, "message": message}
         cancelled = f"; cancelled the jobs already submitted ({', '.join(j for _, j in submitted)})" \
@@ -123,15 +117,15 @@ class SlurmBackend(Backend):
     def _gone(manifest: RunManifest, step: StepRecord) -> None:
         """SLURM no longer knows the job (purged, and no accounting that remembers it): take
         the exit status the script left behind, or infer a dependent's cancellation."""
-        marker = Path(manifest.run_dir) / "logs" / f".exit-{step.job_id}"
+        marker = Path(layout.exit_marker(manifest.run_dir, step.job_id))
         if marker.is_file() and marker.read_text().strip().isdigit():
             step.exit_code = int(marker.read_text())
-            step.state = "COMPLETED" if step.exit_code == 0 else "FAILED"
+            step.state = StepState.COMPLETED if step.exit_code == 0 else StepState.FAILED
             step.reason = "from the exit status the job left in the run folder"
             return
         parents = [manifest.step(n) for n in step.needs]
-        if any(p.finished and p.state != "COMPLETED" for p in parents):
-            step.state = "CANCELLED"
+        if any(p.finished and p.state not in SUCCEEDED for p in parents):
+            step.state = StepState.CANCELLED
             step.reason = "its dependency did not complete (the job has left the queue)"
 
     # ---- cancel -----------------------------------------------------------------------

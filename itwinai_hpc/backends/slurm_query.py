@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..states import FINISHED, SUCCEEDED, StepState
+
 # Final states after normalize_state(); the others are PENDING, RUNNING, SUSPENDED, REQUEUED.
-FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY",
-                          "NODE_FAIL", "PREEMPTED"})
+FINAL_STATES = FINISHED
 # The final state of an array is the worst of its tasks': a failure of the job's own code
 # beats a consequence of it (CANCELLED often just follows a failed dependency).
 _WORSE = ("COMPLETED", "CANCELLED", "PREEMPTED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "FAILED")
@@ -61,13 +62,13 @@ class JobInfo:
 
     @property
     def succeeded(self) -> bool:
-        return self.state == "COMPLETED"
+        return self.state in SUCCEEDED
 
 
-def normalize_state(raw: str) -> str:
+def normalize_state(raw: str) -> StepState | str:
     """'CANCELLED by 0' -> CANCELLED, COMPLETING -> RUNNING, ...; unknown names pass upper-cased."""
     word = raw.strip().split(" ")[0].rstrip("+").upper()
-    return _ALIASES.get(word, word)
+    return StepState.parse(_ALIASES.get(word, word))
 
 
 def parse_elapsed(text: str) -> int | None:

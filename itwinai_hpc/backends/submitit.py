@@ -16,8 +16,11 @@ from pathlib import Path
 
 import submitit
 
+from .. import layout
 from ..errors import UserError
 from ..runs import RunManifest, StepRecord
+from ..slurm_syntax import time_minutes
+from ..states import StepState
 from . import Backend, SubmitError, sbatch_works
 from .local_procs import MARKER, alive, job_marker, kill_job
 from .local_runner import now_iso
@@ -39,48 +42,36 @@ def choose_cluster(environ: dict[str, str] | None = None) -> str:
     return value
 
 
-def time_minutes(value: str | None) -> int | None:
-    """SLURM time (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes, rounded up."""
-    if not value:
-        return None
-    days, _, rest = value.rpartition("-")
-    parts = [int(p) for p in rest.split(":")]
-    if days:
-        h, m, s = (parts + [0, 0])[:3]
-    else:
-        h, m, s = {1: [0, parts[0], 0], 2: [0, *parts], 3: parts}[len(parts)]
-    return int(days or 0) * 1440 + h * 60 + m + (1 if s else 0)
+def exit_file(run_dir: str, job_id: str) -> Path:
+    return Path(layout.exit_marker(run_dir, job_id))
 
 
-def exit_file(folder: Path, job_id: str) -> Path:
-    return folder / f"{job_id}.itwinai-exit"
-
-
-class StepScript(submitit.helpers.Checkpointable):
-    """Runs one rendered step script with bash; the submitted callable of every step.
+class SubmititStep(submitit.helpers.Checkpointable):
+    """A step as submitit runs it: the submitted callable of every step, which runs the step's
+    rendered script with bash.
 
     On preemption or timeout submitit calls checkpoint(), which (inherited) resubmits this same
     callable: the script runs again and the step's code resumes from its checkpoint files."""
 
     def __init__(self, run_dir: str, workdir: str, run_id: str, step: str, script: str,
-                 log_prefix: str, parents: list[str] = (), grace: float = 60):
+                 job_name: str, parents: list[str] = (), grace: float = 60):
         self.run_dir, self.workdir, self.run_id = run_dir, workdir, run_id
-        self.step, self.script, self.log_prefix = step, script, log_prefix
+        self.step, self.script, self.job_name = step, script, job_name
         self.parents = list(parents)    # local executor only: job ids to wait for
         self.grace = grace              # seconds the step gets to checkpoint when warned
         self._proc: subprocess.Popen | None = None
 
     def __call__(self) -> int:
         job_id = str(submitit.JobEnvironment().job_id)
-        folder = Path(self.run_dir) / FOLDER
-        broken = self._wait_for_parents(folder)
+        broken = self._wait_for_parents()
         if broken:
-            exit_file(folder, job_id).write_text(f"{SKIPPED} {broken}\n")
+            exit_file(self.run_dir, job_id).write_text(f"{SKIPPED} {broken}\n")
             return 0
-        (folder / f"{job_id}.itwinai-started").write_text(now_iso() + "\n")
-        env = dict(os.environ, **{MARKER: job_marker(self.run_id, job_id)})
+        Path(layout.started_marker(self.run_dir, job_id)).write_text(now_iso() + "\n")
+        env = dict(os.environ, ITWINAI_HPC_RUN_DIR=self.run_dir, ITWINAI_HPC_BACKEND="submitit",
+                   **{MARKER: job_marker(self.run_id, job_id)})
         env.setdefault("SLURM_JOB_ID", job_id)
-        with open(f"{self.log_prefix}-{job_id}.out", "ab") as log:
+        with open(layout.log_file(self.run_dir, self.job_name, job_id), "ab") as log:
             proc = self._proc = subprocess.Popen(["bash", self.script], cwd=self.workdir,
                                                  env=env, stdin=subprocess.DEVNULL, stdout=log,
                                                  stderr=subprocess.STDOUT)
@@ -90,7 +81,7 @@ class StepScript(submitit.helpers.Checkpointable):
                 time.sleep(0.2)
             self._proc = None
         rc = 128 - rc if rc < 0 else rc
-        exit_file(folder, job_id).write_text(f"{rc}\n")
+        exit_file(self.run_dir, job_id).write_text(f"{rc}\n")
         if rc:
             raise SystemExit(rc)        # the job's own exit code, so afterok and sacct see it
         return rc
@@ -99,7 +90,7 @@ class StepScript(submitit.helpers.Checkpointable):
         """Called by submitit on the time-limit warning or preemption: ask the step's code to
         checkpoint and stop (the same STOP file as the sbatch requeue trap), give it `grace`
         seconds, then resubmit this callable; the step resumes from its checkpoint."""
-        Path(self.run_dir, f"{self.step}.STOP").touch()
+        Path(layout.stop_file(self.run_dir, self.step)).touch()
         proc, self._proc = getattr(self, "_proc", None), None    # a Popen does not pickle
         if proc is not None:
             try:
@@ -108,16 +99,17 @@ class StepScript(submitit.helpers.Checkpointable):
                 pass
         return super().checkpoint(*args, **kwargs)
 
-    def _wait_for_parents(self, folder: Path) -> str | None:
+    def _wait_for_parents(self) -> str | None:
         """Block until every parent job ended; the first one that did not succeed, or None."""
         for parent in self.parents:
-            while not exit_file(folder, parent).exists():
+            done = exit_file(self.run_dir, parent)
+            while not done.exists():
                 if not alive(int(parent)):
                     time.sleep(0.5)     # it may have written its file just before ending
-                    if not exit_file(folder, parent).exists():
+                    if not done.exists():
                         return f"job {parent} ended without a result"
                 time.sleep(0.5)
-            if exit_file(folder, parent).read_text().split()[0] != "0":
+            if done.read_text().split()[0] != "0":
                 return f"job {parent} did not complete"
         return None
 
@@ -130,12 +122,8 @@ class SubmititBackend(Backend):
 
     # ---- submit -----------------------------------------------------------------------
     def submit(self, manifest: RunManifest, steps: list[str]) -> None:
-        from ..plan import plan
-        from ..workflow import load_workflow
         cluster = manifest.extra.get("submitit", {}).get("cluster") or choose_cluster()
-        jobs = {j.name: j for j in plan(load_workflow(
-            Path(manifest.run_dir) / "workflow.yml",
-            builtins={"run_dir": manifest.run_dir, "run_id": manifest.run_id}).workflow)}
+        jobs = {s.name: s.plan for s in manifest.steps}
         arrays = [n for n in steps if jobs[n].array]
         if arrays:
             raise UserError(f"step(s) {', '.join(arrays)} are job arrays, which the submitit "
@@ -152,37 +140,36 @@ class SubmititBackend(Backend):
         for step in sorted((manifest.step(n) for n in steps), key=lambda s: s.index):
             job = jobs[step.name]
             parents = [job_ids[n] for n in step.needs if n in steps]
-            log_prefix = str(Path(manifest.run_dir) / "logs" / job.job_name)
             # seconds between submitit's warning signal and the requeue (60 s of the 90 s
             # default warning, as the sbatch trap's default grace)
-            grace = (job.requeue.grace or job.requeue.before_limit - 30) if job.requeue else 60
+            grace = job.requeue.grace if job.requeue else 60
             if cluster == "slurm":
                 executor = self._slurm_executor(folder, manifest, job, parents)
                 script = str(Path(manifest.run_dir) / step.script)
-                callable_ = StepScript(manifest.run_dir, manifest.workdir, manifest.run_id,
-                                       step.name, script, log_prefix, grace=grace)
+                callable_ = SubmititStep(manifest.run_dir, manifest.workdir, manifest.run_id,
+                                       step.name, script, job.job_name, grace=grace)
             else:
                 executor = submitit.LocalExecutor(folder)
                 executor.update_parameters(timeout_min=self._local_minutes(jobs, step.name),
                                            tasks_per_node=1)
                 script = str(Path(manifest.run_dir) / step.local_script)
-                callable_ = StepScript(manifest.run_dir, manifest.workdir, manifest.run_id,
-                                       step.name, script, log_prefix, parents)
+                callable_ = SubmititStep(manifest.run_dir, manifest.workdir, manifest.run_id,
+                                       step.name, script, job.job_name, parents)
             try:
                 sjob = executor.submit(callable_)
             except Exception as exc:    # submitit wraps sbatch's refusal in several types
                 for done in submitted:
                     done.cancel(check=False)
                 with manifest.updating() as m:
-                    m.step(step.name).state = "FAILED"
+                    m.step(step.name).state = StepState.FAILED
                     m.step(step.name).reason = f"refused by submitit: {exc}"
                 raise SubmitError(f"submitit refused step '{step.name}': {exc}") from None
             submitted.append(sjob)
             job_ids[step.name] = str(sjob.job_id)
             with manifest.updating() as m:
                 s = m.step(step.name)
-                s.job_id, s.state, s.submitted_at = str(sjob.job_id), "PENDING", now_iso()
-                s.log, s.reason = f"{log_prefix}-{sjob.job_id}.out", None
+                s.job_id, s.state, s.submitted_at = str(sjob.job_id), StepState.PENDING, now_iso()
+                s.log, s.reason = m.log_path(s, str(sjob.job_id)), None
 
     @staticmethod
     def _slurm_executor(folder: Path, manifest: RunManifest, job, parents: list[str]):
@@ -233,33 +220,32 @@ class SubmititBackend(Backend):
         if self._cluster(manifest) == "slurm":
             self.slurm.refresh(manifest)          # one sacct/scontrol query for all steps
             return
-        folder = Path(manifest.run_dir) / FOLDER
         with manifest.updating() as m:
             for s in m.steps:
                 if s.job_id and not s.finished:
-                    self._local_state(folder, s)
+                    self._local_state(m.run_dir, s)
 
     @staticmethod
-    def _local_state(folder: Path, s: StepRecord) -> None:
-        done = exit_file(folder, s.job_id)
-        started = folder / f"{s.job_id}.itwinai-started"
+    def _local_state(run_dir: str, s: StepRecord) -> None:
+        done = exit_file(run_dir, s.job_id)
+        started = Path(layout.started_marker(run_dir, s.job_id))
         if done.exists():
             word, *why = done.read_text().split(maxsplit=1)
             if word == SKIPPED:
-                s.state, s.reason = "CANCELLED", f"a dependency failed ({' '.join(why).strip()})"
+                s.state, s.reason = StepState.CANCELLED, f"a dependency failed ({' '.join(why).strip()})"
             else:
                 s.exit_code = int(word)
-                s.state = "COMPLETED" if s.exit_code == 0 else "FAILED"
+                s.state = StepState.COMPLETED if s.exit_code == 0 else StepState.FAILED
             if started.exists():
                 s.elapsed = int(done.stat().st_mtime - started.stat().st_mtime)
         elif not alive(int(s.job_id)):
-            s.state = "FAILED"
+            s.state = StepState.FAILED
             s.reason = "submitit's local job ended without a result; see the run's submitit/ folder"
         elif started.exists():
-            s.state = "RUNNING"
+            s.state = StepState.RUNNING
             s.elapsed = int(time.time() - started.stat().st_mtime)
         else:
-            s.state, s.reason = "PENDING", "waiting for its dependencies"
+            s.state, s.reason = StepState.PENDING, "waiting for its dependencies"
 
     # ---- cancel -----------------------------------------------------------------------
     def cancel(self, manifest: RunManifest) -> list[str]:
@@ -272,6 +258,6 @@ class SubmititBackend(Backend):
             for s in active:
                 rec = m.step(s.name)
                 if not rec.finished:
-                    rec.state, rec.reason = "CANCELLED", "cancelled by the user"
+                    rec.state, rec.reason = StepState.CANCELLED, "cancelled by the user"
         return [s.name for s in active]
 

@@ -7,6 +7,8 @@
 # cancelled, so nothing of a half-submitted run stays queued.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
+# The jobs' run folder is this one, wherever it was rendered (it may have been copied or moved).
+export ITWINAI_HPC_RUN_DIR=$PWD ITWINAI_HPC_BACKEND=slurm
 
 # Inside a SLURM job, sbatch would pass that job's settings (SLURM_* variables) on to these jobs.
 # Forget the job-specific ones; keep those that say which cluster to talk to.
@@ -24,13 +26,13 @@ cancel_submitted() {
 trap cancel_submitted ERR
 
 # 01-prepare.sbatch
-job_1=$(sbatch --parsable 01-prepare.sbatch)
+job_1=$(sbatch --parsable --output="$ITWINAI_HPC_RUN_DIR/logs/%x-%j.out" 01-prepare.sbatch)
 job_1=${job_1%%;*}
 submitted+=("$job_1")
 printf '%s\t%s\n' prepare "$job_1" | tee -a jobs.tsv
 
 # 02-predict.sbatch: after prepare
-job_2=$(sbatch --parsable --kill-on-invalid-dep=yes --dependency=afterok:"$job_1" 02-predict.sbatch)
+job_2=$(sbatch --parsable --output="$ITWINAI_HPC_RUN_DIR/logs/%x-%j.out" --kill-on-invalid-dep=yes --dependency=afterok:"$job_1" 02-predict.sbatch)
 job_2=${job_2%%;*}
 submitted+=("$job_2")
 printf '%s\t%s\n' predict "$job_2" | tee -a jobs.tsv

@@ -1,0 +1,184 @@
+"""What the orchestration commands do (validate, render, submit, status, logs, cancel, resume),
+as functions of the parsed arguments that tests can call too; cli.py only parses.
+
+Imports nothing heavy at module level: each command imports what it needs.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in ["itwinai-hpc", *sys.argv[1:]])
+
+
+def _workflow_path(args) -> str:
+    """WORKFLOW as a positional argument or as -f/--file (one of them, not both)."""
+    if args.workflow and args.workflow_file:
+        raise UserError(f"give the workflow once: either {args.workflow} or -f "
+                        f"{args.workflow_file}", field="WORKFLOW")
+    path = args.workflow or args.workflow_file
+    if not path:
+        raise UserError("no workflow file given (itwinai-hpc COMMAND WORKFLOW, or -f WORKFLOW)",
+                        field="WORKFLOW")
+    return path
+
+
+def cmd_validate(args) -> int:
+    from .plan import plan
+    from .workflow import load_workflow
+    args.workflow = _workflow_path(args)
+    loaded = load_workflow(args.workflow, args.overrides)
+    jobs = plan(loaded.workflow)
+    print(f"{args.workflow}: OK: workflow '{loaded.workflow.name}', {len(jobs)} step(s)")
+    for job in jobs:
+        after = f"  (after {', '.join(job.needs)})" if job.needs else ""
+        r = job.resources
+        print(f"  {job.index:>2}. {job.name:<16} {job.launcher:<9} nodes={r.nodes}"
+              f" gpus-per-node={r.gpus_per_node}{after}")
+    return 0
+
+
+def prepare_run(args):
+    """Load and render the workflow into a RenderedRun (not yet written)."""
+    from .render import render_workflow
+    return render_workflow(_workflow_path(args), args.overrides, run_dir=args.output,
+                           runs_dir=args.runs_dir, templates_dir=args.templates,
+                           command_line=command_line())
+
+
+def cmd_render(args) -> int:
+    run = prepare_run(args)
+    run.write()
+    print(f"run {run.run_id}")
+    print(f"run folder {run.run_dir}")
+    for name in run.files:
+        print(f"  {name}")
+    print(f"submit it with: bash {run.run_dir / 'submit.sh'}  (or: itwinai-hpc submit "
+          f"{run.run_dir})")
+    return 0
+
+
+def _rendered_folder(args):
+    """The manifest of a run folder named instead of a workflow file (None for a file)."""
+    from .layout import MANIFEST
+    from .runs import RunManifest
+    path = Path(_workflow_path(args))
+    if not path.is_dir():
+        return None
+    if not (path / MANIFEST).is_file():
+        raise UserError("is a folder but not a run folder (no run.json); name a workflow file "
+                        "or a folder written by `itwinai-hpc render`", file=str(path))
+    unused = [flag for flag, value in (("--set", args.overrides), ("-o", args.output),
+                                       ("--runs-dir", args.runs_dir),
+                                       ("--templates", args.templates)) if value]
+    if unused:
+        raise UserError(f"{', '.join(unused)} cannot change a run folder that is already "
+                        "rendered; render the workflow again", file=str(path))
+    return RunManifest.load(path)
+
+
+def cmd_submit(args) -> int:
+    from .backends import get_backend, resolve_backend_name
+    from . import operations
+    name = resolve_backend_name(args.backend)
+    backend = get_backend(name)
+    manifest = _rendered_folder(args)
+    if manifest is None:
+        run = prepare_run(args)
+        backend.preflight(run.manifest)
+        run.write()
+        manifest = run.manifest
+    else:
+        backend.preflight(manifest)
+    print(f"run {manifest.run_id}")
+    print(f"run folder {manifest.run_dir}")
+    if args.dry_run:
+        print(f"dry run: nothing submitted; with --backend {name} it would run:")
+        for step in manifest.steps:
+            script = step.script if name == "slurm" else step.local_script
+            print(f"  {script}" + (f"  (after {', '.join(step.needs)})" if step.needs else ""))
+        if name == "slurm":
+            print(f"  i.e. bash {Path(manifest.run_dir) / 'submit.sh'}")
+        return 0
+    operations.submit(manifest, backend)
+    for step in manifest.steps:
+        print(f"  {step.name:<16} {step.job_id}")
+    if not args.wait:
+        print(f"follow it with: itwinai-hpc status {manifest.run_id}")
+        return 0
+    return _wait_and_report(manifest)
+
+
+def _wait_and_report(manifest) -> int:
+    from . import operations
+    from .status_view import format_table
+    tty = sys.stderr.isatty()
+
+    def progress(line: str) -> None:
+        print(("\r\x1b[K" if tty else "") + line, end="" if tty else "\n", file=sys.stderr,
+              flush=True)
+
+    rc = operations.wait(manifest, progress=progress)
+    if tty:
+        print(file=sys.stderr)
+    print(format_table(manifest))
+    if rc != 0:
+        operations.print_failures(manifest)
+    return rc
+
+
+def _load_run(args):
+    from .runs import RunManifest, find_run
+    return RunManifest.load(find_run(args.run, args.runs_dir))
+
+
+def cmd_status(args) -> int:
+    import time
+    from . import operations
+    from .status_view import format_table, to_json
+    manifest = _load_run(args)
+    while True:
+        operations.refresh(manifest)
+        rc = operations.exit_code(manifest)
+        text = to_json(manifest) if args.json else format_table(manifest)
+        if args.watch and sys.stdout.isatty():
+            print("\x1b[H\x1b[2J" + text, flush=True)
+        else:
+            print(text, flush=True)
+        if not args.watch or rc != operations.EXIT_ACTIVE:
+            return rc
+        time.sleep(args.interval)
+
+
+def cmd_logs(args) -> int:
+    from . import logs
+    return logs.show(_load_run(args), args.step, follow=args.follow)
+
+
+def cmd_cancel(args) -> int:
+    from . import operations
+    manifest = _load_run(args)
+    cancelled = operations.cancel(manifest)
+    print(f"cancelled: {', '.join(cancelled)}" if cancelled else
+          f"nothing to cancel: every step of run {manifest.run_id} has finished")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from . import operations
+    manifest = _load_run(args)
+    todo = operations.resume(manifest)
+    if not todo:
+        print(f"nothing to resume: every step of run {manifest.run_id} completed")
+        return 0
+    for name in todo:
+        print(f"  {name:<16} {manifest.step(name).job_id}")
+    return _wait_and_report(manifest) if args.wait else 0
+
+

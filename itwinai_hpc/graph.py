@@ -1,0 +1,110 @@
+"""Checks that need the whole validated workflow (the step graph and fields that depend on each
+other), and the run order. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from .errors import UserError
+from .schema import Workflow, merge
+from .validation import did_you_mean, dotted
+from .yamlsrc import YamlDoc
+
+
+def check_graph(wf: Workflow, doc: YamlDoc) -> list[UserError]:
+    """Duplicate names, unknown or self needs, cycles, and launcher/field mismatches."""
+    errors: list[UserError] = []
+
+    def err(path: tuple, message: str) -> None:
+        file, line = doc.where(path)
+        errors.append(UserError(message, file=file, line=line, field=dotted(path, doc.data)))
+
+    seen: dict[str, int] = {}
+    for i, step in enumerate(wf.steps):
+        if step.name in seen:
+            err(("steps", i, "name"), f"duplicate step name '{step.name}' (also step "
+                f"[{seen[step.name]}]); step names must be unique")
+        seen.setdefault(step.name, i)
+    names = list(seen)
+    for i, step in enumerate(wf.steps):
+        for j, need in enumerate(step.needs):
+            if need == step.name:
+                err(("steps", i, "needs", j), f"step '{step.name}' cannot need itself")
+            elif need not in seen:
+                err(("steps", i, "needs", j), f"unknown step '{need}'"
+                    f"{did_you_mean(need, names)}; steps: {', '.join(names)}")
+        if step.nproc_per_node is not None and step.launcher != "torchrun":
+            err(("steps", i, "nproc-per-node"), "nproc-per-node applies only to launcher "
+                f"'torchrun' (this step's launcher is '{step.launcher}')")
+        container = merge(None if wf.defaults.container == "none" else wf.defaults.container,
+                          None if step.container == "none" else step.container)
+        if step.container != "none" and container is not None and not container.image:
+            where = ("steps", i, "container") if step.container else ("defaults", "container")
+            err(where + ("image",), "the container has no image: set image (a .sif file or "
+                "a docker:// reference), or write 'container: none'")
+        if step.requeue and step.requeue.grace and \
+                step.requeue.grace >= step.requeue.before_limit:
+            err(("steps", i, "requeue", "grace"), "grace must be shorter than before-limit, or "
+                "the time limit ends the job before it is requeued")
+        if step.requeue and step.array:
+            err(("steps", i, "requeue"), "requeue is not supported for job arrays")
+        if step.launcher == "torchrun" and (step.resources.ntasks_per_node or 1) != 1:
+            err(("steps", i, "resources", "ntasks-per-node"), "with launcher 'torchrun' there is "
+                "one torchrun agent per node; set nproc-per-node for the processes per node")
+    if not errors:
+        cycle = find_cycle(wf)
+        if cycle:
+            i = names.index(cycle[0])
+            err(("steps", i, "needs"), "the steps' needs form a cycle: " + " -> ".join(cycle))
+    return errors
+
+
+def find_cycle(wf: Workflow) -> list[str] | None:
+    """A cycle of needs as [a, b, ..., a], or None. Iterative: a chain of thousands of steps
+    must not exhaust Python's recursion limit."""
+    needs = {s.name: list(s.needs) for s in wf.steps}
+    state: dict[str, int] = {}   # 1 on the current path, 2 done
+    for root in needs:
+        if root in state:
+            continue
+        path: list[str] = [root]
+        todo: list[list[str]] = [list(needs[root])]
+        state[root] = 1
+        while path:
+            if not todo[-1]:
+                state[path.pop()] = 2
+                todo.pop()
+                continue
+            parent = todo[-1].pop()
+            if parent not in needs:
+                continue
+            if state.get(parent) == 1:
+                return path[path.index(parent):] + [parent]
+            if parent not in state:
+                state[parent] = 1
+                path.append(parent)
+                todo.append(list(needs[parent]))
+    return None
+
+
+def topological_order(wf: Workflow) -> list[str]:
+    """Kahn's algorithm, always taking the earliest ready step in file order (stable)."""
+    order = [s.name for s in wf.steps]
+    position = {name: i for i, name in enumerate(order)}
+    missing = {s.name: len(set(s.needs)) for s in wf.steps}
+    children: dict[str, list[str]] = {name: [] for name in order}
+    for s in wf.steps:
+        for need in set(s.needs):
+            children[need].append(s.name)
+    ready = [position[n] for n in order if missing[n] == 0]
+    heapq.heapify(ready)
+    done: list[str] = []
+    while ready:
+        name = order[heapq.heappop(ready)]
+        done.append(name)
+        for child in children[name]:
+            missing[child] -= 1
+            if missing[child] == 0:
+                heapq.heappush(ready, position[child])
+    return done

@@ -1,0 +1,66 @@
+"""The run folder's layout: every file name the backends, templates and ML steps agree on.
+
+One home for each rule, so the next edit cannot fix one copy and miss another. The functions
+take folder and id parts as strings, so a template can pass shell variables instead
+(`exit_marker("$ITWINAI_HPC_RUN_DIR", "$SLURM_JOB_ID")`). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+MANIFEST = "run.json"           # the run: its plan and every step's state
+LOCK = ".lock"                  # flock'ed around every read-modify-write of run.json
+RESOLVED_WORKFLOW = "workflow.yml"
+SUBMIT_SCRIPT = "submit.sh"
+JOBS_TSV = "jobs.tsv"           # "STEP<TAB>JOB_ID" lines appended by submit.sh
+LOGS = "logs"
+CHECKPOINTS = "checkpoints"
+# SLURM's --output patterns: %x job name, %j job id, %A array job id, %a task id.
+LOG_PATTERN = "%x-%j.out"
+ARRAY_LOG_PATTERN = "%x-%A_%a.out"
+
+
+def job_name(workflow: str, step: str) -> str:
+    return f"{workflow}.{step}"
+
+
+def sbatch_script(index: int, step: str, width: int = 2) -> str:
+    """01-preprocess.sbatch: the run order in the name, so `ls` shows the chain."""
+    return f"{index:0{width}d}-{step}.sbatch"
+
+
+def local_script(sbatch_name: str) -> str:
+    """01-preprocess.sh: the same step for backends that run without sbatch."""
+    return sbatch_name.removesuffix(".sbatch") + ".sh"
+
+
+def log_pattern(array: bool) -> str:
+    return ARRAY_LOG_PATTERN if array else LOG_PATTERN
+
+
+def log_file(run_dir: str, job: str, job_id: str, task: str | None = None) -> str:
+    """Where SLURM's log_pattern points for one job (or one array task)."""
+    name = f"{job}-{job_id}" + ("" if task is None else f"_{task}")
+    return f"{run_dir}/{LOGS}/{name}.out"
+
+
+def log_glob(run_dir: str, job: str, job_id: str, array: bool) -> str:
+    """The job's log, or a glob over its array tasks' logs."""
+    return log_file(run_dir, job, job_id, "*" if array else None)
+
+
+def exit_marker(run_dir: str, job_id: str) -> str:
+    """The exit status a job leaves behind (one line: the number), written by the job script's
+    EXIT trap (array tasks: job_id is ARRAYID_TASK). With no accounting it is all that tells
+    `status` how a job that left the queue ended."""
+    return f"{run_dir}/{LOGS}/.exit-{job_id}"
+
+
+def started_marker(run_dir: str, job_id: str) -> str:
+    """Written when a job's script starts (its mtime is the start time)."""
+    return f"{run_dir}/{LOGS}/.started-{job_id}"
+
+
+def stop_file(run_dir: str, step: str) -> str:
+    """Created when a step should checkpoint and stop (time limit, preemption); exported to the
+    step as $ITWINAI_HPC_STOP_FILE, the one name the step's code reads."""
+    return f"{run_dir}/{step}.STOP"

@@ -1,0 +1,62 @@
+"""`--set dotted.path=value` on a workflow's raw YAML document, before substitution.
+
+Values are read as YAML; a step is named by its name (`steps.train.resources.nodes=4`) or index.
+The override is remembered in the document, so an error about that value names the flag.
+Pure: changes only the document it is given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+from .validation import did_you_mean
+from .yamlsrc import YamlDoc
+
+
+def apply_override(doc: YamlDoc, item: str) -> None:
+    """Apply one `--set dotted.path=value` (value parsed as YAML) to the raw document."""
+    if "=" not in item:
+        raise UserError(f"'--set {item}' needs the form dotted.path=value, e.g. "
+                        "steps.train.resources.nodes=4 or vars.data_dir=/scratch/x")
+    dotted, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    keys = [k for k in dotted.strip().split(".")]
+    if not all(keys):
+        raise UserError(f"'--set {item}': empty part in the path '{dotted}'")
+    node: Any = doc.data
+    real_path: list[Any] = []
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list) and real_path == ["steps"]:
+            key = _step_index(node, key, dotted)
+        elif isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise UserError(f"'--set {item}': '{key}' is not an index of the list "
+                                f"{'.'.join(map(str, real_path))}")
+            key = int(key)
+        elif not isinstance(node, dict):
+            raise UserError(f"'--set {item}': {'.'.join(map(str, real_path))} is not a mapping")
+        real_path.append(key)
+        if last:
+            node[key] = value
+        else:
+            if isinstance(node, dict) and (key not in node or node[key] is None):
+                node[key] = {}
+            node = node[key]
+    doc.overridden[tuple(real_path)] = item
+
+
+def _step_index(steps: list, name: str, dotted: str) -> int:
+    names = [s.get("name") for s in steps if isinstance(s, dict)]
+    if name in names:
+        return names.index(name)
+    if name.isdigit() and int(name) < len(steps):
+        return int(name)
+    raise UserError(f"'--set {dotted}': no step named '{name}'{did_you_mean(name, names)} "
+                    f"(steps: {', '.join(map(str, names))})")

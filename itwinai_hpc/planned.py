@@ -1,0 +1,119 @@
+"""A step as planned: everything a template or a backend needs about one step, resolved.
+
+plan.py makes PlannedSteps from a workflow; render.py renders scripts from them; run.json stores
+them (`to_dict`/`from_dict`), so backends, `status`, `resume` and the ML steps read the plan from
+the run folder and never load the workflow again. Pure data: no I/O, no workflow schema.
+
+Environment values (`env`, `container.env`) are rendered into the scripts but not stored in
+run.json: status and the backends never need them, and run.json is read by more tools.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from . import layout
+
+
+@dataclass(frozen=True)
+class PlannedResources:
+    """SLURM resources after defaults < defaults.resources < step.resources."""
+
+    nodes: int = 1
+    ntasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+    mem: str | None = None
+    time: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    extra_sbatch: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlannedContainer:
+    runtime: str
+    image: str
+    binds: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    gpu: bool = False
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlannedRequeue:
+    """--signal=B:USR2@before_limit; the step gets `grace` seconds to checkpoint."""
+
+    before_limit: int
+    grace: int
+    max_requeues: int
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    index: int                       # 1-based position in dependency order
+    name: str                        # the step name
+    job_name: str                    # <workflow>.<step>
+    script: str                      # the sbatch script in the run folder: 01-preprocess.sbatch
+    needs: tuple[str, ...]
+    launcher: str                    # none | srun | torchrun
+    command: str                     # shell, written by the user on purpose: never quoted
+    args: tuple[str, ...] = ()       # always quoted
+    resources: PlannedResources = field(default_factory=PlannedResources)
+    container: PlannedContainer | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    array: str | None = None
+    nproc_per_node: int = 1
+    requeue: PlannedRequeue | None = None
+    description: str | None = None
+
+    @property
+    def local_script(self) -> str:
+        """The script of this step for backends that run without sbatch (local, submitit)."""
+        return layout.local_script(self.script)
+
+    @property
+    def log_pattern(self) -> str:
+        return layout.log_pattern(bool(self.array))
+
+    @property
+    def extra_sbatch(self) -> tuple[str, ...]:
+        return self.resources.extra_sbatch
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, without environment values."""
+        d = asdict(self)
+        d.pop("env")
+        if d["container"]:
+            d["container"].pop("env")
+        d["log_pattern"] = self.log_pattern
+        d["local_script"] = self.local_script
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PlannedStep":
+        """Inverse of to_dict (env values empty). Unknown keys (from a newer minor version) are
+        ignored; derived keys are recomputed."""
+        d = {k: v for k, v in d.items() if k in _FIELDS}
+        d["needs"] = tuple(d.get("needs", ()))
+        d["args"] = tuple(d.get("args", ()))
+        d["resources"] = _build(PlannedResources, d.get("resources") or {})
+        if d.get("container"):
+            d["container"] = _build(PlannedContainer, d["container"])
+        if d.get("requeue"):
+            d["requeue"] = _build(PlannedRequeue, d["requeue"])
+        return cls(**d)
+
+
+_FIELDS = {f.name for f in fields(PlannedStep)}
+
+
+def _build(cls, d: dict[str, Any]):
+    known = {f.name for f in fields(cls)}
+    values = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v)
+                  if isinstance(v, list) else v)
+              for k, v in d.items() if k in known}
+    return cls(**values)

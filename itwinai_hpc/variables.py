@@ -1,0 +1,120 @@
+"""`${var}` substitution in a workflow's raw YAML document: `vars`, `${env:NAME[:-default]}`,
+the built-ins (workflow_dir, workdir, run_dir, run_id), `$${x}` for a literal `${x}`.
+
+A value that is one whole reference keeps its type (`nodes: ${n}` stays an int). Every problem
+becomes a located UserError; all of them are reported at once. Pure apart from reading os.environ.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from .errors import UserError, UserErrors
+from .validation import by_line, did_you_mean, dotted
+from .yamlsrc import YamlDoc
+
+VAR_RE = re.compile(r"\$(\$?)\{([^}]*)\}")
+VAR_NAME = re.compile(r"^(env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.S)
+BUILTIN_VARS = ("workflow_dir", "workdir", "run_dir", "run_id")
+
+
+def substitute_document(doc: YamlDoc, context: dict[str, str]) -> None:
+    data = doc.data
+    raw_vars = data.get("vars") if isinstance(data, dict) else None
+    resolved: dict[str, Any] = {}
+    errors: list[UserError] = []
+    if isinstance(raw_vars, dict):
+        resolving: list[str] = []
+
+        def resolve(name: str) -> Any:
+            if name in resolved:
+                return resolved[name]
+            if name in resolving:
+                cycle = " -> ".join(resolving[resolving.index(name):] + [name])
+                raise _VarError(f"variables refer to each other in a loop: {cycle}")
+            resolving.append(name)
+            try:
+                value = _subst_value(raw_vars[name], lookup)
+            finally:
+                resolving.pop()
+            resolved[name] = value
+            return value
+
+        def lookup(name: str) -> Any:
+            if name in raw_vars:
+                return resolve(name)
+            return _lookup_builtin(name, context, raw_vars)
+
+        for name in list(raw_vars):
+            try:
+                raw_vars[name] = resolve(name)
+            except _VarError as exc:
+                file, line = doc.where(("vars", name))
+                errors.append(UserError(str(exc), file=file, line=line, field=f"vars.{name}"))
+    names = raw_vars if isinstance(raw_vars, dict) else {}
+
+    def lookup_doc(name: str) -> Any:
+        if name in names:
+            return names[name]
+        return _lookup_builtin(name, context, names)
+
+    def walk(node: Any, path: tuple) -> Any:
+        if isinstance(node, dict):
+            for key in node:
+                if path == () and key == "vars":
+                    continue
+                node[key] = walk(node[key], path + (key,))
+            return node
+        if isinstance(node, list):
+            return [walk(v, path + (i,)) for i, v in enumerate(node)]
+        try:
+            return _subst_value(node, lookup_doc)
+        except _VarError as exc:
+            file, line = doc.where(path)
+            errors.append(UserError(str(exc), file=file, line=line, field=dotted(path, doc.data)))
+            return node
+
+    walk(data, ())
+    if errors:
+        raise UserErrors(by_line(errors))
+
+
+class _VarError(Exception):
+    pass
+
+
+def _lookup_builtin(name: str, context: dict[str, str], defined) -> Any:
+    m = VAR_NAME.fullmatch(name)
+    if not m:
+        raise _VarError(f"'${{{name}}}' is not a variable reference; write $${{...}} for a "
+                        "literal '${...}' (e.g. shell code)")
+    is_env, var, default = m.groups()
+    if is_env:
+        if var in os.environ:
+            return os.environ[var]
+        if default is not None:
+            return default
+        raise _VarError(f"environment variable {var} is not set (write ${{env:{var}:-DEFAULT}} "
+                        "to give a default)")
+    if default is None and var in context:
+        return context[var]
+    known = sorted(set(defined) | set(BUILTIN_VARS))
+    raise _VarError(f"unknown variable ${{{name}}}{did_you_mean(name, known)}; defined: "
+                    f"{', '.join(known)}; write $${{{name}}} for a literal '${{{name}}}'")
+
+
+def _subst_value(value: Any, lookup) -> Any:
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    whole = VAR_RE.fullmatch(value)
+    if whole and not whole.group(1):
+        return lookup(whole.group(2))   # keeps the type: nodes: ${n} stays an int
+
+    def repl(m: re.Match) -> str:
+        if m.group(1):                  # $${x} -> literal ${x}
+            return "${" + m.group(2) + "}"
+        return str(lookup(m.group(2)))
+
+    return VAR_RE.sub(repl, value)

@@ -1,0 +1,36 @@
+"""The rendered run folders pinned by tests/golden/: which workflows, rendered how.
+
+Used by test_render.py (compares) and update_golden.py (rewrites, by hand, never in a test run).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from itwinai_hpc.render import RenderedRun, render_workflow
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).parent / "golden"
+MNIST_TRAIN = ROOT / "use-cases/mnist/training-workflow.yml"
+MNIST_INFER = ROOT / "use-cases/mnist/inference-workflow.yml"
+
+CASES = {
+    "mnist-training": (MNIST_TRAIN, ()),
+    "mnist-training-2-nodes-4-gpus": (MNIST_TRAIN, ("steps.train.resources.nodes=2",
+                                                    "steps.train.resources.gpus-per-node=4",
+                                                    "defaults.resources.partition=booster",
+                                                    "defaults.resources.account=my-project")),
+    "mnist-inference": (MNIST_INFER, ()),
+}
+
+
+def render_fixed(workflow: Path, overrides=(), run_dir="/runs/golden-run", **kw) -> RenderedRun:
+    """Render with a fixed run id, run folder and working directory, so the text is stable."""
+    return render_workflow(workflow, list(overrides), run_dir=run_dir, run_id="golden-run",
+                           workdir="/work/project",
+                           command_line=f"itwinai-hpc render {workflow.name}", **kw)
+
+
+def normalized(text: str) -> str:
+    """The repository's own path as <repo>, so the files match in every checkout."""
+    return text.replace(str(ROOT), "<repo>")
