@@ -1,4 +1,6 @@
-"""The preprocessing config (YAML) and its validation. Reads a file; computes nothing.
+"""The preprocessing config (YAML) as a frozen pydantic model, validated with the YAML's line
+numbers by itwinai_hpc.validation, so a bad key reads `FILE:LINE: key: message` as it does in
+every other config of the project. Reads a file; computes nothing.
 
 Keys (all optional; the defaults suit MNIST on a laptop):
 
@@ -15,34 +17,72 @@ Keys (all optional; the defaults suit MNIST on a laptop):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from itwinai_hpc.data.shards import COMPRESSIONS
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.errors import UserError, UserErrors
+from itwinai_hpc.validation import validate_model
+from itwinai_hpc.yamlsrc import YamlDoc, parse_yaml
 
 SPLITS = ("train", "validation", "test")
-NORMALIZATIONS = ("dataset", "computed")
 
 
-def _default_shards() -> dict[str, int]:
-    return {"train": 4, "validation": 1, "test": 1}
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(BaseModel):
+    """What `itwinai-hpc preprocess` writes. Frozen: it is hashed into the shards' plan id."""
+
+    # strict: YAML already types its values, so `seed: "1"` or `chunk_rows: true` is a mistake.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
     dataset: str = "mnist"
     validation_size: int | float = 10000
-    shards: dict[str, int] = field(default_factory=_default_shards)
+    shards: dict[str, int] = Field(default_factory=lambda: {s: n for s, n in
+                                                            zip(SPLITS, (4, 1, 1))})
     seed: int = 0
     compression: str = "none"
-    chunk_rows: int = 256
-    normalization: str = "dataset"
+    chunk_rows: Annotated[int, Field(ge=1)] = 256
+    normalization: Literal["dataset", "computed"] = "dataset"
+
+    @field_validator("validation_size", mode="before")
+    @classmethod
+    def _count_or_fraction(cls, size: Any) -> Any:
+        if (_is_int(size) and size >= 1) or (isinstance(size, float) and 0 < size < 1):
+            return size
+        raise ValueError(f"must be a sample count >= 1 or a fraction in (0, 1), got {size!r}; "
+                         "an empty validation split is not allowed")
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _per_split(cls, shards: Any) -> Any:
+        if _is_int(shards):
+            shards = {split: shards for split in SPLITS}
+        if not isinstance(shards, dict):
+            raise ValueError("must be an integer or a mapping {train: N, validation: N, test: N}")
+        for split, n in shards.items():
+            if split not in SPLITS:
+                raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+            if not _is_int(n) or n < 1:
+                raise ValueError(f"{split}: must be an integer >= 1, got {n!r}")
+        return {split: shards.get(split, 1) for split in SPLITS}
+
+    @field_validator("compression", mode="before")
+    @classmethod
+    def _known_compression(cls, value: Any) -> Any:
+        if value is None or value is False:
+            value = "none"  # YAML reads a bare `none` or `no` as null or false
+        if value not in COMPRESSIONS:
+            raise ValueError(f"must be one of {', '.join(COMPRESSIONS)}, got {value!r}")
+        return value
 
     def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return self.model_dump()
 
     def validation_count(self, num_train: int) -> int:
         if isinstance(self.validation_size, float):
@@ -50,79 +90,42 @@ class PreprocessConfig:
         return self.validation_size
 
 
-KEYS = tuple(f.name for f in fields(PreprocessConfig))
+KEYS = tuple(PreprocessConfig.model_fields)
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _validated(doc: YamlDoc) -> PreprocessConfig:
+    try:
+        return validate_model(PreprocessConfig, doc)
+    except UserErrors as e:
+        if len(e.errors) == 1:  # one problem: the error itself, so callers see file/line/field
+            raise e.errors[0] from None
+        raise
 
 
 def make_config(values: dict, *, file: str | None = None,
                 lines: dict[str, int] | None = None) -> PreprocessConfig:
-    """Validate `values` (e.g. parsed YAML) into a config; every problem names file and key."""
-    lines = lines or {}
-
-    def fail(key: str, message: str) -> UserError:
-        return UserError(message, file=file, line=lines.get(key), field=key)
-
-    for key in values:
-        if key not in KEYS:
-            raise fail(str(key), f"unknown key {key!r}; valid keys: {', '.join(KEYS)}")
-    v = dict(values)
-    if "dataset" in v and not isinstance(v["dataset"], str):
-        raise fail("dataset", "must be a data set name such as 'mnist'")
-    if "validation_size" in v:
-        size = v["validation_size"]
-        if not ((_is_int(size) and size >= 1) or (isinstance(size, float) and 0 < size < 1)):
-            raise fail("validation_size", f"must be a sample count >= 1 or a fraction in (0, 1), "
-                                          f"got {size!r}; an empty validation split is not allowed")
-    if "shards" in v:
-        shards = v["shards"]
-        if _is_int(shards):
-            shards = {split: shards for split in SPLITS}
-        if not isinstance(shards, dict):
-            raise fail("shards", "must be an integer or a mapping {train: N, validation: N, test: N}")
-        for split, n in shards.items():
-            if split not in SPLITS:
-                raise fail("shards", f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-            if not _is_int(n) or n < 1:
-                raise fail("shards", f"{split}: must be an integer >= 1, got {n!r}")
-        v["shards"] = {**{split: 1 for split in SPLITS}, **shards}
-    if "seed" in v and not _is_int(v["seed"]):
-        raise fail("seed", f"must be an integer, got {v['seed']!r}")
-    if "compression" in v:
-        if v["compression"] is None or v["compression"] is False:
-            v["compression"] = "none"  # YAML reads a bare `none`/`no` as null/false
-        if v["compression"] not in COMPRESSIONS:
-            raise fail("compression", f"must be one of {', '.join(COMPRESSIONS)}, "
-                                      f"got {v['compression']!r}")
-    if "chunk_rows" in v and not (_is_int(v["chunk_rows"]) and v["chunk_rows"] >= 1):
-        raise fail("chunk_rows", f"must be an integer >= 1, got {v['chunk_rows']!r}")
-    if "normalization" in v and v["normalization"] not in NORMALIZATIONS:
-        raise fail("normalization", f"must be one of {', '.join(NORMALIZATIONS)}, "
-                                    f"got {v['normalization']!r}")
-    return PreprocessConfig(**v)
+    """Validate `values` (e.g. parsed YAML; `lines` maps top-level keys to their line) into a
+    config; every problem names file and key."""
+    doc = YamlDoc(file=file or "<config>", data=dict(values),
+                  lines={(key,): line for key, line in (lines or {}).items()})
+    return _validated(doc)
 
 
 def load_config(path: str | os.PathLike | None) -> PreprocessConfig:
-    """The config in a YAML file, or the defaults when `path` is None."""
+    """The config in a YAML file, or the defaults when `path` is None or the file is empty."""
     if path is None:
         return PreprocessConfig()
     path = Path(path)
     try:
-        text = path.read_text()
-        node = yaml.compose(text)
-        values = yaml.safe_load(text)
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError("config file not found", file=str(path)) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise UserError(f"not valid YAML: {getattr(e, 'problem', e)}", file=str(path),
-                        line=mark.line + 1 if mark else None) from None
-    if values is None:
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read the config: {e}", file=str(path)) from None
+    try:
+        empty = yaml.safe_load(text) is None
+    except yaml.YAMLError:
+        empty = False  # parse_yaml reports it with its line
+    if empty:
         return PreprocessConfig()
-    if not isinstance(values, dict):
-        raise UserError("a preprocessing config must be a mapping of keys "
-                        f"({', '.join(KEYS)})", file=str(path))
-    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if node is not None else {}
-    return make_config(values, file=str(path), lines=lines)
+    return _validated(parse_yaml(text, str(path)))
