@@ -19,10 +19,10 @@ import torch
 
 from itwinai_hpc.data.dataset import read_rows
 from itwinai_hpc.data.shards import read_manifest
-from itwinai_hpc.train import distributed as D
-from itwinai_hpc.train.config import make_config
-from itwinai_hpc.train.models import build_model
-from itwinai_hpc.train.trainer import TrainOptions, train_classifier
+from itwinai_hpc.ml import distributed as D
+from itwinai_hpc.ml.config import TrainConfig, make_config
+from itwinai_hpc.ml.models import build_model
+from itwinai_hpc.ml.trainer import TrainOptions, train_classifier
 
 
 def make_shards(folder: Path) -> Path:
@@ -33,21 +33,21 @@ def make_shards(folder: Path) -> Path:
     return folder
 
 
-def plain_loop(data: str, config: dict, epochs: int) -> tuple[float, float]:
+def plain_loop(data: str, config: TrainConfig, epochs: int) -> tuple[float, float]:
     """(samples/s while training, accuracy on validation): tensors in memory, sliced by hand."""
-    t = config["trainer"]
+    t = config.trainer
     manifest = read_manifest(data)
     images, labels = read_rows(manifest, "train", 0, manifest.splits["train"].num_samples)
     mean, std = manifest.normalization["mean"], manifest.normalization["std"]
     x = ((torch.from_numpy(images).float() / 255 - mean) / std).unsqueeze(1)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(labels)
-    torch.manual_seed(t["seed"])
+    torch.manual_seed(t.seed)
     model = build_model("mnist-cnn", 10).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=t["lr"])
-    bs = t["batch_size"]
+    opt = torch.optim.Adam(model.parameters(), lr=t.lr)
+    bs = t.batch_size
     steps = -(-len(y) // bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t["max_lr"], total_steps=epochs * steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.max_lr, total_steps=epochs * steps)
     g = torch.Generator().manual_seed(0)
     seen, busy = 0, 0.0
     for _ in range(epochs):
@@ -70,7 +70,7 @@ def plain_loop(data: str, config: dict, epochs: int) -> tuple[float, float]:
     return seen / busy, acc
 
 
-def ours(data: str, config: dict, tmp: Path, tag: str) -> tuple[float, float, float]:
+def ours(data: str, config: TrainConfig, tmp: Path, tag: str) -> tuple[float, float, float]:
     """(samples/s while training, accuracy on validation, wall time of train_classifier)."""
     import mlflow
 
@@ -97,10 +97,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         data = args.data or str(make_shards(tmp / "shards"))
-        config = make_config({"trainer": {"epochs": args.epochs}, "model": "mnist-cnn",
-                              "tracking": {"experiment": "bench"}})
+        config = make_config(TrainConfig, {"trainer": {"epochs": args.epochs},
+                                           "model": "mnist-cnn",
+                                           "tracking": {"experiment": "bench"}})
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"{args.epochs} epoch(s), batch {config['trainer']['batch_size']}")
+              f"{args.epochs} epoch(s), batch {config.trainer.batch_size}")
         for r in range(args.repeats):   # alternate, so drift in machine speed hits both
             plain_rate, plain_acc = plain_loop(data, config, args.epochs)
             our_rate, our_acc, wall = ours(data, config, tmp, f"r{r}")

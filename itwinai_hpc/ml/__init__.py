@@ -1,5 +1,6 @@
-"""The ML steps `train` and `predict`: DDP training over HDF5 shards, MLflow tracking and registry.
+"""The ML steps: `train` (DDP over HDF5 shards, MLflow tracking, the registry's champion) and
+`predict` (registry model -> predictions), their configs, and `mlflow-ui`. See README.md here.
 
-Reads only its environment (RANK/WORLD_SIZE/LOCAL_RANK, SLURM_*, ITWINAI_HPC_RUN_DIR); never
-imports itwinai_hpc.backends or the orchestration modules.
+Reads only its environment (RANK/WORLD_SIZE/LOCAL_RANK, SLURM_*, ITWINAI_HPC_*); never imports
+itwinai_hpc.backends or the orchestration modules.
 """

@@ -4,9 +4,9 @@ Knows nothing about MLflow or the training loop; only rank 0 calls save_checkpoi
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
+from itwinai_hpc import atomic
 from itwinai_hpc.errors import UserError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -22,17 +22,8 @@ def save_checkpoint(state: dict, folder: str | os.PathLike) -> Path:
 
     path = checkpoint_path(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    # The rename must reach the disk too, or a crash could bring back the old checkpoint.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic.atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

@@ -1,117 +1,108 @@
-"""The train and inference configs (YAML) and their validation. Reads a file; imports no torch.
+"""The train and inference configs (YAML) as typed pydantic models, validated with the YAML's
+line numbers by itwinai_hpc.validation, so a bad key reads `FILE:LINE: field: message` exactly
+as a bad workflow does. Reads a file; imports no torch or mlflow.
 
-Every section and key has a default; an unknown key or a wrong type is a UserError naming the
-file, the line and the key, with the valid choices.
+Every key has a default; an unknown key, a wrong type or a value out of range is an error that
+names the file, the line and the key, with the valid keys or choices.
 """
 
 from __future__ import annotations
 
-import copy
 import os
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
-from itwinai_hpc.errors import UserError
-from itwinai_hpc.yamlsrc import load_yaml
+from pydantic import BaseModel, ConfigDict, Field
 
-# section -> key -> (accepted types, default). A top-level key with types (not a dict) is a scalar.
-TRAIN_SCHEMA: dict[str, Any] = {
-    "dataset": ((str,), "mnist"),
-    "model": ((str,), "mnist-cnn"),
-    "trainer": {
-        "name": ((str,), "classifier"),
-        "epochs": ((int,), 2),
-        "batch_size": ((int,), 128),
-        "eval_batch_size": ((int,), 1000),
-        "optimizer": ((str,), "adam"),
-        "lr": ((int, float), 1e-3),
-        "lr_schedule": ((str,), "onecycle"),
-        "max_lr": ((int, float), 1e-2),
-        "seed": ((int,), 42),
-        "channels_last": ((bool,), True),
-        "checkpoint_every_epochs": ((int,), 1),
-        "stop_check_every_steps": ((int,), 10),
-    },
-    "tracking": {
-        "experiment": ((str,), "itwinai-hpc"),
-        "log_every_steps": ((int,), 50),
-    },
-    "registry": {
-        "model_name": ((str,), "model"),
-        "alias": ((str,), "champion"),
-        "select_by": ((str,), "val_accuracy"),
-    },
-}
+from itwinai_hpc.validation import validate_model
+from itwinai_hpc.yamlsrc import YamlDoc, load_yaml
 
-INFERENCE_SCHEMA: dict[str, Any] = {
-    "dataset": ((str,), "mnist"),
-    "model_uri": ((str,), ""),
-    "batch_size": ((int,), 1000),
-    "split": ((str,), "test"),
-    "output": {"format": ((str,), "csv")},
-    "tracking": {"experiment": ((str,), "itwinai-hpc-inference")},
-}
-
-POSITIVE = {"epochs", "batch_size", "eval_batch_size", "checkpoint_every_epochs",
-            "stop_check_every_steps", "log_every_steps"}
-CHOICES = {"optimizer": ("adam", "sgd"), "lr_schedule": ("onecycle", "constant"),
-           "select_by": ("val_accuracy",), "format": ("csv",),
-           "split": ("train", "validation", "test")}
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Split = Literal["train", "validation", "test"]
 
 
-def _defaults(schema: dict) -> dict:
-    return {k: (_defaults(v) if isinstance(v, dict) else copy.deepcopy(v[1]))
-            for k, v in schema.items()}
+class Section(BaseModel):
+    # strict: YAML already types its values, so `epochs: "2"` or `lr: true` is a mistake.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def _check(values: Any, schema: dict, path: tuple, doc, out: dict) -> None:
-    file, line = (doc.where(path) if doc else (None, None))
-    name = ".".join(map(str, path)) or "config"
-    if not isinstance(values, dict):
-        raise UserError(f"must be a mapping with keys {', '.join(schema)}", file=file, line=line,
-                        field=name)
-    for key, value in values.items():
-        where = path + (key,)
-        file, line = doc.where(where) if doc else (None, None)
-        field = ".".join(map(str, where))
-        if key not in schema:
-            raise UserError(f"unknown key {key!r}; valid keys here: {', '.join(schema)}",
-                            file=file, line=line, field=field)
-        spec = schema[key]
-        if isinstance(spec, dict):
-            _check(value, spec, where, doc, out[key])
-            continue
-        types, _ = spec
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        if not ok:
-            want = " or ".join(t.__name__ for t in types)
-            raise UserError(f"must be {want}, got {value!r}", file=file, line=line, field=field)
-        if key in POSITIVE and value < 1:
-            raise UserError(f"must be >= 1, got {value}", file=file, line=line, field=field)
-        if key in CHOICES and value not in CHOICES[key]:
-            raise UserError(f"must be one of {', '.join(CHOICES[key])}, got {value!r}",
-                            file=file, line=line, field=field)
-        out[key] = float(value) if types == (int, float) else value
+class TrainerSection(Section):
+    name: str = "classifier"
+    epochs: Positive = 2
+    batch_size: Positive = 128
+    eval_batch_size: Positive = 1000
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    lr_schedule: Literal["onecycle", "constant"] = "onecycle"
+    max_lr: float = 1e-2
+    seed: NonNegative = 42
+    channels_last: bool = True
+    checkpoint_every_epochs: Positive = 1
+    stop_check_every_steps: Positive = 10
 
 
-def make_config(values: dict | None, schema: dict = TRAIN_SCHEMA, *, doc=None) -> dict:
-    """Defaults merged with `values`, validated; returns a plain nested dict."""
-    out = _defaults(schema)
-    if values:
-        _check(values, schema, (), doc, out)
-    return out
+class TrainTracking(Section):
+    experiment: str = "itwinai-hpc"
+    log_every_steps: Positive = 50
+    system_metrics_every_s: NonNegative = 10   # CPU, memory, GPU; 0 turns them off
 
 
-def load_config(path: str | os.PathLike, schema: dict = TRAIN_SCHEMA) -> dict:
-    doc = load_yaml(path)
-    return make_config(doc.data, schema, doc=doc)
+class RegistrySection(Section):
+    model_name: str = "model"
+    alias: str = "champion"
+    select_by: Literal["val_accuracy"] = "val_accuracy"
 
 
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+class TrainConfig(Section):
+    """What `itwinai-hpc train` does (use-cases/mnist/mnist-ai-train.yml documents each key)."""
+
+    dataset: str = "mnist"
+    model: str = "mnist-cnn"
+    trainer: TrainerSection = Field(default_factory=TrainerSection)
+    tracking: TrainTracking = Field(default_factory=TrainTracking)
+    registry: RegistrySection = Field(default_factory=RegistrySection)
+
+
+class OutputSection(Section):
+    format: Literal["csv"] = "csv"
+
+
+class InferenceTracking(Section):
+    experiment: str = "itwinai-hpc-inference"
+    system_metrics_every_s: NonNegative = 2
+
+
+class InferenceConfig(Section):
+    """What `itwinai-hpc predict` does (use-cases/mnist/mnist-ai-inference.yml documents it)."""
+
+    dataset: str = "mnist"
+    model_uri: str = ""
+    batch_size: Positive = 1000
+    split: Split = "test"
+    output: OutputSection = Field(default_factory=OutputSection)
+    tracking: InferenceTracking = Field(default_factory=InferenceTracking)
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def load_config(kind: type[C], path: str | os.PathLike | None) -> C:
+    """`kind` from a YAML file (the defaults when `path` is None); every problem is a
+    UserError naming file, line and key."""
+    return kind() if path is None else validate_model(kind, load_yaml(path))
+
+
+def make_config(kind: type[C], values: dict[str, Any] | None = None) -> C:
+    """`kind` from a mapping (tests, benchmarks, Python callers), validated like a file."""
+    return validate_model(kind, YamlDoc(file="<config>", data=values or {}))
+
+
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
     """{"trainer": {"epochs": 2}} -> {"trainer.epochs": 2}, for MLflow params."""
     flat: dict[str, Any] = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            flat.update(flatten(v, f"{prefix}{k}."))
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            flat[f"{prefix}{k}"] = v
+            flat[f"{prefix}{key}"] = value
     return flat

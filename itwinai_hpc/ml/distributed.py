@@ -1,5 +1,5 @@
 """The process group and the environment a training process runs in: rank, world size, device,
-SLURM facts for logging, and the stop request (STOP file or signal) that every rank agrees on.
+SLURM facts for logging, and the stop request (stop file or signal) that every rank agrees on.
 
 Reads only environment variables (torchrun's and SLURM's); never asks a scheduler anything.
 """
@@ -94,9 +94,10 @@ def broadcast_object(ctx: Context, obj):
 
 
 class StopRequest:
-    """A request to checkpoint and stop early: SIGTERM/SIGUSR2 to this process, or a STOP file in
-    the run folder. Each rank sees its own request; `agreed()` makes every rank stop at the same
-    step (all_reduce MAX), since only some ranks may see the file or get the signal."""
+    """A request to checkpoint and stop early: SIGTERM/SIGUSR2 to this process, or the stop file
+    ($ITWINAI_HPC_STOP_FILE) appearing. Each rank sees its own request; `agreed()` makes every
+    rank stop at the same step (all_reduce MAX), since only some ranks may see the file or get
+    the signal."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
@@ -130,7 +131,7 @@ class StopRequest:
         return f"{self.stop_file} exists" if self.local() else "another rank was asked to stop"
 
     def consume(self) -> None:
-        """Remove the STOP file once the checkpoint is written: the job script reads a file
+        """Remove the stop file once the checkpoint is written: the job script reads a file
         still there as "the step ended on its own" and then does not requeue it."""
         if self.ctx.is_main and self.stop_file is not None:
             self.stop_file.unlink(missing_ok=True)

@@ -6,22 +6,28 @@ from __future__ import annotations
 import os
 
 from itwinai_hpc.errors import UserError
-from itwinai_hpc.train import distributed as D
-from itwinai_hpc.train.config import flatten
+from itwinai_hpc.ml import distributed as D
+from itwinai_hpc.ml.config import TrainConfig, flatten
+from itwinai_hpc.ml.evaluation import Evaluation
+from itwinai_hpc.ml.provenance import Provenance, log_run_scripts, log_shards
+
+# Which split of the shards played which part (MLflow's dataset input context).
+SPLIT_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
 
 
 class TrackingSession:
-    def __init__(self, ctx: D.Context, config: dict, opts, resume_run_id: str | None = None):
-        self.ctx, self.config, self.opts = ctx, config, opts
+    def __init__(self, ctx: D.Context, config: TrainConfig, opts, manifest,
+                 resume_run_id: str | None = None):
+        self.ctx, self.config, self.opts, self.manifest = ctx, config, opts, manifest
         self.resume_run_id = resume_run_id
-        self.model_name = opts.register_as or config["registry"]["model_name"]
-        self.alias = config["registry"]["alias"]
-        self.metric = config["registry"]["select_by"]
+        self.model_name = opts.register_as or config.registry.model_name
+        self.alias = config.registry.alias
+        self.metric = config.registry.select_by
         self.run_id: str | None = None
 
     def start(self) -> str:
         """Create the experiment (rank 0, before anything else writes), start or resume the run,
-        log params and the run folder's scripts. Returns the run id on every rank."""
+        log params, provenance, data and scripts. Returns the run id on every rank."""
         outcome = None
         if self.ctx.is_main:
             try:
@@ -41,69 +47,68 @@ class TrackingSession:
         return value
 
     def _start_main(self) -> str:
-        from itwinai_hpc import tracking
+        from itwinai_hpc.ml import tracking
 
         tracking.configure(self.opts.tracking_uri)
-        env = os.environ
-        tags = {"itwinai_hpc.step": env.get("ITWINAI_HPC_STEP", "train"),
-                "itwinai_hpc.world_size": str(self.ctx.world_size)}
-        if "ITWINAI_HPC_RUN_ID" in env:
-            tags["itwinai_hpc.run_id"] = env["ITWINAI_HPC_RUN_ID"]
-        for key, value in self.ctx.slurm.items():
-            tags[key.lower().replace("_", ".", 1)] = value   # slurm.job_id, slurm.nnodes ...
-        run_id = tracking.start_run(self.config["tracking"]["experiment"],
-                                    run_id=self.resume_run_id,
-                                    run_name=env.get("ITWINAI_HPC_RUN_ID"), tags=tags)
-        if not self.resume_run_id:   # params are immutable in MLflow: log them once per run
-            params = flatten(self.config)
+        origin = Provenance.from_env()
+        tags = {**origin.tags(self.ctx.slurm), "itwinai_hpc.world_size": str(self.ctx.world_size)}
+        tags.setdefault("itwinai_hpc.step", "train")
+        run_id = tracking.start_run(
+            self.config.tracking.experiment, run_id=self.resume_run_id, run_name=origin.run_id,
+            tags=tags, system_metrics_every_s=self.config.tracking.system_metrics_every_s)
+        for key in origin.stale_tags():
+            tracking.delete_tag(key)
+        if not self.resume_run_id:   # params and inputs are immutable: log them once per run
+            slurm = {} if origin.backend == "local" else self.ctx.slurm
+            params = flatten(self.config.model_dump())
             params.update({"world_size": self.ctx.world_size, "backend": self.ctx.backend or "none",
                            "device": self.ctx.device.type, "data": os.path.abspath(self.opts.data),
                            "registry.model_name": self.model_name,
-                           "slurm_job_id": self.ctx.slurm.get("SLURM_JOB_ID", ""),
-                           "slurm_nnodes": self.ctx.slurm.get("SLURM_NNODES", "")})
+                           "slurm_job_id": slurm.get("SLURM_JOB_ID", ""),
+                           "slurm_nnodes": slurm.get("SLURM_NNODES", "")})
             tracking.log_params(params)
+            log_shards(self.manifest, SPLIT_CONTEXTS)
         if self.opts.run_dir and os.path.isdir(self.opts.run_dir):
-            tracking.log_run_scripts(self.opts.run_dir)
+            log_run_scripts(self.opts.run_dir)
         return run_id
 
     def log_step(self, loss: float, lr: float, step: int) -> None:
-        from itwinai_hpc import tracking
+        from itwinai_hpc.ml import tracking
 
         tracking.log_metrics({"train_loss_step": loss, "lr": lr}, step)
 
     def log_epoch(self, metrics: dict[str, float], epoch: int) -> None:
-        from itwinai_hpc import tracking
+        from itwinai_hpc.ml import tracking
 
         tracking.log_metrics(metrics, epoch)
 
     def log_checkpoint(self, path) -> None:
-        from itwinai_hpc import tracking
+        from itwinai_hpc.ml import tracking
 
         tracking.log_artifact(path, "checkpoints")
 
-    def register(self, model, example, *, best: dict, test_accuracy: float, epochs: int) -> tuple[str, bool]:
-        from itwinai_hpc import tracking
+    def register(self, registration, *, test: Evaluation, best_metric: float, epochs: int
+                 ) -> tuple[str, bool]:
+        from itwinai_hpc.ml import registry, tracking
 
-        registered = tracking.log_and_register(
-            model, example, name=self.model_name, alias=self.alias, metric=self.metric,
-            value=best["metric"],
-            tags={"test_accuracy": repr(test_accuracy), "best_epoch": str(best["epoch"])})
+        registered = registry.log_and_register(registration)
         # After log_model, which would otherwise copy them into their history a second time.
-        tracking.log_metrics({"test_accuracy": test_accuracy,
-                              f"best_{self.metric}": best["metric"]}, epochs)
+        tracking.log_metrics({"test_accuracy": test.accuracy, "test_loss": test.loss,
+                              f"best_{self.metric}": best_metric}, epochs)
+        tracking.log_evaluation(test, "test")
         tracking.set_tags({"registered_model": f"{self.model_name}/{registered[0]}"})
         return registered
 
     def stopped(self, result, reason: str):
         if self.ctx.is_main:
-            from itwinai_hpc import tracking
+            from itwinai_hpc.ml import tracking
 
             tracking.set_tags({"itwinai_hpc.stopped": reason})
             tracking.end_run("KILLED")   # resumed later: the same run goes back to RUNNING
         return result
 
     def finished(self, weight_hashes: list[str]) -> None:
-        from itwinai_hpc import tracking
+        from itwinai_hpc.ml import tracking
 
         tracking.set_tags({f"weights_sha256.rank{r}": h for r, h in enumerate(weight_hashes)})
         tracking.end_run("FINISHED")

@@ -1,21 +1,18 @@
-"""All MLflow calls of the ML steps: experiments, runs, metrics, artifacts, the model registry
-(versions and the champion alias) and loading registered models. Only rank 0 calls this module.
+"""The MLflow calls of the ML steps: the store, experiments, runs (with system metrics),
+params, metrics, artifacts and the evaluation a user looks at (figures and tables). Only rank 0
+calls this module; the model registry lives in registry.py, provenance in provenance.py.
 
 Imports mlflow lazily (1.6-6 s); never imported by the CLI's fast paths or the orchestration.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 from pathlib import Path
 from typing import Any
 
 from itwinai_hpc.errors import UserError
-
-PIP_REQUIREMENTS = ["torch", "numpy"]   # explicit: inferring them costs ~10 s per log_model
-RUN_SCRIPT_PATTERNS = ("*.sbatch", "*.sh", "workflow.yml")
-MODEL_SCHEMES = ("models:/", "runs:/", "best:")
+from itwinai_hpc.ml.evaluation import Evaluation
 
 
 def configure(tracking_uri: str | None) -> str:
@@ -29,6 +26,8 @@ def configure(tracking_uri: str | None) -> str:
         uri = "file:" + str(Path(uri).resolve())
     if uri.startswith("file:"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    # Progress bars of artifact downloads are noise in a job log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -57,16 +56,22 @@ def experiment_id(name: str) -> str:
 
 
 def start_run(experiment: str, *, run_id: str | None = None, run_name: str | None = None,
-              tags: dict[str, str] | None = None) -> str:
-    """Start a run (or resume `run_id`, so metrics continue in the same run); returns its id."""
+              tags: dict[str, str] | None = None, system_metrics_every_s: int = 0) -> str:
+    """Start a run (or resume `run_id`, so metrics continue in the same run); returns its id.
+    With `system_metrics_every_s` > 0, CPU, memory, disk, network (and GPU use and power,
+    where nvidia-ml-py finds one) of this node are logged as system/* metrics."""
     import mlflow
 
+    system = system_metrics_every_s > 0
+    if system and "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL" not in os.environ:
+        mlflow.set_system_metrics_sampling_interval(system_metrics_every_s)
     if run_id:
-        run = mlflow.start_run(run_id=run_id)
+        run = mlflow.start_run(run_id=run_id, log_system_metrics=system)
         if "itwinai_hpc.stopped" in run.data.tags:
             mlflow.delete_tag("itwinai_hpc.stopped")   # it is running again
     else:
-        run = mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name)
+        run = mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name,
+                               log_system_metrics=system)
     if tags:
         mlflow.set_tags(tags)
     return run.info.run_id
@@ -96,128 +101,44 @@ def set_tags(tags: dict[str, str]) -> None:
     mlflow.set_tags(tags)
 
 
+def delete_tag(key: str) -> None:
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is not None and key in mlflow.get_run(run.info.run_id).data.tags:
+        mlflow.delete_tag(key)
+
+
 def log_artifact(path: str | os.PathLike, artifact_path: str | None = None) -> None:
     import mlflow
 
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-def log_run_scripts(run_dir: str | os.PathLike) -> list[str]:
-    """The rendered run folder's scripts (what actually ran) as artifacts under run_scripts/."""
+def log_text(text: str, artifact_file: str) -> None:
     import mlflow
 
-    names = []
-    for pattern in RUN_SCRIPT_PATTERNS:
-        for path in sorted(glob.glob(os.path.join(run_dir, pattern))):
-            mlflow.log_artifact(path, artifact_path="run_scripts")
-            names.append(os.path.basename(path))
-    return names
+    mlflow.log_text(text, artifact_file)
 
 
-def log_and_register(model, input_example, *, name: str, alias: str, metric: str,
-                     value: float, tags: dict[str, str] | None = None
-                     ) -> tuple[str, bool]:
-    """Log `model` (eval mode, pt2 format) to the active run and register it as a new version of
-    `name`; move `alias` to it when `value` of `metric` beats the current holder's (higher is
-    better; a tie keeps the current one). Returns (version, became_alias_holder).
-
-    The model is logged at step 0, where the trainer logs no metrics: MLflow 3 copies a run's
-    metrics of the model's step into the history again (with the model id, which the file store
-    does not return), and per-epoch metrics must appear once per epoch."""
+def log_evaluation(evaluation: Evaluation, split: str, *, class_names: list[str] | None = None
+                   ) -> list[str]:
+    """What a user looks at for a split, under evaluation/SPLIT/: the confusion matrix
+    (figure and JSON), the per-class table (shown as a table in the UI) and a grid of
+    misclassified images. Returns the artifact paths."""
     import mlflow
-    import mlflow.pytorch
-    from mlflow import MlflowClient
 
-    info = mlflow.pytorch.log_model(model, name="model", input_example=input_example,
-                                    pip_requirements=PIP_REQUIREMENTS, step=0)
-    version = str(mlflow.register_model(info.model_uri, name).version)
-    client = MlflowClient()
-    for key, val in {metric: repr(float(value)), **(tags or {})}.items():
-        client.set_model_version_tag(name, version, key, val)
-    current = champion_metric(name, alias, metric)
-    wins = current is None or float(value) > current
-    if wins:
-        client.set_registered_model_alias(name, alias, version)
-    return version, wins
+    from itwinai_hpc.ml import figures
 
-
-def champion_metric(name: str, alias: str, metric: str) -> float | None:
-    """`metric` of the version holding `alias`: its version tag, else its run's metric; None
-    when no version holds the alias."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient()
-    try:
-        mv = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-    if metric in mv.tags:
-        return float(mv.tags[metric])
-    if mv.run_id:
-        return client.get_run(mv.run_id).data.metrics.get(metric)
-    return None
-
-
-def resolve_model_uri(uri: str) -> tuple[str, dict[str, str]]:
-    """Check that `uri` names a model that exists, and return (loadable uri, what it is):
-    models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, or best:EXPERIMENT:METRIC
-    (the run with the highest METRIC in EXPERIMENT that logged a model)."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient()
-    store = mlflow.get_tracking_uri()
-    if not uri.startswith(MODEL_SCHEMES):
-        raise UserError(f"{uri!r} is not a model URI; use models:/NAME@ALIAS, models:/NAME/"
-                        "VERSION, runs:/RUN_ID/model or best:EXPERIMENT:METRIC", field="--model")
-    try:
-        if uri.startswith("best:"):
-            experiment, _, metric = uri[len("best:"):].rpartition(":")
-            found = mlflow.get_experiment_by_name(experiment) if experiment else None
-            if found is None or not metric:
-                raise UserError(f"{uri!r}: no experiment {experiment!r} in {store}; "
-                                "expected best:EXPERIMENT:METRIC", field="--model")
-            runs = client.search_runs([found.experiment_id], f"metrics.{metric} > -1e308",
-                                      order_by=[f"metrics.{metric} DESC"], max_results=50)
-            for run in runs:
-                if run.outputs and run.outputs.model_outputs:
-                    model_id = run.outputs.model_outputs[-1].model_id
-                    return f"models:/{model_id}", {"run_id": run.info.run_id, metric:
-                                                   str(run.data.metrics[metric])}
-            raise UserError(f"{uri!r}: no run in experiment {experiment!r} has metric "
-                            f"{metric!r} and a logged model", field="--model")
-        if uri.startswith("models:/"):
-            rest = uri[len("models:/"):]
-            if "@" in rest:
-                name, alias = rest.split("@", 1)
-                mv = client.get_model_version_by_alias(name, alias)
-            elif "/" in rest and rest.rsplit("/", 1)[1].isdigit():
-                name, version = rest.rsplit("/", 1)
-                mv = client.get_model_version(name, version)
-            else:
-                raise UserError(f"{uri!r}: name a version or an alias, e.g. models:/{rest}/1 or "
-                                f"models:/{rest}@champion", field="--model")
-            return uri, {"model_name": mv.name, "model_version": str(mv.version),
-                         "run_id": mv.run_id or ""}
-        run_id = uri[len("runs:/"):].split("/", 1)[0]
-        client.get_run(run_id)
-        return uri, {"run_id": run_id}
-    except MlflowException as e:
-        names = []
-        try:
-            names = [m.name for m in client.search_registered_models()]
-        except MlflowException:
-            pass
-        known = f"; registered models: {', '.join(names)}" if names else "; the registry is empty"
-        first = str(e.message if hasattr(e, "message") else e).splitlines()[0]
-        raise UserError(f"cannot find model {uri!r} in {store} ({first}){known}",
-                        field="--model") from None
-
-
-def load_model(uri: str):
-    """The torch module behind a (resolved) model URI."""
-    import mlflow.pytorch
-
-    return mlflow.pytorch.load_model(uri, map_location="cpu")
+    folder = f"evaluation/{split}"
+    table = evaluation.per_class()
+    if class_names:
+        table = {"name": class_names, **table}
+    paths = [f"{folder}/confusion_matrix.png", f"{folder}/confusion_matrix.json",
+             f"{folder}/per_class.json", f"{folder}/misclassified.png"]
+    mlflow.log_figure(figures.confusion_figure(evaluation, split), paths[0])
+    mlflow.log_dict({"rows": "true class", "columns": "predicted class",
+                     "matrix": evaluation.confusion.tolist()}, paths[1])
+    mlflow.log_table(table, paths[2])
+    mlflow.log_figure(figures.misclassified_figure(evaluation, split), paths[3])
+    return paths

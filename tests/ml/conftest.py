@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ml_helpers import (N_TEST, N_TRAIN, N_VALIDATION, TEST_TRAIN_CONFIG, make_run_dir, ml_env,
-                        torchrun_train)
+                        torchrun_train, workflow_repo)
 
 
 @pytest.fixture(scope="session")
@@ -49,19 +49,26 @@ class Trained:
 def trained(mnist_shards, train_config_file, tmp_path_factory) -> Trained:
     """Real torchrun, 2 CPU processes (gloo): a 2-epoch schedule stopped after epoch 1, then
     resumed to the end with the same checkpoint folder; plus, in a separate MLflow store, the
-    same schedule uninterrupted."""
+    same schedule uninterrupted. The first two run as a local-backend job would: run folder
+    with run.json (backend local, the workflow file in a git repository), the local runner's
+    stand-in SLURM_JOB_ID."""
     base = tmp_path_factory.mktemp("trained")
-    store, run_dir = base / "mlruns", make_run_dir(base / "run")
+    workflow, commit = workflow_repo(base / "repo")
+    store = base / "mlruns"
+    run_dir = make_run_dir(base / "run", backend="local", workflow_file=workflow)
+    job_env = ml_env(store, run_dir, ITWINAI_HPC_RUN_ID="run", ITWINAI_HPC_STEP="train",
+                     SLURM_JOB_ID="2")
     args = ["--config", str(train_config_file), "--data", str(mnist_shards)]
-    first = torchrun_train(args + ["--stop-after-epochs", "1"], ml_env(store, run_dir))
+    first = torchrun_train(args + ["--stop-after-epochs", "1"], job_env)
     after_first = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    second = torchrun_train(args, ml_env(store, run_dir))
+    second = torchrun_train(args, job_env)
     straight = torchrun_train(args + ["--checkpoint-dir", str(base / "straight-ck")],
                               ml_env(base / "mlruns-straight"))
     return Trained(store=store, run_dir=run_dir, first=first.stdout, second=second.stdout,
                    straight=straight.stdout, checkpoints_after_first=after_first,
                    shards=mnist_shards, model_name=TEST_TRAIN_CONFIG["registry"]["model_name"],
-                   experiment=TEST_TRAIN_CONFIG["tracking"]["experiment"])
+                   experiment=TEST_TRAIN_CONFIG["tracking"]["experiment"],
+                   workflow=workflow, commit=commit)
 
 
 @pytest.fixture(scope="session")

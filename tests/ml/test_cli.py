@@ -76,9 +76,70 @@ def test_mlflow_ui_refuses_a_missing_store(tmp_path):
 
 
 def test_mnist_use_case_configs_are_valid():
-    from itwinai_hpc.train.config import INFERENCE_SCHEMA, load_config
+    from itwinai_hpc.ml.config import InferenceConfig, TrainConfig, load_config
 
-    train = load_config(REPO / "use-cases/mnist/mnist-ai-train.yml")
-    assert train["model"] == "mnist-cnn" and train["registry"]["alias"] == "champion"
-    infer = load_config(REPO / "use-cases/mnist/mnist-ai-inference.yml", INFERENCE_SCHEMA)
-    assert infer["model_uri"] == "models:/mnist-cnn@champion"
+    train = load_config(TrainConfig, REPO / "use-cases/mnist/mnist-ai-train.yml")
+    assert train.model == "mnist-cnn" and train.registry.alias == "champion"
+    infer = load_config(InferenceConfig, REPO / "use-cases/mnist/mnist-ai-inference.yml")
+    assert infer.model_uri == "models:/mnist-cnn@champion"
+
+
+@pytest.mark.parametrize("command, pairs", [
+    ("train", [("--data", "--train-dataset"), ("--tracking-uri", "--ml-logs")]),
+    ("predict", [("--data", "--input-dataset"), ("--output", "--predictions-location"),
+                 ("--tracking-uri", "--ml-logs")]),
+])
+def test_help_shows_itwinais_flag_names_beside_ours(command, pairs):
+    p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", command, "--help"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    flat = " ".join(p.stdout.split())
+    for ours, theirs in pairs:
+        assert f"{ours} " in flat and f", {theirs} " in flat, (ours, theirs, p.stdout)
+
+
+def test_mlflow_ui_on_a_busy_port_exits_2_and_names_a_free_one(tmp_path):
+    (tmp_path / "mlruns").mkdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "mlflow-ui", "--path",
+                            str(tmp_path / "mlruns"), "--port", str(port)], capture_output=True,
+                           text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in p.stderr
+    suggested = int(p.stderr.split("e.g. --port ")[1].split(",")[0])
+    assert suggested != port
+    assert "MLflow UI" not in p.stdout          # nothing started, nothing announced
+
+
+def test_stop_file_is_the_job_scripts_or_the_steps_own_in_the_run_folder():
+    from itwinai_hpc.ml.cli import stop_file
+
+    assert stop_file({"ITWINAI_HPC_STOP_FILE": "/r/train.STOP", "ITWINAI_HPC_RUN_DIR": "/r",
+                      "ITWINAI_HPC_STEP": "x"}) == "/r/train.STOP"
+    assert stop_file({"ITWINAI_HPC_RUN_DIR": "/r", "ITWINAI_HPC_STEP": "train"}) == \
+        "/r/train.STOP"
+    assert stop_file({"ITWINAI_HPC_RUN_DIR": "/r"}) is None
+
+
+def test_inference_config_errors_read_like_the_train_configs(tmp_path):
+    cfg = tmp_path / "inference.yml"
+    cfg.write_text("dataset: mnist\nsplit: tset\nbatch_size: 0\n")
+    p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "predict", "--config", str(cfg),
+                        "--data", str(tmp_path), "--output", str(tmp_path / "p.csv")],
+                       capture_output=True, text=True, cwd=REPO, timeout=60,
+                       env=ml_env(tmp_path / "mlruns"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    lines = p.stderr.splitlines()
+    assert lines[0].startswith(f"error: {cfg}:2: split: ") and "'test'" in lines[0]
+    assert lines[1].startswith(f"error: {cfg}:3: batch_size: ") and "greater than or equal to 1" in lines[1]
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_predictions_location_may_be_a_folder(tmp_path):
+    from itwinai_hpc.ml.predict import output_file
+
+    assert output_file(tmp_path) == tmp_path / "predictions.csv"
+    assert output_file(f"{tmp_path}/new/") == tmp_path / "new" / "predictions.csv"
+    assert output_file(tmp_path / "p.csv") == tmp_path / "p.csv"

@@ -17,10 +17,10 @@ pytestmark = pytest.mark.slow   # needs the torchrun training fixture
 def test_champion_predictions_have_one_row_per_test_image_and_logged_accuracy(
         trained, mlflow_client, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    from itwinai_hpc.predict import COLUMNS, predict
-    from itwinai_hpc.train.config import INFERENCE_SCHEMA, make_config
+    from itwinai_hpc.ml.config import InferenceConfig, make_config
+    from itwinai_hpc.ml.predict import COLUMNS, predict
 
-    config = make_config({"tracking": {"experiment": "inference-test"}}, INFERENCE_SCHEMA)
+    config = make_config(InferenceConfig, {"tracking": {"experiment": "inference-test"}})
     out = tmp_path / "predictions.csv"
     result = predict(config, str(trained.shards), f"models:/{trained.model_name}@champion", out,
                      tracking_uri=f"file:{trained.store}")
@@ -32,7 +32,7 @@ def test_champion_predictions_have_one_row_per_test_image_and_logged_accuracy(
     run = mlflow_client.get_run(result.run_id)
     assert run.data.metrics["accuracy"] == pytest.approx(from_file, abs=1e-12)
     assert from_file > 0.8 and result.model_version == "1"
-    assert [a.path for a in mlflow_client.list_artifacts(result.run_id)] == ["predictions.csv"]
+    assert "predictions.csv" in [a.path for a in mlflow_client.list_artifacts(result.run_id)]
 
 
 @pytest.mark.parametrize("uri", ["models:/no-such-model@champion", "s3://bucket/model"])
@@ -52,21 +52,22 @@ def test_bad_model_uri_exits_2_with_a_message_and_writes_nothing(trained, tmp_pa
                                  "best:no-such-experiment:val_accuracy"])
 def test_missing_model_is_a_user_error_naming_the_uri(trained, monkeypatch, uri):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    from itwinai_hpc import tracking
     from itwinai_hpc.errors import UserError
+    from itwinai_hpc.ml import registry, tracking
 
     tracking.configure(f"file:{trained.store}")
     uri = uri.format(name=trained.model_name)
     with pytest.raises(UserError) as err:
-        tracking.resolve_model_uri(uri)
+        registry.resolve_model_uri(uri)
     assert uri in str(err.value)
 
 
 def test_best_run_by_metric_resolves_to_the_registered_run(trained, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    from itwinai_hpc import tracking
+    from itwinai_hpc.ml import registry, tracking
 
     tracking.configure(f"file:{trained.store}")
-    uri, about = tracking.resolve_model_uri(f"best:{trained.experiment}:val_accuracy")
-    champion, champ_about = tracking.resolve_model_uri(f"models:/{trained.model_name}@champion")
+    uri, about = registry.resolve_model_uri(f"best:{trained.experiment}:val_accuracy")
+    champion, champ_about = registry.resolve_model_uri(f"models:/{trained.model_name}@champion")
     assert about["run_id"] == champ_about["run_id"] and uri.startswith("models:/m-")
+    assert about["model_id"] == champ_about["model_id"]

@@ -9,18 +9,21 @@ import torch
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    from itwinai_hpc import tracking
+    from itwinai_hpc.ml import tracking
 
     tracking.configure(f"file:{tmp_path / 'mlruns'}")
     return tracking
 
 
 def register(tracking, accuracy: float) -> tuple[str, bool]:
+    from itwinai_hpc.ml.registry import Registration, log_and_register
+
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
     tracking.start_run("registry-test")
     try:
-        return tracking.log_and_register(model, torch.zeros(2, 1, 2, 2).numpy(), name="m",
-                                         alias="champion", metric="val_accuracy", value=accuracy)
+        return log_and_register(Registration(model, torch.zeros(2, 1, 2, 2).numpy(), name="m",
+                                             alias="champion", metric="val_accuracy",
+                                             value=accuracy))
     finally:
         tracking.end_run()
 

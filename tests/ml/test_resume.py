@@ -1,4 +1,4 @@
-"""Stopping and resuming inside an epoch, in this process (world size 1): the STOP file, the
+"""Stopping and resuming inside an epoch, in this process (world size 1): the stop file, the
 signals, and the checks that refuse a checkpoint that cannot be resumed exactly."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import torch
 
 from ml_helpers import TEST_TRAIN_CONFIG, make_run_dir
 from itwinai_hpc.errors import UserError
-from itwinai_hpc.train import distributed as D
-from itwinai_hpc.train.config import make_config
-from itwinai_hpc.train.trainer import TrainOptions, train_classifier
+from itwinai_hpc.ml import distributed as D
+from itwinai_hpc.ml.config import TrainConfig, make_config
+from itwinai_hpc.ml.trainer import TrainOptions, train_classifier
 
 
 def solo(world_size: int = 1) -> D.Context:
@@ -24,10 +24,10 @@ def solo(world_size: int = 1) -> D.Context:
 
 @pytest.fixture
 def config():
-    c = make_config(copy.deepcopy(TEST_TRAIN_CONFIG))
-    c["trainer"]["epochs"] = 1
-    c["trainer"]["stop_check_every_steps"] = 10
-    return c
+    values = copy.deepcopy(TEST_TRAIN_CONFIG)
+    values["trainer"].update(epochs=1, stop_check_every_steps=10)
+    values["tracking"]["system_metrics_every_s"] = 0
+    return make_config(TrainConfig, values)
 
 
 @pytest.fixture
@@ -41,13 +41,13 @@ def test_stop_file_stops_mid_epoch_and_resume_matches_an_uninterrupted_run(
     run_dir = make_run_dir(tmp_path / "run")
     ck = tmp_path / "ck"
     opts = TrainOptions(data=str(mnist_shards), checkpoint_dir=str(ck), run_dir=str(run_dir),
-                        tracking_uri=tracked, stop_file=str(run_dir / "STOP"))
-    (run_dir / "STOP").touch()
+                        tracking_uri=tracked, stop_file=str(run_dir / "train.STOP"))
+    (run_dir / "train.STOP").touch()
     stopped = train_classifier(config, opts, solo(), log=lambda *a, **k: None)
     assert stopped.status == "stopped"
     state = torch.load(ck / "checkpoint.pt", weights_only=False)
     assert (state["epoch"], state["batch"]) == (0, 10)
-    assert not (run_dir / "STOP").exists()      # consumed: the job script then requeues
+    assert not (run_dir / "train.STOP").exists()      # consumed: the job script then requeues
 
     resumed = train_classifier(config, opts, solo(), log=lambda *a, **k: None)
     assert resumed.status == "finished" and resumed.run_id == stopped.run_id
@@ -62,8 +62,8 @@ def test_checkpoint_from_another_world_size_is_refused(config, tracked, mnist_sh
     ck = tmp_path / "ck"
     opts = TrainOptions(data=str(mnist_shards), checkpoint_dir=str(ck), tracking_uri=tracked,
                         run_dir=str(make_run_dir(tmp_path / "run")),
-                        stop_file=str(tmp_path / "run" / "STOP"))
-    (tmp_path / "run" / "STOP").touch()
+                        stop_file=str(tmp_path / "run" / "train.STOP"))
+    (tmp_path / "run" / "train.STOP").touch()
     train_classifier(config, opts, solo(), log=lambda *a, **k: None)
     with pytest.raises(UserError, match="written by 1 processes, this run has 2"):
         train_classifier(config, opts, solo(world_size=2), log=lambda *a, **k: None)
@@ -71,7 +71,7 @@ def test_checkpoint_from_another_world_size_is_refused(config, tracked, mnist_sh
 
 def test_sigterm_and_sigusr2_become_a_stop_request(tmp_path):
     for sig in (signal.SIGTERM, signal.SIGUSR2):
-        stop = D.StopRequest(solo(), tmp_path / "STOP")
+        stop = D.StopRequest(solo(), tmp_path / "train.STOP")
         try:
             assert not stop.agreed()
             os.kill(os.getpid(), sig)

@@ -22,7 +22,7 @@ def test_one_run_holds_params_and_each_epoch_metric_once(trained, mlflow_client,
     params = training_run.data.params
     assert params["world_size"] == "2" and params["trainer.epochs"] == "2"
     assert params["model"] == "mnist-cnn" and params["backend"] == "gloo"
-    for key in ("train_loss", "val_accuracy", "epoch_time_s", "samples_per_s"):
+    for key in ("train_loss", "val_loss", "val_accuracy", "epoch_time_s", "samples_per_s"):
         steps = [m.step for m in mlflow_client.get_metric_history(training_run.info.run_id, key)]
         assert steps == [1, 2], f"{key} logged at steps {steps}"
     step_losses = mlflow_client.get_metric_history(training_run.info.run_id, "train_loss_step")
@@ -60,10 +60,16 @@ def test_registry_holds_champion_with_the_logged_val_accuracy(trained, mlflow_cl
     assert float(mv.tags["test_accuracy"]) > 0.8
 
 
-def test_run_scripts_and_checkpoint_are_artifacts(trained, mlflow_client, training_run):
+def test_run_scripts_readable_in_the_ui_and_checkpoint_are_artifacts(trained, mlflow_client,
+                                                                     training_run):
     run_id = training_run.info.run_id
     scripts = {a.path.split("/")[-1] for a in mlflow_client.list_artifacts(run_id, "run_scripts")}
-    assert scripts == {"02-train.sbatch", "submit.sh", "workflow.yml"}
+    # MLflow previews neither .sh nor .sbatch: each has a .txt twin with the same text.
+    assert scripts == {"02-train.sbatch", "02-train.sbatch.txt", "submit.sh", "submit.sh.txt",
+                       "workflow.yml"}
+    folder = mlflow_client.download_artifacts(run_id, "run_scripts")
+    assert (trained.run_dir / "02-train.sbatch").read_text() == \
+        open(f"{folder}/02-train.sbatch.txt").read()
     ckpts = {a.path.split("/")[-1] for a in mlflow_client.list_artifacts(run_id, "checkpoints")}
     assert ckpts == {"checkpoint.pt"}
     final = torch.load(trained.run_dir / "checkpoints" / "checkpoint.pt", weights_only=False)

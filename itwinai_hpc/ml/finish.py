@@ -1,0 +1,85 @@
+"""The end of a training run: best weights -> test evaluation -> the served model (raw pixels
+in, probabilities out) registered with its contract and the test figures -> the final
+checkpoint, which marks the run finished so that a requeued job does not register twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+from itwinai_hpc.ml import distributed as D
+from itwinai_hpc.ml.trainer import Training, TrainResult
+
+MISCLASSIFIED_SHOWN = 32
+
+
+def weights_sha256(model) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def finish(t: Training) -> TrainResult:
+    ctx, log = t.ctx, t.log
+    # DDP must leave every rank with the same weights: gather each rank's hash to check.
+    hashes = D.all_gather_object(ctx, weights_sha256(t.model))
+    if t.best.state is not None:
+        t.model.load_state_dict(t.best.state)
+    test = t.evaluate(t.loader("test"), keep_examples=MISCLASSIFIED_SHOWN)
+    result = TrainResult("finished", t.epochs, t.run_id, val_accuracy=t.best.metric,
+                         test_accuracy=test.accuracy, weights_sha256=hashes[ctx.rank])
+    if ctx.is_main:
+        with tempfile.TemporaryDirectory() as tmp:
+            registration = served_registration(t, test, Path(tmp))
+            result.model_version, result.champion = t.session.register(
+                registration, test=test, best_metric=t.best.metric, epochs=t.epochs)
+        alias = t.session.alias
+        log(f"best val_accuracy {t.best.metric:.4f} (epoch {t.best.epoch}), test_accuracy "
+            f"{test.accuracy:.4f}; registered {t.session.model_name} version "
+            f"{result.model_version}" + (f" as @{alias}" if result.champion else
+                                         f" (the current @{alias} is better or equal)"),
+            flush=True)
+    result.model_version = D.broadcast_object(ctx, result.model_version)
+    t.checkpoint(t.epochs, 0, (0.0, 0.0), finished=True, model_version=result.model_version)
+    if ctx.is_main:
+        for rank, sha in enumerate(hashes):
+            log(f"[rank {rank}] final weights sha256 {sha}", flush=True)
+        t.session.finished(hashes)
+    return result
+
+
+def served_registration(t: Training, test, tmp: Path):
+    """The Registration of the served model: the trained net behind raw-pixel input, its
+    contract as metadata and description, its weights as a plain state dict beside it."""
+    from itwinai_hpc.data.dataset import ShardedLoader
+    from itwinai_hpc.ml import served
+    from itwinai_hpc.ml.models import build_model
+    from itwinai_hpc.ml.registry import Registration
+
+    m = t.manifest
+    net = build_model(t.config.model, m.num_classes)
+    net.load_state_dict({k: v.cpu() for k, v in t.model.state_dict().items()})
+    classifier = served.PixelClassifier(net, m.normalization["mean"], m.normalization["std"])
+    classifier.eval()
+    # Raw pixels, as users have them; batch of 2 so the exported batch size stays free.
+    example = next(iter(ShardedLoader(m, "validation", 2, shuffle=False, rank=0, world_size=1,
+                                      raw=True, verify=False)))[0].numpy()
+    contract = served.contract(t.config.model, m.image_shape, m.num_classes, m.normalization)
+    spec = {"architecture": t.config.model, "num_classes": m.num_classes,
+            "image_shape": m.image_shape, "normalization": m.normalization, "output": "logits"}
+    best = t.best
+    return Registration(
+        model=served.Probabilities(classifier).eval(), input_example=example,
+        name=t.session.model_name, alias=t.session.alias, metric=t.session.metric,
+        value=best.metric,
+        tags={"test_accuracy": repr(test.accuracy), "best_epoch": str(best.epoch),
+              "dataset": f"{m.dataset} {m.plan_id[:12]}"},
+        metadata=contract,
+        description=served.describe(contract, f"Best of {t.epochs} epochs: val_accuracy "
+                                              f"{best.metric:.4f} (epoch {best.epoch}), "
+                                              f"test_accuracy {test.accuracy:.4f}."),
+        extra_files=served.trainable_files(classifier, tmp, spec))

@@ -1,0 +1,166 @@
+"""The MLflow model registry as the ML steps use it: log and register the served model with its
+contract, move the champion alias only to a better version, resolve what `--model` names, and
+record the model an inference run used as that run's input.
+
+Rank 0 only. Imports mlflow lazily; knows nothing about training loops or schedulers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from itwinai_hpc.errors import UserError
+
+# Explicit: inferring them costs ~10 s per log_model.
+PIP_REQUIREMENTS = ["torch", "numpy"]
+MODEL_SCHEMES = ("models:/", "runs:/", "best:")
+
+
+@dataclass
+class Registration:
+    """What to register: the model, an input example (batch >= 2) and what to write on it."""
+
+    model: object                    # the torch module to export (eval mode, CPU)
+    input_example: object            # numpy array the signature is inferred from
+    name: str
+    alias: str
+    metric: str
+    value: float
+    tags: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)     # MLmodel metadata
+    description: str = ""                                      # the version's page
+    extra_files: list[str] = field(default_factory=list)
+
+
+def log_and_register(reg: Registration) -> tuple[str, bool]:
+    """Log `reg.model` (pt2 format) to the active run and register it as a new version of
+    `reg.name`; move the alias to it when its metric beats the current holder's (higher is
+    better; a tie keeps the current one). Returns (version, became_alias_holder).
+
+    The model is logged at step 0, where the trainer logs no metrics: MLflow 3 copies a run's
+    metrics of the model's step into the history again (with the model id, which the file store
+    does not return), and per-epoch metrics must appear once per epoch."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow import MlflowClient
+
+    info = mlflow.pytorch.log_model(reg.model, name="model", input_example=reg.input_example,
+                                    pip_requirements=PIP_REQUIREMENTS, step=0,
+                                    metadata=reg.metadata or None,
+                                    extra_files=reg.extra_files or None)
+    version = str(mlflow.register_model(info.model_uri, reg.name).version)
+    client = MlflowClient()
+    for key, val in {reg.metric: repr(float(reg.value)), **reg.tags}.items():
+        client.set_model_version_tag(reg.name, version, key, val)
+    if reg.description:
+        client.update_model_version(reg.name, version, description=reg.description)
+        if not client.get_registered_model(reg.name).description:
+            client.update_registered_model(reg.name, description=reg.description)
+    current = champion_metric(reg.name, reg.alias, reg.metric)
+    wins = current is None or float(reg.value) > current
+    if wins:
+        client.set_registered_model_alias(reg.name, reg.alias, version)
+    return version, wins
+
+
+def champion_metric(name: str, alias: str, metric: str) -> float | None:
+    """`metric` of the version holding `alias`: its version tag, else its run's metric; None
+    when no version holds the alias."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    if metric in mv.tags:
+        return float(mv.tags[metric])
+    if mv.run_id:
+        return client.get_run(mv.run_id).data.metrics.get(metric)
+    return None
+
+
+def resolve_model_uri(uri: str) -> tuple[str, dict[str, str]]:
+    """Check that `uri` names a model that exists, and return (loadable uri, what it is:
+    model_name, model_version, run_id, model_id where known): models:/NAME@ALIAS,
+    models:/NAME/VERSION, runs:/RUN_ID/PATH, or best:EXPERIMENT:METRIC (the run with the
+    highest METRIC in EXPERIMENT that logged a model)."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    store = mlflow.get_tracking_uri()
+    if not uri.startswith(MODEL_SCHEMES):
+        raise UserError(f"{uri!r} is not a model URI; use models:/NAME@ALIAS, models:/NAME/"
+                        "VERSION, runs:/RUN_ID/model or best:EXPERIMENT:METRIC", field="--model")
+    try:
+        if uri.startswith("best:"):
+            return _best_run_model(client, uri, store)
+        if uri.startswith("models:/"):
+            rest = uri[len("models:/"):]
+            if "@" in rest:
+                name, alias = rest.split("@", 1)
+                mv = client.get_model_version_by_alias(name, alias)
+            elif "/" in rest and rest.rsplit("/", 1)[1].isdigit():
+                name, version = rest.rsplit("/", 1)
+                mv = client.get_model_version(name, version)
+            else:
+                raise UserError(f"{uri!r}: name a version or an alias, e.g. models:/{rest}/1 or "
+                                f"models:/{rest}@champion", field="--model")
+            return uri, {"model_name": mv.name, "model_version": str(mv.version),
+                         "run_id": mv.run_id or "", "model_id": mv.model_id or ""}
+        run_id = uri[len("runs:/"):].split("/", 1)[0]
+        run = client.get_run(run_id)
+        outputs = run.outputs.model_outputs if run.outputs else []
+        return uri, {"run_id": run_id, "model_id": outputs[-1].model_id if outputs else ""}
+    except MlflowException as e:
+        names = []
+        try:
+            names = [m.name for m in client.search_registered_models()]
+        except MlflowException:
+            pass
+        known = f"; registered models: {', '.join(names)}" if names else "; the registry is empty"
+        first = str(e.message if hasattr(e, "message") else e).splitlines()[0]
+        raise UserError(f"cannot find model {uri!r} in {store} ({first}){known}",
+                        field="--model") from None
+
+
+def _best_run_model(client, uri: str, store: str) -> tuple[str, dict[str, str]]:
+    import mlflow
+
+    experiment, _, metric = uri[len("best:"):].rpartition(":")
+    found = mlflow.get_experiment_by_name(experiment) if experiment else None
+    if found is None or not metric:
+        raise UserError(f"{uri!r}: no experiment {experiment!r} in {store}; "
+                        "expected best:EXPERIMENT:METRIC", field="--model")
+    runs = client.search_runs([found.experiment_id], f"metrics.{metric} > -1e308",
+                              order_by=[f"metrics.{metric} DESC"], max_results=50)
+    for run in runs:
+        if run.outputs and run.outputs.model_outputs:
+            model_id = run.outputs.model_outputs[-1].model_id
+            return f"models:/{model_id}", {"run_id": run.info.run_id, "model_id": model_id,
+                                           metric: str(run.data.metrics[metric])}
+    raise UserError(f"{uri!r}: no run in experiment {experiment!r} has metric {metric!r} and "
+                    "a logged model", field="--model")
+
+
+def load_model(uri: str):
+    """The served model behind a (resolved) model URI, as a callable torch module."""
+    import mlflow.pytorch
+
+    return mlflow.pytorch.load_model(uri, map_location="cpu")
+
+
+def log_model_input(model_id: str) -> None:
+    """Record on the active run that it used model `model_id` (its page then lists this run).
+    Through the client: MLflow's fluent log_inputs refuses models outside Databricks, its
+    stores do not."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelInput
+
+    if model_id:
+        MlflowClient().log_inputs(mlflow.active_run().info.run_id,
+                                  models=[LoggedModelInput(model_id)])
