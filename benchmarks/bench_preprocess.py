@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from itwinai_hpc.data.config import make_config
-from itwinai_hpc.data.preprocess import preprocess, split_data
+from itwinai_hpc.data.preprocess import preprocess
+from itwinai_hpc.data.shard_plan import split_data
 from itwinai_hpc.data.registry import DatasetSpec, RawData, register_dataset
 
 
@@ -48,7 +49,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         config = make_config({"dataset": "bench-memory"})
-        splits = split_data(raw, config)
+        splits = {name: (rows.images[rows.source_rows(0, len(rows))], rows.labels)
+                  for name, rows in split_data(raw, config).items()}
 
         def np_save(sync=False):
             for name, (images, labels) in splits.items():

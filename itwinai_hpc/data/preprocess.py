@@ -1,40 +1,38 @@
 """Preprocessing: a data set's source -> train/validation/test HDF5 shards + manifest.
 
-Deterministic for a seed, atomic, resumable, and safe as a SLURM job array (task i writes
+Streaming: a shard is written block by block from the (possibly memory-mapped) source, so peak
+memory is one block plus a few bytes a sample of row numbers and labels, whatever the data set's
+size. Deterministic for a seed, atomic, resumable, and safe as a SLURM job array (task i writes
 global shard i; whoever finds every shard complete writes the manifest). It never reads
 scheduler state beyond the shard index it is given.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from itwinai_hpc import atomic
 from itwinai_hpc.data.config import SPLITS, PreprocessConfig
-from itwinai_hpc.data.registry import DatasetSpec, RawData, get_dataset
-from itwinai_hpc.data.shards import (MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, atomic_write,
-                                     build_shard, remove_stale_temporaries, sha256_bytes,
-                                     sha256_file, shard_name, sidecar_path, write_json)
+from itwinai_hpc.data.gather import take
+from itwinai_hpc.data.registry import DatasetSpec, get_dataset
+from itwinai_hpc.data.shard_plan import (PlannedShard, SplitRows, count_shards, plan_id,
+                                         plan_shards, split_data)
+from itwinai_hpc.data.shards import (MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, sha256_file,
+                                     sidecar_path, write_json, write_shard)
 from itwinai_hpc.errors import UserError
 
+__all__ = ["PreprocessResult", "count_shards", "default_shard_index", "preprocess"]
 
-@dataclass(frozen=True)
-class PlannedShard:
-    split: str
-    index: int  # within its split
-    count: int  # shards in its split
-    start: int  # rows [start, end) of the split's arrays
-    end: int
-
-    @property
-    def name(self) -> str:
-        return shard_name(self.split, self.index, self.count)
+# Source rows taken per step while writing a shard: the working set of preprocessing.
+BLOCK_BYTES = 16 << 20
 
 
 @dataclass
@@ -43,53 +41,6 @@ class PreprocessResult:
     skipped: list[str] = field(default_factory=list)  # already complete and verified
     missing: list[str] = field(default_factory=list)  # other tasks' shards not there yet
     manifest: Path | None = None  # None until every shard is complete
-
-
-def count_shards(config: PreprocessConfig) -> int:
-    """How many array tasks a job array needs: one per shard, all splits together."""
-    return sum(config.shards[split] for split in SPLITS)
-
-
-def split_data(raw: RawData, config: PreprocessConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Train/validation from a seeded permutation of the training set; test keeps its order
-    (so prediction rows map back to the original test indices)."""
-    n = len(raw.train_images)
-    n_val = config.validation_count(n)
-    if not 1 <= n_val < n:
-        raise UserError(f"{config.validation_size!r} must leave at least one sample in both "
-                        f"train and validation, and the source has {n} training samples",
-                        field="validation_size")
-    order = np.random.default_rng(config.seed).permutation(n)
-    val, train = order[:n_val], order[n_val:]
-    splits = {"train": (raw.train_images[train], raw.train_labels[train]),
-              "validation": (raw.train_images[val], raw.train_labels[val]),
-              "test": (raw.test_images, raw.test_labels)}
-    for split, (images, _) in splits.items():
-        if len(images) < config.shards[split]:
-            raise UserError(f"the {split} split has {len(images)} samples, fewer than its "
-                            f"{config.shards[split]} shards; an empty split or shard is not allowed",
-                            field="shards")
-    return splits
-
-
-def plan_shards(config: PreprocessConfig, sizes: dict[str, int]) -> list[PlannedShard]:
-    plan = []
-    for split in SPLITS:
-        k, n = config.shards[split], sizes[split]
-        plan += [PlannedShard(split, i, k, i * n // k, (i + 1) * n // k) for i in range(k)]
-    return plan
-
-
-def plan_id(config: PreprocessConfig, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
-    """Identifies what the shards must contain: config + the exact split contents. A shard or
-    manifest from another plan is never trusted."""
-    h = hashlib.sha256(json.dumps(config.as_dict(), sort_keys=True).encode())
-    for split in SPLITS:
-        images, labels = splits[split]
-        h.update(split.encode())
-        h.update(np.ascontiguousarray(images).data)
-        h.update(np.ascontiguousarray(labels).data)
-    return h.hexdigest()
 
 
 def _class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
@@ -113,62 +64,94 @@ def _invalidate_foreign_manifest(output: Path, pid: str) -> None:
         manifest.unlink(missing_ok=True)
 
 
-def ensure_shard(output: Path, shard: PlannedShard, splits, config: PreprocessConfig,
+def _image_blocks(rows: SplitRows, shard: PlannedShard, chunk_rows: int,
+                  sums: list[int]) -> Iterator[np.ndarray]:
+    """The shard's images in row order, a whole number of HDF5 chunks at a time (so the file's
+    bytes do not depend on BLOCK_BYTES), adding pixel and squared-pixel sums to `sums`."""
+    row_bytes = max(1, math.prod(rows.images.shape[1:]))
+    step = max(1, BLOCK_BYTES // (row_bytes * chunk_rows)) * chunk_rows
+    for a in range(shard.start, shard.end, step):
+        block = take(rows.images, rows.source_rows(a, min(a + step, shard.end)))
+        block = block.astype(np.uint8, copy=False)
+        for part in np.array_split(block.reshape(-1), max(1, block.size >> 20)):
+            sums[0] += int(part.sum(dtype=np.uint64))
+            sums[1] += int(np.square(part, dtype=np.uint16).sum(dtype=np.uint64))
+        yield block
+
+
+def ensure_shard(output: Path, shard: PlannedShard, rows: SplitRows, config: PreprocessConfig,
                  spec: DatasetSpec, pid: str) -> bool:
-    """Make `shard` complete and verified; return True if it had to be (re)written."""
+    """Make `shard` complete and verified; return True if its bytes had to be (re)written."""
     path = output / shard.name
-    remove_stale_temporaries(path)
-    remove_stale_temporaries(sidecar_path(path))
+    atomic.remove_stale_temporaries(path)
+    atomic.remove_stale_temporaries(sidecar_path(path))
     info = _read_sidecar(path)
-    if info and info.plan_id == pid and path.is_file() and sha256_file(path) == info.sha256:
+    existing = sha256_file(path) if path.is_file() else None
+    if info and info.plan_id == pid and existing == info.sha256:
         return False
-    images, labels = splits[shard.split]
-    images, labels = images[shard.start:shard.end], labels[shard.start:shard.end]
-    data = build_shard(images, labels, split=shard.split, compression=config.compression,
-                       chunk_rows=config.chunk_rows)
-    digest = sha256_bytes(data)
-    rewrite = not (path.is_file() and sha256_file(path) == digest)
-    if rewrite:
-        _invalidate_foreign_manifest(output, pid)
-        atomic_write(path, data)
+    labels = rows.labels[shard.start:shard.end].astype(np.int64)
+    sums = [0, 0]
+    with atomic.atomic_path(path) as tmp:
+        write_shard(tmp, _image_blocks(rows, shard, config.chunk_rows, sums), labels,
+                    image_shape=rows.images.shape[1:], split=shard.split,
+                    compression=config.compression, chunk_rows=config.chunk_rows)
+        digest, size = sha256_file(tmp), tmp.stat().st_size
+        rewrite = digest != existing
+        if rewrite:
+            _invalidate_foreign_manifest(output, pid)
     # The sidecar goes after the shard: its presence promises a complete shard of this plan.
     write_json(sidecar_path(path), ShardInfo(
         file=shard.name, split=shard.split, index=shard.index, num_samples=len(labels),
-        class_counts=_class_counts(labels, spec.num_classes), sha256=digest,
-        plan_id=pid).__dict__)
+        class_counts=_class_counts(labels, spec.num_classes), sha256=digest, num_bytes=size,
+        plan_id=pid, pixel_sum=sums[0], pixel_sq_sum=sums[1]).__dict__)
     return rewrite
 
 
-def _normalization(spec: DatasetSpec, config: PreprocessConfig, train_images) -> dict:
+def _normalization(spec: DatasetSpec, config: PreprocessConfig, train: list[ShardInfo],
+                   image_shape: tuple[int, ...]) -> dict:
     if config.normalization == "dataset" and spec.mean is not None and spec.std is not None:
         return {"mean": spec.mean, "std": spec.std}
-    pixels = train_images.astype(np.float64) / 255.0
-    return {"mean": round(float(pixels.mean()), 6), "std": round(float(pixels.std()), 6)}
+    # Exact integer sums from the sidecars: the same numbers whichever task finalises.
+    count = sum(s.num_samples for s in train) * math.prod(image_shape)
+    mean = sum(s.pixel_sum for s in train) / count
+    var = max(0.0, sum(s.pixel_sq_sum for s in train) / count - mean * mean)
+    return {"mean": round(mean / 255.0, 6), "std": round(math.sqrt(var) / 255.0, 6)}
+
+
+def _complete(path: Path, info: ShardInfo | None, pid: str, verify: bool) -> bool:
+    if not (info and info.plan_id == pid and path.is_file()):
+        return False
+    if verify:
+        return sha256_file(path) == info.sha256
+    # Array tasks each finalise: rehashing every shard in each would read the data set once per
+    # task. The sidecar (written after its shard) and the size vouch; readers check the sha256.
+    return info.num_bytes == path.stat().st_size
 
 
 def finalize(output: Path, plan: list[PlannedShard], config: PreprocessConfig,
-             spec: DatasetSpec, pid: str, source: str, splits) -> tuple[Path | None, list[str]]:
-    """Write the manifest if every planned shard is complete and verified; else name the rest."""
+             spec: DatasetSpec, pid: str, source: str, splits: dict[str, SplitRows], *,
+             verify: bool = False) -> tuple[Path | None, list[str]]:
+    """Write the manifest if every planned shard is complete (verify: and its sha256 matches);
+    else name the rest."""
     infos, missing = {}, []
     for shard in plan:
         path = output / shard.name
-        info = _read_sidecar(path)
-        if not (info and info.plan_id == pid and path.is_file() and sha256_file(path) == info.sha256):
+        infos[shard.name] = _read_sidecar(path)
+        if not _complete(path, infos[shard.name], pid, verify):
             missing.append(shard.name)
-        infos[shard.name] = info
     if missing:
         return None, missing
     split_infos = {}
     for split in SPLITS:
-        shards = [infos[s.name] for s in plan if s.split == split]
-        labels = splits[split][1]
+        labels = splits[split].labels
         split_infos[split] = SplitInfo(num_samples=len(labels),
                                        class_counts=_class_counts(labels, spec.num_classes),
-                                       shards=shards)
-    images = splits["train"][0]
+                                       shards=[infos[s.name] for s in plan if s.split == split])
+    image_shape = tuple(splits["train"].images.shape[1:])
     manifest = Manifest(dataset=spec.name, source=source, seed=config.seed, plan_id=pid,
-                        image_shape=list(images.shape[1:]), num_classes=spec.num_classes,
-                        normalization=_normalization(spec, config, images),
+                        image_shape=list(image_shape), num_classes=spec.num_classes,
+                        normalization=_normalization(spec, config, split_infos["train"].shards,
+                                                     image_shape),
                         compression=config.compression, chunk_rows=config.chunk_rows,
                         splits=split_infos)
     path = output / MANIFEST_NAME
@@ -191,15 +174,15 @@ def preprocess(source: str, output: str | os.PathLike, config: PreprocessConfig 
 
     shard_index=None writes every shard then the manifest; shard_index=i writes global shard i
     (train shards first, then validation, then test) and the manifest too if it was the last
-    one missing; finalize_only writes only the manifest and raises UserError if a shard is
-    missing. A re-run skips shards that verify and repairs the rest.
+    one missing; finalize_only checks every shard's sha256 and writes only the manifest, raising
+    UserError if a shard is missing. A re-run skips shards that verify and repairs the rest.
     """
     config = config or PreprocessConfig()
     spec = get_dataset(config.dataset)
     raw = spec.load(source)
     splits = split_data(raw, config)
-    plan = plan_shards(config, {s: len(splits[s][1]) for s in SPLITS})
-    pid = plan_id(config, splits)
+    plan = plan_shards(config, {s: len(splits[s]) for s in SPLITS})
+    pid = plan_id(config, raw, splits)
     output = Path(output)  # created only once the input has proved readable
     output.mkdir(parents=True, exist_ok=True)
     result = PreprocessResult()
@@ -214,12 +197,13 @@ def preprocess(source: str, output: str | os.PathLike, config: PreprocessConfig 
 
         show = sys.stderr.isatty() if progress is None else progress
         for shard in tqdm(todo, desc="shards", unit="shard", disable=not show):
-            if ensure_shard(output, shard, splits, config, spec, pid):
+            if ensure_shard(output, shard, splits[shard.split], config, spec, pid):
                 result.written.append(shard.name)
             else:
                 result.skipped.append(shard.name)
 
-    result.manifest, result.missing = finalize(output, plan, config, spec, pid, raw.source, splits)
+    result.manifest, result.missing = finalize(output, plan, config, spec, pid, raw.source,
+                                               splits, verify=finalize_only)
     if result.manifest is None and (finalize_only or shard_index is None):
         raise UserError(f"cannot write the manifest: {len(result.missing)} shard(s) missing or "
                         f"not verified ({', '.join(result.missing[:5])}"

@@ -14,13 +14,20 @@ from itwinai_hpc.errors import UserError
 
 @dataclass
 class RawData:
-    """A data set as read from its source: train (incl. what becomes validation) and test."""
+    """A data set as read from its source: train (incl. what becomes validation) and test.
 
-    train_images: np.ndarray  # uint8 N×H×W
-    train_labels: np.ndarray  # int64 N
+    The image arrays may be memory-mapped (np.memmap): preprocessing takes rows from them block
+    by block and never holds a whole array, so a source larger than memory is fine. A source
+    that yields records should write them to a file once and map it (as IDX files are)."""
+
+    train_images: np.ndarray  # uint8 N×H×W, in memory or memory-mapped
+    train_labels: np.ndarray  # integer N (held in memory: a few bytes a sample)
     test_images: np.ndarray
     test_labels: np.ndarray
     source: str  # a sentence saying where it came from, written into the manifest
+    # A cheap identity of the source's content (e.g. file names, sizes, mtimes) that changes
+    # whenever the content does; None: the shard plan hashes the images themselves.
+    fingerprint: str | None = None
 
 
 @dataclass

@@ -1,25 +1,28 @@
 """The on-disk format: HDF5 shards (`images` uint8 N×H×W, `labels` int64), their sidecars and
-the manifest, written atomically and byte-for-byte reproducibly. It knows no data set and no
-scheduler; preprocess.py decides what goes into which shard.
+the manifest; shards written block by block and byte-for-byte reproducibly, and read back only
+after their bytes matched the manifest's sha256. It knows no data set and no scheduler;
+preprocess.py decides what goes into which shard, the reader which rows it needs.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import socket
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
+from itwinai_hpc import atomic
 from itwinai_hpc.errors import UserError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "itwinai-hpc-shards/1"
 COMPRESSIONS = ("none", "gzip", "lzf")
+_READ_BLOCK = 1 << 22
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -34,80 +37,51 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
+def sha256_file(path: Path | BinaryIO) -> str:
+    """sha256 of a file, read in 4 MiB blocks (memory stays constant whatever its size)."""
+    if not hasattr(path, "readinto"):
+        with open(path, "rb") as f:
+            return sha256_file(f)
+    h, buffer = hashlib.sha256(), bytearray(_READ_BLOCK)
+    view = memoryview(buffer)
+    while n := path.readinto(buffer):
+        h.update(view[:n])
     return h.hexdigest()
 
 
-def build_shard(images: np.ndarray, labels: np.ndarray, *, split: str, compression: str,
-                chunk_rows: int) -> bytes:
-    """The complete HDF5 file for one shard, as bytes. Built in memory so that its sha256 is
-    known before anything touches the disk, and identical for identical input: no timestamps
-    (track_times=False), no attributes that vary."""
+def write_shard(path: Path, image_blocks: Iterable[np.ndarray], labels: np.ndarray, *,
+                image_shape: tuple[int, ...], split: str, compression: str,
+                chunk_rows: int) -> None:
+    """Write one shard file at `path` from uint8 image blocks (in row order, together
+    len(labels) rows; every block but the last a multiple of chunk_rows rows), holding one block
+    at a time. Identical input gives identical bytes whatever the block sizes: no timestamps
+    (track_times=False), no varying attributes, whole chunks written in row order, images
+    before labels."""
     import h5py
 
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
-    rows = max(1, min(chunk_rows, len(images)))
+    n = len(labels)
+    rows = max(1, min(chunk_rows, n))
     options = {} if compression == "none" else {"compression": compression}
-    buffer = io.BytesIO()
-    with h5py.File(buffer, "w") as f:
+    with h5py.File(path, "w") as f:
         # Whole-row-block chunks: a reader slicing contiguous rows touches whole chunks only.
-        f.create_dataset("images", data=np.ascontiguousarray(images, dtype=np.uint8),
-                         chunks=(rows, *images.shape[1:]), track_times=False, **options)
-        f.create_dataset("labels", data=np.ascontiguousarray(labels, dtype=np.int64),
-                         chunks=(rows,), track_times=False, **options)
+        images = f.create_dataset("images", shape=(n, *image_shape), dtype=np.uint8,
+                                  chunks=(rows, *image_shape), track_times=False, **options)
+        stored = f.create_dataset("labels", shape=(n,), dtype=np.int64, chunks=(rows,),
+                                  track_times=False, **options)
+        at = 0
+        for block in image_blocks:
+            images[at:at + len(block)] = block
+            at += len(block)
+        if at != n:
+            raise ValueError(f"{at} image rows for {n} labels")
+        stored[:] = np.ascontiguousarray(labels, dtype=np.int64)
         f.attrs["split"] = split
-    return buffer.getvalue()
-
-
-def _tmp_name(path: Path) -> Path:
-    # Host and pid in the name: two array tasks (or a requeued one) never share a temporary.
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` so that `path` either keeps its old content or holds all of `data`."""
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Delete temporaries of `path` left by killed processes on this host (never a live one's)."""
-    host = socket.gethostname()
-    for tmp in path.parent.glob(f".{path.name}.{host}.*.tmp"):
-        pid = tmp.name[len(f".{path.name}.{host}."):-len(".tmp")]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except PermissionError:
-            pass  # alive, someone else's
 
 
 def write_json(path: Path, obj: dict) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic.write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 @dataclass
@@ -118,7 +92,15 @@ class ShardInfo:
     num_samples: int
     class_counts: list[int]
     sha256: str
-    plan_id: str = ""  # the preprocessing plan that produced it (sidecars only)
+    num_bytes: int = 0  # file size; 0 in manifests written before it was recorded
+    # Sidecars only (never in the manifest): the plan that produced the shard, and the sums of
+    # its pixels and squared pixels, so "computed" normalisation needs no second pass.
+    plan_id: str = ""
+    pixel_sum: int = 0
+    pixel_sq_sum: int = 0
+
+
+SIDECAR_ONLY = ("plan_id", "pixel_sum", "pixel_sq_sum")
 
 
 @dataclass
@@ -148,7 +130,8 @@ class Manifest:
         d.pop("path")
         for split in d["splits"].values():
             for shard in split["shards"]:
-                shard.pop("plan_id")
+                for key in SIDECAR_ONLY:
+                    shard.pop(key)
         return d
 
     def shard_path(self, shard: ShardInfo) -> Path:
@@ -181,3 +164,42 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     except (TypeError, KeyError, AttributeError) as e:
         raise UserError(f"manifest is malformed ({e}); rerun preprocess to rewrite it",
                         file=str(path)) from None
+
+
+def read_shard(path: Path, shard: ShardInfo, ranges: list[tuple[int, int]], *,
+               verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Rows `ranges` ([(lo, hi), ...] within the shard, in that order) of one shard, after its
+    bytes matched `shard.sha256` (verify=True). Peak memory: the rows returned, never the file.
+
+    The checksum pass reads the file through one descriptor and HDF5 then reads that same
+    descriptor's inode (/proc/self/fd), so a shard replaced in between cannot slip through."""
+    import h5py
+
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise UserError("shard listed in the manifest is missing; rerun preprocess to repair "
+                        "it", file=str(path)) from None
+    with f:
+        if verify and sha256_file(f) != shard.sha256:
+            raise UserError("shard was modified or corrupted: its sha256 does not match the "
+                            "manifest; rerun preprocess to repair it", file=str(path))
+        same_inode = Path(f"/proc/self/fd/{f.fileno()}")
+        try:
+            with h5py.File(same_inode if same_inode.exists() else path, "r") as h5:
+                images, labels = h5["images"], h5["labels"]
+                n = images.shape[0]
+                if n != shard.num_samples or labels.shape != (n,):
+                    raise UserError(f"shard holds {n} images, the manifest says "
+                                    f"{shard.num_samples}", file=str(path))
+                parts = [(images[lo:hi], labels[lo:hi]) for lo, hi in ranges]
+                empty = np.empty((0, *images.shape[1:]), np.uint8), np.empty((0,), np.int64)
+        except (OSError, KeyError) as e:
+            raise UserError(f"not a readable shard ({e}); rerun preprocess",
+                            file=str(path)) from None
+    if not parts:
+        return empty
+    if len(parts) == 1:
+        return parts[0][0], parts[0][1].astype(np.int64, copy=False)
+    return (np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]).astype(np.int64, copy=False))
