@@ -41,6 +41,15 @@ def cmd_validate(args) -> int:
         r = job.resources
         print(f"  {job.index:>2}. {job.name:<16} {job.launcher:<9} nodes={r.nodes}"
               f" gpus-per-node={r.gpus_per_node}{after}")
+        # Lists after defaults < step (they extend unless the step says {replace: [...]}).
+        merged = {"setup": job.setup, "node-setup": job.node_setup,
+                  "extra-sbatch": r.extra_sbatch,
+                  "container.binds": job.container.binds if job.container else (),
+                  "launch.srun-args": job.launch.srun_args,
+                  "launch.torchrun-args": job.launch.torchrun_args}
+        for key, items in merged.items():
+            if items:
+                print(f"      {key}: {' '.join(shlex.quote(i) for i in items)}")
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import heapq
 
 from .errors import UserError
-from .schema import Workflow, merge
+from .schema import Workflow, list_items, merge
 from .validation import did_you_mean, dotted
 from .yamlsrc import YamlDoc
 
@@ -49,6 +49,14 @@ def check_graph(wf: Workflow, doc: YamlDoc) -> list[UserError]:
                 "the time limit ends the job before it is requeued")
         if step.requeue and step.array:
             err(("steps", i, "requeue"), "requeue is not supported for job arrays")
+        resources = merge(wf.defaults.resources, step.resources)
+        gpu_flags = [f for f in list_items(resources.extra_sbatch)
+                     if f.split("=", 1)[0] in ("--gres", "--gpus", "--gpus-per-task")
+                     and (f.startswith("--gpus") or "gpu" in f)]
+        if gpu_flags and resources.gpus_per_node:
+            err(("steps", i, "resources", "extra-sbatch"), f"{gpu_flags[0]} asks for GPUs "
+                "again, beside resources.gpus-per-node (two requests SLURM may add up or "
+                "refuse); use gpus-per-node, with gpu-flag: gres for the --gres=gpu:N form")
         if step.launcher == "torchrun" and (step.resources.ntasks_per_node or 1) != 1:
             err(("steps", i, "resources", "ntasks-per-node"), "with launcher 'torchrun' there is "
                 "one torchrun agent per node; set nproc-per-node for the processes per node")

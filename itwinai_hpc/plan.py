@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from . import layout
 from .graph import topological_order
-from .planned import PlannedContainer, PlannedRequeue, PlannedResources, PlannedStep
-from .schema import Container, Resources, Workflow, merge
+from .planned import (PlannedContainer, PlannedLaunch, PlannedRequeue, PlannedResources,
+                      PlannedStep)
+from .schema import (Container, Launch, Resources, Workflow, list_items, merge,
+                     merge_lists)
 
 
 def plan(wf: Workflow) -> list[PlannedStep]:
@@ -18,10 +20,11 @@ def plan(wf: Workflow) -> list[PlannedStep]:
     planned = []
     for i, name in enumerate(order, start=1):
         step = by_name[name]
-        res = _resources(merge(wf.defaults.resources, step.resources))
-        container = _resolve_container(wf.defaults.container, step.container,
-                                       gpus=res.gpus_per_node)
-        env = {**_strs(wf.defaults.env), **_strs(step.env)}
+        d = wf.defaults
+        res = _resources(merge(d.resources, step.resources))
+        container = _resolve_container(d.container, step.container, gpus=res.gpus_per_node)
+        env = {**_strs(d.env), **_strs(step.env)}
+        nproc = step.nproc_per_node or (res.gpus_per_node or 1)
         requeue = None
         if step.requeue:
             r = step.requeue
@@ -34,9 +37,32 @@ def plan(wf: Workflow) -> list[PlannedStep]:
             launcher=step.launcher, command=step.command,
             args=tuple(_str(a) for a in step.args), resources=res, container=container,
             env=tuple(env.items()), array=None if step.array is None else str(step.array),
-            nproc_per_node=step.nproc_per_node or (res.gpus_per_node or 1),
-            requeue=requeue, description=step.description))
+            nproc_per_node=nproc, requeue=requeue, description=step.description,
+            launch=_launch(merge(d.launch, step.launch)),
+            setup=tuple(merge_lists(d.setup, step.setup) or ()),
+            node_setup=tuple(merge_lists(d.node_setup, step.node_setup) or ()),
+            runtime_env=tuple({**(d.runtime_env or {}), **(step.runtime_env or {})}.items()),
+            omp_num_threads=_omp_threads(res, step.launcher, nproc, env)))
     return planned
+
+
+def _omp_threads(res: PlannedResources, launcher: str, nproc: int,
+                 env: dict[str, str]) -> int | None:
+    """OpenMP threads per process: the task's CPUs shared by the processes torchrun starts in
+    it (PyTorch's own default would use every core of the node in every process)."""
+    if "OMP_NUM_THREADS" in env or not res.cpus_per_task:
+        return None
+    return max(1, res.cpus_per_task // (nproc if launcher == "torchrun" else 1))
+
+
+def _launch(launch: Launch | None) -> PlannedLaunch:
+    if launch is None:
+        return PlannedLaunch()
+    prefix, _, suffix = (launch.rdzv_host or "{node}").partition("{node}")
+    return PlannedLaunch(torchrun=launch.torchrun or "torchrun",
+                         torchrun_args=tuple(list_items(launch.torchrun_args)),
+                         srun_args=tuple(list_items(launch.srun_args)),
+                         rdzv_prefix=prefix, rdzv_suffix=suffix)
 
 
 def _resources(r: Resources) -> PlannedResources:
@@ -44,7 +70,8 @@ def _resources(r: Resources) -> PlannedResources:
         nodes=r.nodes or 1, ntasks_per_node=r.ntasks_per_node or 1,
         gpus_per_node=r.gpus_per_node or 0, cpus_per_task=r.cpus_per_task, mem=r.mem,
         time=r.time, partition=r.partition, account=r.account, qos=r.qos,
-        constraint=r.constraint, extra_sbatch=tuple(r.extra_sbatch or ()))
+        constraint=r.constraint, extra_sbatch=tuple(list_items(r.extra_sbatch)),
+        gpu_flag=r.gpu_flag or "gpus-per-node")
 
 
 def _resolve_container(default, step, gpus: int) -> PlannedContainer | None:
@@ -54,9 +81,9 @@ def _resolve_container(default, step, gpus: int) -> PlannedContainer | None:
     if c is None or not c.image:
         return None
     return PlannedContainer(runtime=c.runtime or "apptainer", image=c.image,
-                            binds=tuple(c.binds or ()), env=tuple(_strs(c.env).items()),
+                            binds=tuple(list_items(c.binds)), env=tuple(_strs(c.env).items()),
                             gpu=c.gpu if c.gpu is not None else gpus > 0,
-                            options=tuple(c.options or ()))
+                            options=tuple(list_items(c.options)))
 
 
 def _str(v) -> str:

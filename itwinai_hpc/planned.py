@@ -4,7 +4,7 @@ plan.py makes PlannedSteps from a workflow; render.py renders scripts from them;
 them (`to_dict`/`from_dict`), so backends, `status`, `resume` and the ML steps read the plan from
 the run folder and never load the workflow again. Pure data: no I/O, no workflow schema.
 
-Environment values (`env`, `container.env`) are rendered into the scripts but not stored in
+Environment values (`env`, `runtime-env`, `container.env`) are rendered into the scripts but not stored in
 run.json: status and the backends never need them, and run.json is read by more tools.
 """
 
@@ -31,6 +31,7 @@ class PlannedResources:
     qos: str | None = None
     constraint: str | None = None
     extra_sbatch: tuple[str, ...] = ()
+    gpu_flag: str = "gpus-per-node"     # or "gres": --gres=gpu:N
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,17 @@ class PlannedRequeue:
 
 
 @dataclass(frozen=True)
+class PlannedLaunch:
+    """How the launcher is invoked (site needs beyond the default recipe)."""
+
+    torchrun: str = "torchrun"
+    torchrun_args: tuple[str, ...] = ()
+    srun_args: tuple[str, ...] = ()
+    rdzv_prefix: str = ""               # the rendezvous host is prefix + node name + suffix
+    rdzv_suffix: str = ""
+
+
+@dataclass(frozen=True)
 class PlannedStep:
     index: int                       # 1-based position in dependency order
     name: str                        # the step name
@@ -69,6 +81,11 @@ class PlannedStep:
     nproc_per_node: int = 1
     requeue: PlannedRequeue | None = None
     description: str | None = None
+    launch: PlannedLaunch = field(default_factory=PlannedLaunch)
+    setup: tuple[str, ...] = ()         # batch shell, before the launch
+    node_setup: tuple[str, ...] = ()    # each srun task (torchrun: each node), before the command
+    runtime_env: tuple[tuple[str, str], ...] = ()   # expanded at run time ($NAME only)
+    omp_num_threads: int | None = None  # derived from cpus-per-task unless env sets it
 
     @property
     def local_script(self) -> str:
@@ -87,6 +104,7 @@ class PlannedStep:
         """JSON-ready, without environment values."""
         d = asdict(self)
         d.pop("env")
+        d.pop("runtime_env")
         if d["container"]:
             d["container"].pop("env")
         d["log_pattern"] = self.log_pattern
@@ -105,6 +123,9 @@ class PlannedStep:
             d["container"] = _build(PlannedContainer, d["container"])
         if d.get("requeue"):
             d["requeue"] = _build(PlannedRequeue, d["requeue"])
+        d["launch"] = _build(PlannedLaunch, d.get("launch") or {})
+        for key in ("setup", "node_setup"):
+            d[key] = tuple(d.get(key, ()))
         return cls(**d)
 
 

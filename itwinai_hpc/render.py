@@ -27,6 +27,7 @@ from .backends.slurm_env import KEEP_SLURM_ENV
 from .plan import plan
 from .planned import PlannedStep
 from .runs import RunManifest, default_runs_dir, new_run_id
+from .schema import _StepSettings
 from .workflow import LoadedWorkflow, read_workflow, resolve_workflow, workflow_name
 # Paths end up on #SBATCH lines, which sbatch splits itself: no quoting can protect them there.
 SBATCH_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@%:,=-]+$")
@@ -64,8 +65,38 @@ def template_env(templates_dir: str | Path | None = None) -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, autoescape=False)
     env.filters["shq"] = shell_quote
     env.filters["comment"] = comment_safe
-    env.globals["layout"] = layout
+    env.globals.update(layout=layout, runtime_exports=runtime_exports, task_setup=task_setup)
     return env
+
+
+def runtime_exports(job: PlannedStep, indent: int = 0) -> str:
+    """runtime-env as `export NAME="value"` lines: values hold only $NAME / ${NAME} (schema.py
+    refuses quotes, backslashes, backticks and $(...)), so double quotes expand exactly those."""
+    return "\n".join(f'{" " * indent}export {name}="{value}"' for name, value in job.runtime_env)
+
+
+def task_setup(job: PlannedStep, indent: int = 2) -> str:
+    """What runs in each srun task (torchrun: each node) before the command: the node-setup
+    lines, then runtime-env again, so $SLURM_NODEID and friends are that task's."""
+    lines = [" " * indent + line for line in job.node_setup]
+    exports = runtime_exports(job, indent)
+    return "\n".join(lines + ([exports] if exports else []))
+
+
+def bind_sources_for(run_dir: str, workdir: str):
+    """A template function: a container's bind sources split into (create, require). Folders
+    in the run folder or under the working directory are the workflow's own, and may not exist
+    yet (data, MLflow store): they are created. Anything else (a site library file, read-only
+    data) must exist; creating it would fail on a file, or hide a typo."""
+    owned = (run_dir.rstrip("/") + "/", workdir.rstrip("/") + "/")
+
+    def split(binds) -> tuple[list[str], list[str]]:
+        create, require = [], []
+        for bind in binds:
+            source = bind.split(":", 1)[0]
+            (create if (source.rstrip("/") + "/").startswith(owned) else require).append(source)
+        return create, require
+    return split
 
 
 @dataclass
@@ -137,6 +168,7 @@ def render_run(loaded: LoadedWorkflow, *, templates_dir: str | Path | None = Non
     wf = loaded.workflow
     steps = plan(wf)
     env = template_env(templates_dir)
+    env.globals["bind_sources"] = bind_sources_for(str(run_dir), str(workdir))
     common = dict(run_id=run_id, run_dir=str(run_dir), workdir=str(workdir),
                   workflow_name=wf.name, workflow_file=str(loaded.path.absolute()),
                   version=__version__, command_line=command_line or "(library call)",
@@ -170,8 +202,18 @@ def resolved_workflow_yaml(loaded: LoadedWorkflow) -> str:
               + "\n")
     body = loaded.workflow.model_dump(mode="json", by_alias=True, exclude_none=True,
                                       exclude_defaults=True)
+    # The settings shared by defaults and steps come last in each, as people write them.
+    if "defaults" in body:
+        body["defaults"] = _settings_last(body["defaults"])
+    body["steps"] = [_settings_last(step) for step in body["steps"]]
     return header + yaml.safe_dump(_escape_vars(body), sort_keys=False,
                                    default_flow_style=False, width=1000)
+
+
+def _settings_last(section: dict) -> dict:
+    shared = [f.alias or n for n, f in _StepSettings.model_fields.items()]
+    return {**{k: v for k, v in section.items() if k not in shared},
+            **{k: v for k, v in section.items() if k in shared}}
 
 
 def _escape_vars(node):

@@ -1,7 +1,7 @@
 """The workflow file's schema: typed models whose fields (with their defaults) are the whole format.
 
-Every value that ends up on an `#SBATCH` line is checked here against a strict pattern, because
-sbatch reads those lines itself and shell quoting does not apply there. Pure: no I/O.
+Values that reach `#SBATCH` lines are checked in sbatch_fields.py; list fields and the merge of
+defaults < step are in schema_base.py. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -9,86 +9,52 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import Field, StrictBool, StrictInt, field_validator
 
 from . import slurm_syntax
+from .sbatch_fields import OWNED_SBATCH_FLAGS, Resources  # noqa: F401  (re-exported)
+from .schema_base import (ENV_NAME, ListField, ListReplace, Scalar, _Model,  # noqa: F401
+                          check_env, list_items, merge, merge_lists)
 
 SAFE_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
-SLURM_WORD = r"^[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*$"         # partition, account, qos lists
-CONSTRAINT = r"^[A-Za-z0-9_.,&|\[\]*:()!-]+$"
-MEM = r"^\d+[KMGT]?$"
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SBATCH_FLAG = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:/@%+=&|\[\]*()!-]*)?$")
-
-# Flags that itwinai-hpc sets itself: passing them through would fight the generated script.
-OWNED_SBATCH_FLAGS = {
-    "--job-name": "the job name is <workflow>.<step>",
-    "--output": "logs go to the run folder as %x-%j.out",
-    "--error": "stderr goes with stdout into the run folder's log",
-    "--dependency": "dependencies come from the step's 'needs'",
-    "--kill-on-invalid-dep": "itwinai-hpc always sets it, so a failed step cancels its dependents",
-    "--chdir": "the working directory is the one itwinai-hpc was run from",
-    "--parsable": "it is an option of the sbatch command line, not of the job",
-    "--array": "use the step's 'array' field",
-    "--comment": "itwinai-hpc tags the run's jobs with it",
-    "--nodes": "use resources.nodes",
-    "--ntasks-per-node": "use resources.ntasks-per-node",
-    "--cpus-per-task": "use resources.cpus-per-task",
-    "--gpus-per-node": "use resources.gpus-per-node",
-    "--partition": "use resources.partition",
-    "--account": "use resources.account",
-    "--time": "use resources.time",
-    "--mem": "use resources.mem",
-    "--constraint": "use resources.constraint",
-    "--qos": "use resources.qos",
-}
-
-Scalar = Union[StrictBool, StrictInt, float, str]
+# $NAME and ${NAME} only: what `runtime-env` values may expand when the job runs.
+RUNTIME_VALUE = re.compile(r"^(?:[^$`\\\"\n]|\$[A-Za-z_][A-Za-z0-9_]*|\$\{[A-Za-z_][A-Za-z0-9_]*\})*$")
 
 
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
+class Launch(_Model):
+    """How a launcher is invoked: what sites need beyond the tested default recipe."""
 
+    # The command that starts torchrun: 'torchrun', 'python -m torch.distributed.run' (CSCS,
+    # with venvs), 'torchrun_jsc' (JSC)...
+    torchrun: str | None = None
+    torchrun_args: ListField = None
+    srun_args: ListField = None
+    # The rendezvous host from a node name, e.g. '{node}i' for JSC's InfiniBand names.
+    rdzv_host: str | None = None
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=_kebab, populate_by_name=False,
-                              frozen=True)
-
-
-class Resources(_Model):
-    """SLURM resources. Every field is optional here; defaults < defaults.resources < step."""
-
-    partition: Annotated[str, Field(pattern=SLURM_WORD)] | None = None
-    account: Annotated[str, Field(pattern=SLURM_WORD)] | None = None
-    qos: Annotated[str, Field(pattern=SLURM_WORD)] | None = None
-    time: str | StrictInt | None = None
-    nodes: Annotated[StrictInt, Field(ge=1)] | None = None
-    ntasks_per_node: Annotated[StrictInt, Field(ge=1)] | None = None
-    gpus_per_node: Annotated[StrictInt, Field(ge=0)] | None = None
-    cpus_per_task: Annotated[StrictInt, Field(ge=1)] | None = None
-    mem: Annotated[str, Field(pattern=MEM)] | None = None
-    constraint: Annotated[str, Field(pattern=CONSTRAINT)] | None = None
-    extra_sbatch: list[str] | None = None
-
-    @field_validator("time")
+    @field_validator("torchrun")
     @classmethod
-    def _time(cls, v: str | int | None) -> str | None:
-        if v is None:
-            return None
-        slurm_syntax.time_seconds(v)        # raises ValueError with the reason
-        return str(v)
+    def _torchrun(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_./+-]+( [A-Za-z0-9_./+-]+)*", v):
+            raise ValueError(f"{v!r} is not a plain command (words of letters, digits and "
+                             "._/+-, e.g. 'python -m torch.distributed.run')")
+        return v
 
-    @field_validator("extra_sbatch")
+    @field_validator("rdzv_host")
     @classmethod
-    def _extra(cls, flags: list[str] | None) -> list[str] | None:
-        for flag in flags or []:
-            name = flag.split("=", 1)[0]
-            if name in OWNED_SBATCH_FLAGS:
-                raise ValueError(f"'{name}' is set by itwinai-hpc: {OWNED_SBATCH_FLAGS[name]}")
-            if not SBATCH_FLAG.fullmatch(flag):
-                raise ValueError(f"'{flag}' is not a long sbatch option like '--exclusive' or "
-                                 "'--reservation=NAME' (no spaces, quotes or shell characters)")
-        return flags
+    def _rdzv_host(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9._-]*\{node\}[A-Za-z0-9._-]*", v):
+            raise ValueError(f"{v!r} must name the node as {{node}}, with a plain prefix or "
+                             "suffix, e.g. '{node}i' (JSC's InfiniBand names)")
+        return v
+
+    @field_validator("torchrun_args", "srun_args")
+    @classmethod
+    def _options(cls, opts):
+        for opt in list_items(opts):
+            if not opt.startswith("-"):
+                raise ValueError(f"'{opt}' is not an option (it must start with '-')")
+        return opts
 
 
 class Container(_Model):
@@ -96,44 +62,67 @@ class Container(_Model):
 
     image: Annotated[str, Field(min_length=1)] | None = None
     runtime: Literal["apptainer", "singularity"] | None = None
-    binds: list[str] | None = None
+    binds: ListField = None
     env: dict[str, Scalar] | None = None
     gpu: StrictBool | None = None   # None: --nv exactly when the step asks for GPUs
-    options: list[str] | None = None
+    options: ListField = None
 
     @field_validator("env")
     @classmethod
     def _env(cls, env: dict | None) -> dict | None:
-        return _check_env(env)
+        return check_env(env)
 
     @field_validator("options")
     @classmethod
-    def _options(cls, opts: list[str] | None) -> list[str] | None:
-        for opt in opts or []:
+    def _options(cls, opts):
+        for opt in list_items(opts):
             if not opt.startswith("-"):
                 raise ValueError(f"'{opt}' is not an option (it must start with '-')")
         return opts
 
 
-def _check_env(env: dict | None) -> dict | None:
-    for key in env or {}:
-        if not ENV_NAME.fullmatch(key):
-            raise ValueError(f"'{key}' is not a valid environment variable name")
-    return env
-
-
 ContainerField = Union[Literal["none"], Container, None]
 
 
-class Defaults(_Model):
-    resources: Resources = Resources()
-    container: ContainerField = None
+class _StepSettings(_Model):
+    """What defaults and a step may both set; the step's win (lists extend, see ListField)."""
+
     env: dict[str, Scalar] | None = None
+    # Values expanded when the job runs ($NAME / ${NAME} only), in the batch shell and again in
+    # each srun task (so $SLURM_NODEID, $USER, $PATH mean that task's).
+    runtime_env: dict[str, str] | None = None
+    # Shell lines run in the batch shell before the launch (module load, source venv, ...).
+    setup: ListField = None
+    # Shell lines run once in each srun task (torchrun: once per node) before the command.
+    node_setup: ListField = None
+    launch: Launch | None = None
 
     @field_validator("env")
     @classmethod
     def _env(cls, env: dict | None) -> dict | None:
-        return _check_env(env)
+        return check_env(env)
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _runtime_env(cls, env: dict | None) -> dict | None:
+        for key, value in check_env(env or {}).items():
+            if not RUNTIME_VALUE.fullmatch(value):
+                raise ValueError(f"runtime-env.{key}: {value!r} may refer to variables only as "
+                                 "$NAME or ${NAME} (no quotes, backslashes, backticks or $(...))")
+        return env
+
+    @field_validator("setup", "node_setup")
+    @classmethod
+    def _lines(cls, lines):
+        for line in list_items(lines):
+            if "\n" in line.strip():
+                raise ValueError("each setup entry is one shell line")
+        return lines
+
+
+class Defaults(_StepSettings):
+    resources: Resources = Resources()
+    container: ContainerField = None
 
 
 class Requeue(_Model):
@@ -148,7 +137,7 @@ class Requeue(_Model):
     max_requeues: Annotated[StrictInt, Field(ge=1)] = 10
 
 
-class Step(_Model):
+class Step(_StepSettings):
     """A step as written in the workflow file (plan.py turns it into a PlannedStep)."""
 
     name: Annotated[str, Field(pattern=SAFE_NAME)]
@@ -162,12 +151,6 @@ class Step(_Model):
     requeue: Requeue | None = None
     resources: Resources = Resources()
     container: ContainerField = None
-    env: dict[str, Scalar] | None = None
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, env: dict | None) -> dict | None:
-        return _check_env(env)
 
     @field_validator("array", mode="before")
     @classmethod
@@ -205,15 +188,3 @@ class Workflow(_Model):
             if not ENV_NAME.fullmatch(key):
                 raise ValueError(f"'{key}' is not a valid variable name (letters, digits, _)")
         return v
-
-
-
-def merge(base, override):
-    """Field-wise merge of two models of the same type: fields set in `override` win."""
-    if base is None:
-        return override
-    if override is None:
-        return base
-    values = base.model_dump(exclude_none=True, by_alias=True)
-    values.update(override.model_dump(exclude_none=True, by_alias=True))
-    return type(base).model_validate(values)

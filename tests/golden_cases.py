@@ -21,6 +21,9 @@ CASES = {
                                                     "defaults.resources.partition=booster",
                                                     "defaults.resources.account=my-project")),
     "mnist-inference": (MNIST_INFER, ()),
+    # setup, node-setup, runtime-env, launch (torchrun command and args, srun args, rendezvous
+    # host), --gres GPUs, file binds, srun DDP
+    "site-launch": (Path(__file__).parent / "golden_inputs" / "site-launch.yml", ()),
 }
 
 

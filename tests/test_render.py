@@ -96,7 +96,7 @@ def test_user_templates_replace_single_builtin_templates(tmp_path):
 def test_torchrun_launch_follows_the_tested_recipe():
     script = render_fixed(MNIST_TRAIN, ["steps.train.resources.nodes=2",
                                         "steps.train.resources.gpus-per-node=4"]).files["02-train.sbatch"]
-    assert 'HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in script
+    assert 'HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)' in script
     assert "PORT=$((20000 + SLURM_JOB_ID % 10000))" in script
     assert '--nnodes="$SLURM_NNODES" --nproc-per-node=4' in script
     assert '--rdzv-backend=c10d --rdzv-endpoint="$HEAD:$PORT" --rdzv-id="$SLURM_JOB_ID"' in script
@@ -134,7 +134,25 @@ def lint_cases(tmp_path: Path) -> dict[str, str]:
         "     needs: [shards, tasks], container: {image: i.sif, env: {A: 1}, options: [--cleanenv]},\n"
         "     requeue: {before-limit: 600}}\n"
         "  - {name: long, command: ./long.sh, requeue: {}, needs: [ddp]}\n"
-        "  - {name: wide, command: ./wide.sh, launcher: srun, requeue: {grace: 60}, needs: [ddp]}\n")
+        "  - {name: wide, command: ./wide.sh, launcher: srun, requeue: {grace: 60}, needs: [ddp]}\n"
+        "  - name: site\n"
+        "    needs: [ddp]\n"
+        "    launcher: torchrun\n"
+        "    command: python -m train\n"
+        "    container: {image: i.sif, binds: [/usr/lib64/libcxi.so.1, /scratch/data]}\n"
+        "    setup: ['module load Stages/2025', 'source /opt/venv/bin/activate']\n"
+        "    node-setup: ['ulimit -c 0']\n"
+        "    runtime-env: {MIOPEN_USER_DB_PATH: '/tmp/$USER-$SLURM_NODEID', PATH: '/x:$PATH'}\n"
+        "    launch: {torchrun: python -m torch.distributed.run, rdzv-host: '{node}i',\n"
+        "             torchrun-args: [--numa-binding=exclusive], srun-args: [--cpu-bind=none]}\n"
+        "    resources: {nodes: 2, cpus-per-task: 16, gpus-per-node: 4, gpu-flag: gres}\n"
+        "  - name: tasks2\n"
+        "    needs: [site]\n"
+        "    launcher: srun\n"
+        "    command: ./t.sh\n"
+        "    node-setup: ['export X=1']\n"
+        "    runtime-env: {Y: '$${HOME}/y'}\n"
+        "    launch: {srun-args: ['--mpi=pmix_v3'], rdzv-host: 'ib-{node}'}\n")
     for name, text in render_fixed(variety).files.items():
         if name.endswith((".sbatch", ".sh")):
             scripts[f"variety/{name}"] = text

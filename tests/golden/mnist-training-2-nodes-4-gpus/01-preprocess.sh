@@ -43,8 +43,12 @@ if ! command -v apptainer >/dev/null 2>&1; then
   echo "[itwinai-hpc] 'apptainer' not found on $(hostname): load the module that provides it, or set 'container: none' for this step" >&2
   exit 127
 fi
-# Bind sources must exist before the container starts; outputs (data, MLflow store) may not yet.
-mkdir -p -- "$ITWINAI_HPC_RUN_DIR" /work/project/data/mnist /work/project/mlruns
+# Bind sources must exist before the container starts. The run folder and folders under the
+# working directory are the workflow's own (outputs may not exist yet): created if missing.
+owned=("$ITWINAI_HPC_RUN_DIR" /work/project/data/mnist /work/project/mlruns)
+for source in "${owned[@]}"; do
+  [[ -e $source ]] || mkdir -p -- "$source"
+done
 
 # Launcher: none (the command runs once, on this machine).
 apptainer exec --bind "$ITWINAI_HPC_RUN_DIR" --bind /work/project/data/mnist --bind /work/project/mlruns container/itwinai-hpc.sif \

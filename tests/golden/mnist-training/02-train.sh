@@ -44,8 +44,12 @@ if ! command -v apptainer >/dev/null 2>&1; then
   echo "[itwinai-hpc] 'apptainer' not found on $(hostname): load the module that provides it, or set 'container: none' for this step" >&2
   exit 127
 fi
-# Bind sources must exist before the container starts; outputs (data, MLflow store) may not yet.
-mkdir -p -- "$ITWINAI_HPC_RUN_DIR" /work/project/data/mnist /work/project/mlruns
+# Bind sources must exist before the container starts. The run folder and folders under the
+# working directory are the workflow's own (outputs may not exist yet): created if missing.
+owned=("$ITWINAI_HPC_RUN_DIR" /work/project/data/mnist /work/project/mlruns)
+for source in "${owned[@]}"; do
+  [[ -e $source ]] || mkdir -p -- "$source"
+done
 
 # Launcher: torchrun on this machine alone: 1 process(es); --standalone
 # picks a free rendezvous port itself, so two local runs do not collide.
