@@ -7,13 +7,14 @@ Pure: changes only the document it is given.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
 from .errors import UserError
 from .validation import did_you_mean
-from .yamlsrc import YamlDoc
+from .yamlsrc import YamlDoc, parse_value
 
 
 def apply_override(doc: YamlDoc, item: str) -> None:
@@ -22,8 +23,11 @@ def apply_override(doc: YamlDoc, item: str) -> None:
         raise UserError(f"'--set {item}' needs the form dotted.path=value, e.g. "
                         "steps.train.resources.nodes=4 or vars.data_dir=/scratch/x")
     dotted, raw = item.split("=", 1)
+    if not re.fullmatch(r" *[A-Za-z0-9_.-]+ *", dotted):
+        raise UserError(f"'--set {item!r}': the path {dotted!r} may hold letters, digits, "
+                        "'-', '_' and dots only")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_value(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     keys = [k for k in dotted.strip().split(".")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from typing import Any
 
 from .errors import UserError, UserErrors
@@ -18,6 +19,9 @@ from .yamlsrc import YamlDoc
 VAR_RE = re.compile(r"\$(\$?)\{([^}]*)\}")
 VAR_NAME = re.compile(r"^(env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.S)
 BUILTIN_VARS = ("workflow_dir", "workdir", "run_dir", "run_id")
+# Step fields that are raw shell, where substituted values are quoted (shlex.quote leaves a
+# plain path as it is, so "${workflow_dir}/x.py" in double quotes keeps working).
+SHELL_FIELDS = ("command",)
 
 
 def substitute_document(doc: YamlDoc, context: dict[str, str]) -> None:
@@ -69,8 +73,11 @@ def substitute_document(doc: YamlDoc, context: dict[str, str]) -> None:
             return node
         if isinstance(node, list):
             return [walk(v, path + (i,)) for i, v in enumerate(node)]
+        # `command` is the user's own shell: their text stays raw, but what a variable brings
+        # in (a folder name, an environment value) must arrive as one word, never as code.
+        shell = len(path) == 3 and path[0] == "steps" and path[2] in SHELL_FIELDS
         try:
-            return _subst_value(node, lookup_doc)
+            return _subst_value(node, lookup_doc, quote=shell)
         except _VarError as exc:
             file, line = doc.where(path)
             errors.append(UserError(str(exc), file=file, line=line, field=dotted(path, doc.data)))
@@ -105,16 +112,17 @@ def _lookup_builtin(name: str, context: dict[str, str], defined) -> Any:
                     f"{', '.join(known)}; write $${{{name}}} for a literal '${{{name}}}'")
 
 
-def _subst_value(value: Any, lookup) -> Any:
+def _subst_value(value: Any, lookup, quote: bool = False) -> Any:
     if not isinstance(value, str) or "${" not in value:
         return value
     whole = VAR_RE.fullmatch(value)
-    if whole and not whole.group(1):
+    if whole and not whole.group(1) and not quote:
         return lookup(whole.group(2))   # keeps the type: nodes: ${n} stays an int
 
     def repl(m: re.Match) -> str:
         if m.group(1):                  # $${x} -> literal ${x}
             return "${" + m.group(2) + "}"
-        return str(lookup(m.group(2)))
+        text = str(lookup(m.group(2)))
+        return shlex.quote(text) if quote else text
 
     return VAR_RE.sub(repl, value)

@@ -41,7 +41,7 @@ class LoadedWorkflow:
 
 def read_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> YamlDoc:
     """Parse `path` once and apply the --set overrides to the raw document."""
-    doc = load_yaml(path)
+    doc = load_yaml(path, keep_number_text=True)
     for item in overrides:
         apply_override(doc, item)
     return doc

@@ -1,10 +1,15 @@
 """Read a YAML file into plain Python data plus the line of every key, so errors can say where.
 
-Pure: no schema knowledge here (that is workflow.py's job).
+YAML 1.2 scalars (what the user wrote is what the job gets): only true/false are booleans,
+`12:00:00` and `NO` stay strings, `0644` is not octal 420. With keep_number_text (workflows) a
+number whose text is not its canonical form (`3.10`, `0644`, `1e3`) stays the text as written.
+Aliases, merge keys, explicit tags other than YAML's own and nesting deeper than MAX_DEPTH are
+refused: a 600-byte file must not be able to exhaust memory. Pure: no schema knowledge here.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +19,48 @@ import yaml
 from .errors import UserError
 
 Path_ = tuple  # a path into the data: ("steps", 1, "resources", "nodes")
+MAX_DEPTH = 64
+_PLAIN_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "map",
+                                                  "seq")}
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with the YAML 1.2 core schema's implicit types instead of YAML 1.1's."""
+
+
+Yaml12Loader.yaml_implicit_resolvers = {}
+for _tag, _pattern, _first in (
+        ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+        ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+        ("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+        ("float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                  r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+.0123456789")):
+    Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:" + _tag, re.compile(_pattern),
+                                       list(_first))
+
+
+def _construct_int(loader, node) -> int:
+    text = loader.construct_scalar(node).replace("_", "")
+    if text.startswith(("0o", "0x")):
+        return int(text, 0)
+    return int(text, 10)
+
+
+def _construct_bool(loader, node) -> bool:
+    return loader.construct_scalar(node).lower() == "true"
+
+
+Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+Yaml12Loader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+
+
+def parse_value(text: str):
+    """One YAML value (a --set VALUE) with the same YAML 1.2 rules; aliases are refused."""
+    node = yaml.compose(text, Loader=Yaml12Loader)
+    if node is None:
+        return None
+    doc = YamlDoc(file="--set", data=None)
+    return _build(node, (), doc, Yaml12Loader(""), keep_number_text=True)
 
 
 @dataclass
@@ -43,7 +90,7 @@ class YamlDoc:
         return self.file, self.line_of(path)
 
 
-def load_yaml(path: str | Path) -> YamlDoc:
+def load_yaml(path: str | Path, *, keep_number_text: bool = False) -> YamlDoc:
     """Parse `path`; a syntax error, a duplicate key or a non-mapping document is a UserError."""
     path = Path(path)
     try:
@@ -52,12 +99,12 @@ def load_yaml(path: str | Path) -> YamlDoc:
         raise UserError("file not found", file=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read file: {exc}", file=str(path)) from None
-    return parse_yaml(text, str(path))
+    return parse_yaml(text, str(path), keep_number_text=keep_number_text)
 
 
-def parse_yaml(text: str, file: str) -> YamlDoc:
+def parse_yaml(text: str, file: str, *, keep_number_text: bool = False) -> YamlDoc:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=Yaml12Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -69,20 +116,39 @@ def parse_yaml(text: str, file: str) -> YamlDoc:
         raise UserError("expected a mapping (key: value) at the top level", file=file,
                         line=node.start_mark.line + 1)
     doc = YamlDoc(file=file, data=None)
-    constructor = yaml.SafeLoader("")
-    doc.data = _build(node, (), doc, constructor)
+    doc.data = _build(node, (), doc, Yaml12Loader(""), keep_number_text)
     return doc
 
 
-def _build(node: yaml.Node, path: Path_, doc: YamlDoc, constructor: yaml.SafeLoader) -> Any:
-    doc.lines.setdefault(path, node.start_mark.line + 1)
+def _build(node: yaml.Node, path: Path_, doc: YamlDoc, constructor: yaml.SafeLoader,
+           keep_number_text: bool = False, depth: int = 0, seen: set | None = None) -> Any:
+    """Plain data from a composed node, recording lines. `seen` holds the ids of the nodes on
+    the way here and before: a node met twice is an alias (refused, as are cycles)."""
+    line = node.start_mark.line + 1
+    doc.lines.setdefault(path, line)
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        raise UserError("YAML aliases (*name) are not supported; write the value out",
+                        file=doc.file, line=line)
+    if depth > MAX_DEPTH:
+        raise UserError(f"nested deeper than {MAX_DEPTH} levels", file=doc.file, line=line)
+    if node.tag not in _PLAIN_TAGS:
+        raise UserError(f"YAML tag {node.tag!r} is not supported (plain values, lists and "
+                        "mappings only)", file=doc.file, line=line)
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        seen.add(id(node))
+    build = lambda child, where: _build(child, where, doc, constructor,  # noqa: E731
+                                        keep_number_text, depth + 1, seen)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 raise UserError("YAML merge keys (<<) are not supported; write the keys out",
                                 file=doc.file, line=key_node.start_mark.line + 1)
-            key = constructor.construct_object(key_node, deep=True)
+            if key_node.tag not in _PLAIN_TAGS or not isinstance(key_node, yaml.ScalarNode):
+                raise UserError("mapping keys must be plain scalars", file=doc.file,
+                                line=key_node.start_mark.line + 1)
+            key = _scalar(key_node, constructor, doc)
             if not isinstance(key, (str, int, float, bool)):
                 raise UserError("mapping keys must be plain scalars", file=doc.file,
                                 line=key_node.start_mark.line + 1)
@@ -92,8 +158,20 @@ def _build(node: yaml.Node, path: Path_, doc: YamlDoc, constructor: yaml.SafeLoa
                                 f"{doc.lines[path + (key,)]})", file=doc.file,
                                 line=key_node.start_mark.line + 1)
             doc.lines[path + (key,)] = key_node.start_mark.line + 1
-            out[key] = _build(value_node, path + (key,), doc, constructor)
+            out[key] = build(value_node, path + (key,))
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, path + (i,), doc, constructor) for i, item in enumerate(node.value)]
-    return constructor.construct_object(node, deep=True)
+        return [build(item, path + (i,)) for i, item in enumerate(node.value)]
+    value = _scalar(node, constructor, doc)
+    if keep_number_text and node.style is None and isinstance(value, (int, float)) \
+            and not isinstance(value, bool) and str(value) != node.value:
+        return node.value          # 3.10, 0644, 1e3: what was written, not 3.1, 644, 1000.0
+    return value
+
+
+def _scalar(node: yaml.ScalarNode, constructor: yaml.SafeLoader, doc: YamlDoc) -> Any:
+    try:
+        return constructor.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise UserError(f"invalid YAML value {node.value!r}: {exc}", file=doc.file,
+                        line=node.start_mark.line + 1) from None

@@ -72,7 +72,7 @@ fi
 
 # Launcher: torchrun on this machine alone: 4 process(es); --standalone
 # picks a free rendezvous port itself, so two local runs do not collide.
-mkdir -p /tmp/$USER-miopen-$SLURM_NODEID
+mkdir -p "/tmp/$USER-miopen-$SLURM_NODEID"
 export MIOPEN_USER_DB_PATH="/tmp/$USER-miopen-$SLURM_NODEID"
 apptainer exec --nv --bind "$ITWINAI_HPC_RUN_DIR" --bind /work/project/data --bind /usr/lib64/libcxi.so.1 container/itwinai-hpc.sif \
   python -m torch.distributed.run --standalone --nnodes=1 --nproc-per-node=4 --max-restarts=0 --numa-binding=exclusive \
