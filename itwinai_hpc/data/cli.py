@@ -1,4 +1,5 @@
-"""The `preprocess` and `export-idx` subcommands: parse arguments, call the data functions.
+"""The `preprocess`, `export-idx` and `stage-shards` subcommands: parse arguments, call the data
+functions.
 
 Imports nothing heavy at module level (no torch, h5py or numpy): `itwinai-hpc --help` stays fast.
 """
@@ -9,7 +10,7 @@ import argparse
 
 
 def add_parser(subparsers) -> None:
-    """Register `preprocess` and `export-idx` on an argparse subparsers object."""
+    """Register `preprocess`, `export-idx` and `stage-shards` on an argparse subparsers object."""
     p = subparsers.add_parser(
         "preprocess", help="raw data -> HDF5 shards + manifest (train/validation/test)",
         description="Read a data set (chosen by the config's `dataset`, default mnist) from "
@@ -40,6 +41,18 @@ def add_parser(subparsers) -> None:
     e.add_argument("--source", required=True, metavar="SRC", help="as for preprocess")
     e.add_argument("--output", required=True, metavar="DIR")
     e.set_defaults(func=run_export_idx)
+
+    s = subparsers.add_parser(
+        "stage-shards", help="copy shards to node-local storage once per node, checksummed",
+        description="Copy the shards + manifest in DIR into a folder under PATH (node-local: "
+                    "$TMPDIR, a local disk, /dev/shm), checking every shard's sha256 as it is "
+                    "copied. Every rank of a node may call it at once: one copies, the others "
+                    "wait and reuse the copy. Prints the staged folder (pass it as --data) on "
+                    "stdout and what it did, with the time taken, on stderr.")
+    s.add_argument("--data", required=True, metavar="DIR", help="folder holding manifest.json")
+    s.add_argument("--to", metavar="PATH",
+                   help="node-local folder to stage under (default: $TMPDIR, else /tmp)")
+    s.set_defaults(func=run_stage_shards)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,3 +89,15 @@ def run_export_idx(args: argparse.Namespace) -> int:
         print(path)
     return 0
 
+
+
+def run_stage_shards(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
+    from itwinai_hpc.data.staging import stage_shards
+
+    result = stage_shards(args.data, args.to or os.environ.get("TMPDIR") or "/tmp")
+    print(result.describe(), file=sys.stderr, flush=True)
+    print(result.folder)
+    return 0

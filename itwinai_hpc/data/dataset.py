@@ -1,31 +1,28 @@
-"""The rank-aware reader over a shard manifest: each rank loads its own contiguous block once
-(whole-shard or contiguous-slice reads, checksums verified on open) and yields shuffled
-batches as torch tensors. It must not know which scheduler or launcher started it.
+"""The rank-aware reader over a shard manifest: batches of one split for one rank, in the order
+epochs.py decides, read in one of two modes chosen by the split's size:
 
-Semantics follow torch's DistributedSampler: every rank yields the same number of batches, and
-each epoch every sample is seen exactly once across ranks, except that with rank_remainder="pad"
-(the default) the W - N mod W ranks holding one sample fewer repeat one of their own samples,
-chosen anew each epoch; "drop" instead leaves one sample out on the larger ranks (a different one
-each epoch); "keep" neither pads nor drops, so ranks may differ by one sample (for inference).
+- memory: the split is read once (every shard's sha256 checked on open) and kept in memory, or
+  on the GPU with device=cuda; for data far below the memory budget, like MNIST;
+- stream: shard by shard, a background thread reading (and checking) the next shards while the
+  current one is batched, so memory holds a few shards and the first batch comes after one
+  shard, whatever the split's size.
 
-Unlike DistributedSampler, samples do not move between ranks from epoch to epoch: rank r
-always owns rows [r*N//W, (r+1)*N//W) of the split. Preprocessing already shuffled the train
-split with its seed, so each block is a uniform random subset, and the gradient average across
-ranks sees the whole split every epoch. This is what keeps reads contiguous.
+Both modes yield identical batches. It must not know which scheduler or launcher started it.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Iterator
 
 import numpy as np
 
-from itwinai_hpc.data.shards import Manifest, read_manifest, sha256_bytes
+from itwinai_hpc.data.epochs import REMAINDERS, EpochPlan, rank_epoch, samples_per_rank
+from itwinai_hpc.data.loader_settings import (DEFAULT_PREFETCH_SHARDS, choose_mode,
+                                              describe_bytes)
+from itwinai_hpc.data.prefetch import prefetched
+from itwinai_hpc.data.shards import Manifest, read_manifest, read_shard
 from itwinai_hpc.errors import UserError
-
-REMAINDERS = ("pad", "drop", "keep")
 
 
 def default_rank_and_world() -> tuple[int, int]:
@@ -40,46 +37,31 @@ def default_rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def _check_split(manifest: Manifest, split: str) -> None:
+    info = manifest.splits[split]
+    held = sum(s.num_samples for s in info.shards)
+    if held != info.num_samples:
+        raise UserError(f"the {split} shards hold {held} samples, the manifest says "
+                        f"{info.num_samples}", file=str(manifest.path))
+
+
 def read_rows(manifest: Manifest, split: str, start: int, end: int, *,
               verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Rows [start, end) of `split`, reading only the shards they overlap, one contiguous slice
-    per shard, each shard's bytes checked against the manifest's sha256 first."""
-    import h5py
-
-    info = manifest.splits[split]
-    images, labels, offset = [], [], 0
-    for shard in info.shards:
+    """Rows [start, end) of `split` as uint8 images and int64 labels, reading only the shards
+    they overlap, one contiguous slice per shard, each shard's bytes checked against the
+    manifest's sha256 first. Peak memory: the rows plus one shard's slice."""
+    _check_split(manifest, split)
+    images = np.empty((max(0, end - start), *manifest.image_shape), np.uint8)
+    labels = np.empty((max(0, end - start),), np.int64)
+    offset = 0
+    for shard in manifest.splits[split].shards:
         lo, hi = max(start, offset), min(end, offset + shard.num_samples)
+        if lo < hi:
+            part = read_shard(manifest.shard_path(shard), shard, [(lo - offset, hi - offset)],
+                              verify=verify)
+            images[lo - start:hi - start], labels[lo - start:hi - start] = part
         offset += shard.num_samples
-        if lo >= hi:
-            continue
-        path = manifest.shard_path(shard)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise UserError(f"shard listed in {manifest.path} is missing; rerun preprocess to "
-                            "repair it", file=str(path)) from None
-        if verify and sha256_bytes(data) != shard.sha256:
-            raise UserError(f"shard was modified or corrupted: its sha256 does not match "
-                            f"{manifest.path}; rerun preprocess to repair it", file=str(path))
-        try:
-            with h5py.File(io.BytesIO(data), "r") as f:
-                n = f["images"].shape[0]
-                if n != shard.num_samples or f["labels"].shape != (n,):
-                    raise UserError(f"shard holds {n} images, the manifest says "
-                                    f"{shard.num_samples}", file=str(path))
-                base = offset - shard.num_samples
-                images.append(f["images"][lo - base:hi - base])
-                labels.append(f["labels"][lo - base:hi - base])
-        except (OSError, KeyError) as e:
-            raise UserError(f"not a readable shard ({e}); rerun preprocess", file=str(path)) from None
-    if offset != info.num_samples:
-        raise UserError(f"the {split} shards hold {offset} samples, the manifest says "
-                        f"{info.num_samples}", file=str(manifest.path))
-    shape = tuple(manifest.image_shape)
-    if not images:
-        return np.empty((0, *shape), np.uint8), np.empty((0,), np.int64)
-    return np.concatenate(images), np.concatenate(labels).astype(np.int64, copy=False)
+    return images, labels
 
 
 class ShardedLoader:
@@ -87,17 +69,25 @@ class ShardedLoader:
     labels, indices) where indices are row numbers within the split.
 
     images are float32 B×1×H×W normalised with the manifest's mean/std, or uint8 B×H×W with
-    raw=True; labels are int64. `batch_size` is per rank; drop_last drops an incomplete last
-    batch (DataLoader's meaning). Call set_epoch(e) before each epoch to reshuffle.
+    raw=True; labels are int64; all on `device` (default CPU). `batch_size` is per rank;
+    drop_last drops an incomplete last batch (DataLoader's meaning). Call set_epoch(e) before
+    each epoch. mode "auto" (default; $ITWINAI_HPC_DATA_MODE) keeps a split of at most
+    memory_budget bytes ($ITWINAI_HPC_DATA_MEMORY_BUDGET, default 1 GiB) in memory and streams
+    a larger one, prefetch_shards ahead; `describe()` says which, for the training log.
     """
 
     def __init__(self, manifest: str | os.PathLike | Manifest, split: str, batch_size: int, *,
                  rank: int | None = None, world_size: int | None = None, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False, rank_remainder: str = "pad",
-                 raw: bool = False, return_index: bool = False, verify: bool = True):
+                 raw: bool = False, return_index: bool = False, verify: bool = True,
+                 mode: str | None = None, memory_budget: int | str | None = None,
+                 prefetch_shards: int = DEFAULT_PREFETCH_SHARDS, device=None):
         import torch
 
-        self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+        from itwinai_hpc.data.staging import stage_from_environment
+
+        manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+        self.manifest, self.staged = stage_from_environment(manifest)
         where = str(self.manifest.path)
         if split not in self.manifest.splits:
             raise UserError(f"no split {split!r} in this manifest; it has "
@@ -112,27 +102,37 @@ class ShardedLoader:
             world_size = env_world if world_size is None else world_size
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        total = self.manifest.splits[split].num_samples
-        if total < world_size:
-            raise UserError(f"the {split} split has {total} samples, fewer than the "
+        _check_split(self.manifest, split)
+        self._shards = self.manifest.splits[split].shards
+        self.total = self.manifest.splits[split].num_samples
+        if self.total < world_size:
+            raise UserError(f"the {split} split has {self.total} samples, fewer than the "
                             f"{world_size} ranks reading it; an empty split or rank is not "
                             "allowed", file=where)
+        for shard in self._shards:  # fail at open, not mid-epoch, when a file is gone
+            path = self.manifest.shard_path(shard)
+            if not path.is_file():
+                raise UserError(f"shard listed in {where} is missing; rerun preprocess to "
+                                "repair it", file=str(path))
         self.split, self.batch_size, self.rank, self.world_size = split, batch_size, rank, world_size
         self.shuffle, self.seed, self.drop_last, self.raw = shuffle, seed, drop_last, raw
         self.return_index, self.rank_remainder, self.epoch = return_index, rank_remainder, 0
-        self.start, self.end = rank * total // world_size, (rank + 1) * total // world_size
-        images, labels = read_rows(self.manifest, split, self.start, self.end, verify=verify)
-        self._images, self._labels = torch.from_numpy(images), torch.from_numpy(labels)
-        if rank_remainder == "pad":
-            self.num_samples = -(-total // world_size)
-        elif rank_remainder == "drop":
-            self.num_samples = total // world_size
-        else:
-            self.num_samples = self.end - self.start
+        self.verify, self.prefetch_shards = verify, prefetch_shards
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        wanted = samples_per_rank(self.total, world_size, rank_remainder)
+        self.num_samples = wanted if wanted is not None else \
+            (rank + 1) * self.total // world_size - rank * self.total // world_size
+        row_bytes = int(np.prod(self.manifest.image_shape)) + 8
+        self.split_bytes = self.total * row_bytes
+        self.mode, self.memory_budget = choose_mode(mode, memory_budget, self.split_bytes)
         norm = self.manifest.normalization
         # (x/255 - mean)/std as one multiply-add on the uint8 batch.
         self._scale = 1.0 / (255.0 * norm["std"])
         self._shift = -norm["mean"] / norm["std"]
+        if self.mode == "memory":
+            images, labels = read_rows(self.manifest, split, 0, self.total, verify=verify)
+            self._images = torch.from_numpy(images).to(self.device)
+            self._labels = torch.from_numpy(labels).to(self.device)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -141,28 +141,95 @@ class ShardedLoader:
         full, rest = divmod(self.num_samples, self.batch_size)
         return full if self.drop_last or rest == 0 else full + 1
 
+    def plan(self) -> EpochPlan:
+        """This rank's pieces and sample order for the current epoch (see epochs.py)."""
+        return rank_epoch([s.num_samples for s in self._shards], self.rank, self.world_size,
+                          seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
+                          remainder=self.rank_remainder)
+
     def epoch_indices(self) -> np.ndarray:
         """This rank's sample order for the current epoch, as row numbers within the split."""
-        n = self.end - self.start
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch, self.rank]).permutation(n)
-        else:
-            order = np.arange(n)
-        if self.num_samples > n:  # pad by wrapping around, as DistributedSampler does
-            order = np.concatenate([order, order[: self.num_samples - n]])
-        return order[: self.num_samples] + self.start
+        return self.plan().order
 
-    def __iter__(self) -> Iterator[tuple]:
+    def describe(self) -> str:
+        """One line for the training log: the mode and why, and any staging."""
+        relation = "<=" if self.split_bytes <= self.memory_budget else ">"
+        line = (f"data {self.split}: {self.mode} mode ({self.total:,} samples, "
+                f"{describe_bytes(self.split_bytes)} {relation} memory budget "
+                f"{describe_bytes(self.memory_budget)}; {len(self._shards)} shard(s)"
+                + (f", {self.prefetch_shards} prefetched" if self.mode == "stream" else "")
+                + f"), rank {self.rank} of {self.world_size}, {len(self)} batches of "
+                f"{self.batch_size}")
+        if self.staged is not None:
+            line += f"; {self.staged.describe()}"
+        return line
+
+    def _batch(self, images, labels, order: np.ndarray) -> tuple:
         import torch
 
-        local = torch.from_numpy(self.epoch_indices() - self.start)
+        if not self.raw:
+            images = images.unsqueeze(1).float().mul_(self._scale).add_(self._shift)
+        if self.return_index:
+            return images, labels, torch.from_numpy(order)
+        return images, labels
+
+    def __iter__(self) -> Iterator[tuple]:
+        plan = self.plan()
+        if self.mode == "stream":
+            yield from self._stream(plan)
+            return
+        import torch
+
+        rows = torch.from_numpy(plan.order).to(self.device)
         for b in range(len(self)):
-            idx = local[b * self.batch_size:(b + 1) * self.batch_size]
-            images = self._images.index_select(0, idx)
-            if not self.raw:
-                images = images.unsqueeze(1).float().mul_(self._scale).add_(self._shift)
-            labels = self._labels.index_select(0, idx)
-            if self.return_index:
-                yield images, labels, idx + self.start
-            else:
-                yield images, labels
+            idx = rows[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self._batch(self._images.index_select(0, idx), self._labels.index_select(0, idx),
+                              plan.order[b * self.batch_size:(b + 1) * self.batch_size])
+
+    def _load_piece(self, piece) -> tuple:
+        """Runs on the prefetch thread: one shard's rows, checked, as tensors on the device."""
+        import torch
+
+        shard = self._shards[piece.shard]
+        images, labels = read_shard(self.manifest.shard_path(shard), shard, list(piece.ranges),
+                                    verify=self.verify)
+        images, labels = torch.from_numpy(images), torch.from_numpy(labels)
+        if self.device.type == "cuda":  # pinned, so the copy does not stage through pageable memory
+            images = images.pin_memory().to(self.device)
+            labels = labels.pin_memory().to(self.device)
+        return images, labels
+
+    def _stream(self, plan: EpochPlan) -> Iterator[tuple]:
+        import torch
+
+        pieces = prefetched(self._load_piece, plan.pieces, self.prefetch_shards)
+        local = torch.from_numpy(plan.local).to(self.device)
+        end = int(plan.bounds[-1])
+        pad = len(plan.order) - end  # at most one sample, from the first piece
+        loaded: dict[int, tuple] = {}
+        arrived, padding = 0, None
+        try:
+            for b in range(len(self)):
+                p0, p1 = b * self.batch_size, min((b + 1) * self.batch_size, len(plan.order))
+                images, labels, q = [], [], p0
+                while q < min(p1, end):
+                    k = int(np.searchsorted(plan.bounds, q, side="right")) - 1
+                    while arrived <= k:  # pieces arrive in order
+                        loaded[arrived] = next(pieces)
+                        if arrived == 0 and pad:
+                            padding = tuple(t.index_select(0, local[:pad]) for t in loaded[0])
+                        arrived += 1
+                    for done in [j for j in loaded if j < k]:
+                        del loaded[done]  # positions only grow: never needed again
+                    stop = min(p1, end, int(plan.bounds[k + 1]))
+                    images.append(loaded[k][0].index_select(0, local[q:stop]))
+                    labels.append(loaded[k][1].index_select(0, local[q:stop]))
+                    q = stop
+                if p1 > end:
+                    images.append(padding[0][max(p0, end) - end:p1 - end])
+                    labels.append(padding[1][max(p0, end) - end:p1 - end])
+                yield self._batch(torch.cat(images) if len(images) > 1 else images[0],
+                                  torch.cat(labels) if len(labels) > 1 else labels[0],
+                                  plan.order[p0:p1])
+        finally:
+            pieces.close()

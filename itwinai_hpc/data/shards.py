@@ -33,10 +33,6 @@ def sidecar_path(shard: Path) -> Path:
     return shard.with_name(shard.name + ".json")
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def sha256_file(path: Path | BinaryIO) -> str:
     """sha256 of a file, read in 4 MiB blocks (memory stays constant whatever its size)."""
     if not hasattr(path, "readinto"):

@@ -1,0 +1,56 @@
+"""How the reader holds a split: the mode ("memory" or "stream"), the memory budget that picks
+between them, and their environment variables, so a job script can set them without any
+config change. Pure: reads the environment, nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from itwinai_hpc.errors import UserError
+
+MODES = ("auto", "memory", "stream")
+MODE_ENV = "ITWINAI_HPC_DATA_MODE"
+BUDGET_ENV = "ITWINAI_HPC_DATA_MEMORY_BUDGET"
+# Per rank, and held whole: 4-8 ranks of a GPU node share its memory.
+DEFAULT_MEMORY_BUDGET = 1 << 30
+DEFAULT_PREFETCH_SHARDS = 2
+
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_bytes(text: str | int, *, field: str) -> int:
+    """512MiB, 2G, 1.5GB or a plain byte count -> bytes; anything else is a UserError."""
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise UserError(f"{text!r} is not a size; write bytes or a number with a unit, e.g. "
+                        "512MiB, 2G, 1.5GB", field=field)
+    return int(float(match[1]) * _UNITS[(match[2] or "").lower()])
+
+
+def describe_bytes(n: int) -> str:
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def choose_mode(mode: str | None, budget: int | str | None, split_bytes: int) -> tuple[str, int]:
+    """(memory or stream, the budget in bytes): explicit arguments first, then the environment;
+    auto keeps a split of at most the budget in memory."""
+    field = "mode" if mode is not None else MODE_ENV
+    mode = mode if mode is not None else os.environ.get(MODE_ENV) or "auto"
+    if mode not in MODES:
+        raise UserError(f"data mode must be one of {', '.join(MODES)}, got {mode!r}", field=field)
+    if budget is None:
+        budget = parse_bytes(os.environ.get(BUDGET_ENV) or DEFAULT_MEMORY_BUDGET,
+                             field=BUDGET_ENV)
+    else:
+        budget = parse_bytes(budget, field="memory_budget")
+    if mode == "auto":
+        mode = "memory" if split_bytes <= budget else "stream"
+    return mode, budget
