@@ -44,17 +44,19 @@ def test_unknown_config_key_exits_2_naming_file_and_line(tmp_path):
     assert f"{cfg}:4: trainer.epoch: unknown key 'epoch'" in p.stderr
 
 
-@pytest.mark.slow   # the MLflow server takes ~20 s to start on 2 cores
-def test_mlflow_ui_serves_the_store_on_localhost(tmp_path):
+@pytest.mark.slow   # the MLflow server takes ~5-20 s to start on 2 cores
+def test_mlflow_ui_on_port_0_prints_the_free_port_it_serves_on(tmp_path):
     (tmp_path / "mlruns").mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "itwinai_hpc.cli", "mlflow-ui", "--path",
-                             str(tmp_path / "mlruns"), "--port", str(port)], cwd=REPO,
-                            env=ml_env(tmp_path / "elsewhere"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             str(tmp_path / "mlruns"), "--port", "0"], cwd=REPO,
+                            env=ml_env(tmp_path / "elsewhere"), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
     try:
+        printed = [proc.stdout.readline() for _ in range(3)]
+        assert printed[0].startswith("MLflow UI for file:") and "1 worker;" in printed[0]
+        assert '"Model training"' in printed[2]            # the GenAI-view banner
+        port = int(printed[0].split("http://127.0.0.1:")[1].split()[0])
+        assert port != 0
         deadline, body = time.time() + 60, None
         while time.time() < deadline and body is None:
             try:
