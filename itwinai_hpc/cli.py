@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__
 from . import commands
 from .backends import SubmitError
-from .errors import UserError
+from .errors import RunStateError, UserError
 
 # Commands the job scripts run (inside a job, on a compute node); every other command is typed
 # at the login node. `--help` lists the two groups apart.
@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--templates", metavar="DIR",
                        help="a folder of templates that replace the built-in ones of the same "
                             "name")
+        p.add_argument("--group-share", action="store_true",
+                       help="let your group read and write the run folder (default: only you)")
 
     p = sub.add_parser("validate", help="check a workflow file; writes nothing",
                        description="Check a workflow file: schema, types, needs, cycles. "
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc.format()}".replace("\n", "\nerror: "), file=sys.stderr)
         return exc.exit_code
-    except SubmitError as exc:
+    except (SubmitError, RunStateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

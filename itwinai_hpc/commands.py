@@ -63,7 +63,7 @@ def prepare_run(args):
 
 def cmd_render(args) -> int:
     run = prepare_run(args)
-    run.write()
+    run.write(group_share=args.group_share)
     print(f"run {run.run_id}")
     print(f"run folder {run.run_dir}")
     for name in run.files:
@@ -85,7 +85,8 @@ def _rendered_folder(args):
                         "or a folder written by `itwinai-hpc render`", file=str(path))
     unused = [flag for flag, value in (("--set", args.overrides), ("-o", args.output),
                                        ("--runs-dir", args.runs_dir),
-                                       ("--templates", args.templates)) if value]
+                                       ("--templates", args.templates),
+                                       ("--group-share", args.group_share)) if value]
     if unused:
         raise UserError(f"{', '.join(unused)} cannot change a run folder that is already "
                         "rendered; render the workflow again", file=str(path))
@@ -101,7 +102,7 @@ def cmd_submit(args) -> int:
     if manifest is None:
         run = prepare_run(args)
         backend.preflight(run.manifest)
-        run.write()
+        run.write(group_share=args.group_share)
         manifest = run.manifest
     else:
         backend.preflight(manifest)
@@ -153,7 +154,11 @@ def cmd_status(args) -> int:
     from .status_view import format_table, to_json
     manifest = _load_run(args)
     while True:
-        operations.refresh(manifest)
+        try:
+            operations.refresh(manifest)
+        except OSError as exc:          # full disk, quota, read-only folder: still show it
+            print(f"warning: cannot update {manifest.run_dir} ({exc.strerror or exc}); "
+                  "showing the last recorded state", file=sys.stderr)
         rc = operations.exit_code(manifest)
         text = to_json(manifest) if args.json else format_table(manifest)
         if args.watch and sys.stdout.isatty():

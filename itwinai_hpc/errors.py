@@ -36,3 +36,10 @@ class UserErrors(UserError):
 
     def format(self) -> str:
         return "\n".join(e.format() for e in self.errors)
+
+
+class RunStateError(Exception):
+    """The run's state forbids this now: another command is working on it, steps are still
+    active, or its local runner lives on another machine. Nothing was changed. Exit code 1."""
+
+    exit_code = 1

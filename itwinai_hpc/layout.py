@@ -9,6 +9,7 @@ from __future__ import annotations
 
 MANIFEST = "run.json"           # the run: its plan and every step's state
 LOCK = ".lock"                  # flock'ed around every read-modify-write of run.json
+OPERATION_LOCK = ".operation.lock"   # held by a whole submit / resume / cancel
 RESOLVED_WORKFLOW = "workflow.yml"
 SUBMIT_SCRIPT = "submit.sh"
 JOBS_TSV = "jobs.tsv"           # "STEP<TAB>JOB_ID" lines appended by submit.sh

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import Backend, get_backend
-from .errors import UserError
+from .errors import RunStateError, UserError
 from . import layout
-from .runs import RunManifest, StepRecord
+from .runs import RunManifest, StepRecord, check_owner, operation_lock
 from .states import FAILED_ITSELF, SUCCEEDED, StepState
 
 # Exit codes of `status` (and of `submit --wait`, which ends with a status).
@@ -32,6 +32,12 @@ def backend_for(manifest: RunManifest) -> Backend:
 def submit(manifest: RunManifest, backend: Backend, steps: list[str] | None = None) -> None:
     """Submit `steps` (default: all) of a written run folder with `backend`. A folder is
     submitted once (under its lock, so two submits cannot both win); `resume` re-submits."""
+    check_owner(manifest)
+    with operation_lock(manifest.run_dir, "submit"):
+        _submit(manifest, backend, steps)
+
+
+def _submit(manifest: RunManifest, backend: Backend, steps: list[str] | None) -> None:
     with manifest.updating() as m:
         if m.backend or any(s.job_id for s in m.steps) or \
                 (Path(m.run_dir) / layout.JOBS_TSV).exists():
@@ -106,10 +112,12 @@ def progress_line(manifest: RunManifest) -> str:
 
 
 def cancel(manifest: RunManifest) -> list[str]:
-    refresh(manifest)
-    if not any(_active(s) for s in manifest.steps):
-        return []
-    return backend_for(manifest).cancel(manifest)
+    check_owner(manifest)
+    with operation_lock(manifest.run_dir, "cancel"):
+        refresh(manifest)
+        if not any(_active(s) for s in manifest.steps):
+            return []
+        return backend_for(manifest).cancel(manifest)
 
 
 def steps_to_resume(manifest: RunManifest) -> list[str]:
@@ -120,12 +128,21 @@ def steps_to_resume(manifest: RunManifest) -> list[str]:
 
 
 def resume(manifest: RunManifest) -> list[str]:
-    """Re-submit what did not complete (and its dependents); completed steps are kept."""
+    """Re-submit what did not complete (and its dependents); completed steps are kept. The
+    check of what is still active and the re-submission happen under one operation lock."""
+    check_owner(manifest)
+    with operation_lock(manifest.run_dir, "resume"):
+        return _resume(manifest)
+
+
+def _resume(manifest: RunManifest) -> list[str]:
     refresh(manifest)
     active = [s.name for s in manifest.steps if _active(s)]
     if active:
-        raise UserError(f"run {manifest.run_id} still has steps pending or running "
-                        f"({', '.join(active)}); wait for them or `itwinai-hpc cancel` first")
+        note = f" ({manifest.note})" if manifest.note else ""
+        raise RunStateError(f"run {manifest.run_id} still has steps pending or running "
+                            f"({', '.join(active)}){note}; wait for them or `itwinai-hpc "
+                            "cancel` first")
     todo = steps_to_resume(manifest)
     if not todo:
         return []

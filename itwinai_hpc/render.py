@@ -109,17 +109,20 @@ class RenderedRun:
     manifest: RunManifest
     files: dict[str, str] = field(default_factory=dict)      # relative name -> text
 
-    def write(self) -> Path:
+    def write(self, group_share: bool = False) -> Path:
         """Write every file into a hidden sibling folder, then rename it into place: a crash
-        leaves either the complete run folder or none."""
+        leaves either the complete run folder or none. The folder is private (0700): its
+        scripts run as you and its logs may hold what your jobs print; `group_share` opens it
+        to your group (read and write, as the umask allows), never to others."""
         target = self.run_dir
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise UserError(f"{target} already exists and is not empty; choose another -o folder")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)    # mkdtemp makes it private; a run folder is not
+        if group_share:
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o770 & ~umask)
         try:
             (tmp / layout.LOGS).mkdir()
             for name, text in self.files.items():

@@ -16,12 +16,13 @@ import fcntl
 import json
 import os
 import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from . import __version__, atomic, layout
-from .errors import UserError
+from .errors import RunStateError, UserError
 from .planned import PlannedStep
 from .states import FINISHED, StepState
 
@@ -110,6 +111,9 @@ class RunManifest:
     itwinai_hpc: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)   # backend-specific (e.g. local pid)
     format: int = FORMAT
+    # What the last refresh could not find out (e.g. a local runner on another host); shown by
+    # `status`, never saved.
+    note: str | None = field(default=None, compare=False)
 
     @classmethod
     def new(cls, *, run_id: str, run_dir: Path, workflow_name: str, workflow_file: str,
@@ -151,29 +155,38 @@ class RunManifest:
                             f"folder format {fmt}; this is itwinai-hpc {__version__} (format "
                             f"{FORMAT}): upgrade itwinai-hpc to read it",
                             file=str(folder / layout.MANIFEST))
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} - {"note"}
         values = {k: v for k, v in data.items() if k in known}
         values["steps"] = [StepRecord.from_dict(s) for s in data["steps"]]
         values["run_dir"] = str(folder)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "note"}
         d["steps"] = [s.to_dict() for s in self.steps]
         return d
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
     def save(self, path: str | Path | None = None) -> None:
         path = Path(path) if path else Path(self.run_dir) / layout.MANIFEST
-        atomic.write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic.write_text(path, self.to_json())
 
     @contextlib.contextmanager
     def updating(self) -> Iterator["RunManifest"]:
-        """Lock, re-read the manifest from disk, let the caller change it, save it, unlock."""
+        """Lock, re-read the manifest from disk, let the caller change it, save it if it
+        changed (a status refresh of a finished run writes nothing), unlock."""
         with lock(Path(self.run_dir)):
             fresh = RunManifest.load(self.run_dir)
+            before = fresh.to_json()
             yield fresh
-            fresh.save()
+            after = fresh.to_json()
+            if after != before:
+                atomic.write_text(Path(self.run_dir) / layout.MANIFEST, after)
+        note = fresh.note
         self.__dict__.update(fresh.__dict__)
+        self.note = note
 
     # ---- queries ------------------------------------------------------------------------
     def step(self, name: str) -> StepRecord:
@@ -210,6 +223,32 @@ def lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def operation_lock(run_dir: str | Path, what: str) -> Iterator[None]:
+    """Held for the whole of a submit, resume or cancel: the check of what is active and the
+    change that follows cannot interleave with another command's. A second command fails at
+    once (RunStateError, exit 1) naming the one at work."""
+    path = Path(run_dir) / layout.OPERATION_LOCK
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another command"
+            raise RunStateError(f"{holder} is working on run {Path(run_dir).name} right now; "
+                                "try again when it is done") from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"itwinai-hpc {what} (pid {os.getpid()} on {socket.gethostname()})\n")
+            f.flush()
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def find_run(ref: str | None, runs_dir: Path | None = None) -> Path:
     """A run folder from a path, a run id under the runs folder, or (None) the newest run."""
     runs_dir = runs_dir or default_runs_dir()
@@ -225,9 +264,33 @@ def find_run(ref: str | None, runs_dir: Path | None = None) -> Path:
                             f"{', '.join(m.name for m in matches)}")
         raise UserError(f"no run '{ref}' (looked for a folder with run.json, and under "
                         f"{runs_dir}/)")
-    manifests = list(runs_dir.glob(f"*/{layout.MANIFEST}"))
-    if not manifests:
-        raise UserError(f"no runs under {runs_dir}/ yet; submit one with "
+    # Newest by the file's own time, among this user's runs: a planted run.json cannot pass for
+    # the newest run by what it says, and another user's run is not yours to act on.
+    mine = [p for p in runs_dir.glob(f"*/{layout.MANIFEST}") if _owned(p)]
+    if not mine:
+        raise UserError(f"no runs of yours under {runs_dir}/ yet; submit one with "
                         "`itwinai-hpc submit WORKFLOW`, or name a run folder")
-    created = sorted(manifests, key=lambda p: RunManifest.load(p).created)
-    return created[-1].parent
+    return max(mine, key=lambda p: p.stat().st_mtime).parent
+
+
+def check_owner(manifest: RunManifest) -> None:
+    """Refuse to act on (submit, resume, cancel) a run folder that belongs to someone else: its
+    scripts would run as you, with whatever they put there."""
+    folder = Path(manifest.run_dir)
+    owner = folder.stat().st_uid
+    if owner != os.getuid() or (folder / layout.MANIFEST).stat().st_uid != os.getuid():
+        import pwd
+        try:
+            name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            name = f"uid {owner}"
+        raise UserError(f"this run folder belongs to {name}, not to you: itwinai-hpc only "
+                        "submits, resumes and cancels your own runs (status works on any)",
+                        file=str(folder))
+
+
+def _owned(path: Path) -> bool:
+    try:
+        return path.stat().st_uid == os.getuid() and path.parent.stat().st_uid == os.getuid()
+    except OSError:
+        return False

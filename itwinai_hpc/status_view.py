@@ -44,6 +44,8 @@ def format_table(manifest: RunManifest) -> str:
     lines = [f"run {manifest.run_id} ({manifest.backend or 'not submitted'}): {manifest.run_dir}"]
     for r in [COLUMNS, *body]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if manifest.note:
+        lines.append(f"note: {manifest.note}")
     return "\n".join(lines)
 
 
@@ -53,4 +55,4 @@ def to_json(manifest: RunManifest) -> str:
     steps = [{"name": s.name, "job_id": s.job_id, "state": s.state, "exit_code": s.exit_code,
               "elapsed": s.elapsed, "nodes": s.nodes, "log": s.log, "needs": s.needs,
               "reason": s.reason, "history": s.history} for s in manifest.steps]
-    return json.dumps({"run": run, "steps": steps}, indent=2)
+    return json.dumps({"run": run, "steps": steps, "note": manifest.note}, indent=2)

@@ -323,7 +323,8 @@ steps:
     assert manifest.step("flaky").job_id != first_flaky
 
 
-def test_a_dead_runner_leaves_failed_steps_instead_of_a_run_that_never_ends(workdir, no_slurm):
+def test_a_dead_runner_ends_the_run_but_status_never_kills_a_step_that_still_runs(workdir,
+                                                                                 no_slurm):
     workflow = write_workflow(workdir, """
 name: orphaned
 steps:
@@ -342,11 +343,40 @@ steps:
     os.kill(manifest.extra["local"]["runner_pid"], 9)
     time.sleep(0.3)
     status = cli("status", str(run_dir), "--json", env=no_slurm)
-    assert status.returncode == 1
+    assert status.returncode == 1                       # the run cannot succeed any more
     steps = {s["name"]: s for s in json.loads(status.stdout)["steps"]}
-    assert steps["long"]["state"] == "FAILED" and "local runner" in steps["long"]["reason"]
+    assert steps["long"]["state"] == "RUNNING" and "runner" in steps["long"]["reason"]
+    assert "itwinai-hpc cancel" in steps["long"]["reason"]
     assert steps["next"]["state"] == "CANCELLED"
+    assert step_processes(manifest.run_id)              # a status signals nothing
+    c = cli("cancel", str(run_dir), env=no_slurm)
+    assert c.returncode == 0, c.stderr
     assert step_processes(manifest.run_id) == []
+    assert states(RunManifest.load(run_dir))["long"] == "CANCELLED"
+
+
+def test_a_step_that_finished_while_its_runner_died_keeps_its_success(workdir, no_slurm):
+    """kill -9 of the runner (OOM, logout) between a step's end and its record: the exit
+    status the step's script left wins, and resume does not run the step again."""
+    workflow = write_workflow(workdir, """
+name: orphaned
+steps:
+  - name: a
+    command: echo a >> ran.txt; kill -9 $PPID
+  - name: b
+    needs: [a]
+    command: echo b >> ran.txt
+""")
+    p, run_dir = submit(workflow, env=no_slurm)
+    assert p.returncode == 0, p.stderr
+    manifest = wait_for(run_dir)
+    assert states(manifest) == {"a": "COMPLETED", "b": "CANCELLED"}
+    assert manifest.step("a").exit_code == 0
+    r = cli("resume", str(run_dir), env=no_slurm)
+    assert r.returncode == 0, r.stderr
+    assert "  b " in r.stdout and "  a " not in r.stdout
+    assert states(wait_for(run_dir)) == {"a": "COMPLETED", "b": "COMPLETED"}
+    assert (workdir / "ran.txt").read_text().split() == ["a", "b"]
 
 
 def test_missing_container_runtime_is_an_exit_2_error_before_anything_is_written(workdir, no_slurm):
@@ -414,3 +444,24 @@ steps:
     assert manifest.step("pair").state == "FAILED" and manifest.step("pair").exit_code == 3
     assert time.monotonic() - t0 < 20                  # task 0 did not sleep its 30 s
     assert not (workdir / "survived").exists()
+
+
+def test_a_step_that_cannot_be_started_fails_alone_and_its_parent_stays_completed(workdir,
+                                                                                  no_slurm):
+    """Before: the exception of starting b discarded a's COMPLETED (both in one update)."""
+    workflow = write_workflow(workdir, """
+name: unstartable
+steps:
+  - name: a
+    command: ln -s /etc/passwd "$ITWINAI_HPC_RUN_DIR/logs/unstartable.b-2.out"
+  - name: b
+    needs: [a]
+    command: echo b
+""")
+    p, run_dir = submit(workflow, env=no_slurm)
+    assert p.returncode == 0, p.stderr
+    manifest = wait_for(run_dir)
+    assert states(manifest) == {"a": "COMPLETED", "b": "FAILED"}
+    assert "could not be started" in manifest.step("b").reason
+    assert "Too many levels of symbolic links" in manifest.step("b").reason   # O_NOFOLLOW
+    assert "echo b" not in Path("/etc/passwd").read_text()

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from .. import layout
+from ..errors import RunStateError, UserError
 from ..runs import RunManifest
 from ..states import StepState
 from . import Backend, SubmitError
-from .local_procs import alive, job_marker, kill_job, start_time
+from .local_procs import alive, job_marker, job_processes, kill_job, start_time, this_machine
 from .local_runner import CANCEL_GRACE_S, now_iso
 
 PARALLEL_ENV = "ITWINAI_HPC_LOCAL_PARALLEL"
@@ -76,8 +78,8 @@ class LocalBackend(Backend):
                 s.job_id = str(local["next_id"])
                 s.state, s.submitted_at, s.reason = StepState.PENDING, now_iso(), None
                 s.log = m.log_path(s, s.job_id)
-            with open(Path(m.run_dir) / RUNNER_LOG, "ab") as out:
-                try:
+            try:
+                with open(Path(m.run_dir) / RUNNER_LOG, "ab") as out:
                     # A new session, no terminal and no shared pipes: the run goes on after
                     # this command (and its terminal) ended.
                     proc = subprocess.Popen(
@@ -85,36 +87,69 @@ class LocalBackend(Backend):
                          str(parallel), *order],
                         cwd=m.workdir, stdin=subprocess.DEVNULL, stdout=out,
                         stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-                except OSError as exc:
-                    for name in order:
-                        m.step(name).state = StepState.FAILED
-                        m.step(name).reason = f"could not start the local runner: {exc}"
-                    raise SubmitError(f"could not start the local runner: {exc}") from None
-            local["runner_pid"] = proc.pid
-            local["runner_started"] = start_time(proc.pid)
+            except OSError as exc:
+                failed = f"could not start the local runner: {exc}"
+                for name in order:
+                    m.step(name).state, m.step(name).reason = StepState.FAILED, failed
+            else:
+                failed = None
+                local.update(runner_pid=proc.pid, runner_started=start_time(proc.pid),
+                             runner_machine=this_machine(), runner_host=socket.gethostname())
+        if failed:                      # raised after run.json recorded it
+            raise SubmitError(failed)
 
     # ---- status -----------------------------------------------------------------------
     def refresh(self, manifest: RunManifest) -> None:
-        """run.json is the runner's record; here only: is the runner still there?"""
+        """run.json is the runner's record; here only: is the runner still there? Never
+        signals a process: a status must not do harm."""
+        elsewhere = self._elsewhere(manifest)
+        if elsewhere:
+            manifest.note = elsewhere
+            return
         with manifest.updating() as m:
             local = m.extra.get("local", {})
             if alive(local.get("runner_pid"), local.get("runner_started")):
                 return
-            orphans = [s for s in m.steps if s.job_id and not s.finished]
-            if not orphans:
-                return
-            why = (f"the local runner (pid {local.get('runner_pid')}) ended without finishing "
-                   f"this step; see {RUNNER_LOG}")
-            for s in orphans:
-                if s.state == StepState.RUNNING:
-                    # Nobody would ever collect it: stop what is left of it.
-                    kill_job(job_marker(m.run_id, s.job_id), [], grace=2)
-                    s.state, s.reason = StepState.FAILED, why
-                else:
-                    s.state, s.reason = StepState.CANCELLED, why
+            for s in (s for s in m.steps if s.job_id and not s.finished):
+                self._orphan(m, s, local.get("runner_pid"))
+
+    @staticmethod
+    def _orphan(m: RunManifest, s, runner_pid) -> None:
+        """A step whose runner died: believe the exit status its script left, else see whether
+        it still runs, else it ended without one."""
+        marker = Path(layout.exit_marker(m.run_dir, s.job_id))
+        code = marker.read_text().strip() if marker.is_file() else ""
+        if code.isdigit():
+            s.exit_code = int(code)
+            s.state = StepState.COMPLETED if s.exit_code == 0 else StepState.FAILED
+            s.reason = "from the exit status the step left in the run folder (runner gone)"
+        elif s.state == StepState.RUNNING and job_processes(job_marker(m.run_id, s.job_id)):
+            s.reason = (f"the local runner (pid {runner_pid}) died; the step still runs but "
+                        "nothing will start its dependents: `itwinai-hpc cancel`, then "
+                        "`itwinai-hpc resume`")
+        elif s.state == StepState.RUNNING:
+            s.state = StepState.FAILED
+            s.reason = (f"the local runner (pid {runner_pid}) died and the step ended without "
+                        f"an exit status; see {RUNNER_LOG}")
+        else:
+            s.state = StepState.CANCELLED
+            s.reason = f"the local runner (pid {runner_pid}) died before it started this step"
+
+    @staticmethod
+    def _elsewhere(manifest: RunManifest) -> str | None:
+        """Why this machine cannot check the run's runner (None when it can)."""
+        local = manifest.extra.get("local", {})
+        recorded = local.get("runner_machine")
+        if not recorded or recorded == this_machine():
+            return None
+        return (f"its local runner runs on host {local.get('runner_host', '?')} (another "
+                "machine, container or boot): cannot check from here, states as last recorded")
 
     # ---- cancel -----------------------------------------------------------------------
     def cancel(self, manifest: RunManifest) -> list[str]:
+        elsewhere = self._elsewhere(manifest)
+        if elsewhere:
+            raise RunStateError(f"run {manifest.run_id}: {elsewhere}; cancel it on that host")
         with manifest.updating() as m:
             # Under the lock: the runner starts nothing after this, and what it started
             # before is in run.json as RUNNING.

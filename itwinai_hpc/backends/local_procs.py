@@ -99,3 +99,18 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def this_machine() -> str:
+    """Where a pid means something: host, boot and pid namespace. A runner recorded with another
+    value cannot be checked from here (another login node, a container, a reboot)."""
+    import socket
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "?"
+    try:
+        pid_ns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        pid_ns = "?"
+    return f"{socket.gethostname()}/{boot}/{pid_ns}"

@@ -166,11 +166,27 @@ class Runner:
                 continue
             while s.todo and free > 0 and (s.limit is None or len(s.running) < s.limit):
                 task = s.todo.pop(0)
-                s.running[task] = self._start(rec, task)
+                try:
+                    s.running[task] = self._start(rec, task)
+                except OSError as exc:
+                    # This step fails, with the reason; the other steps' states (a parent's
+                    # COMPLETED) are recorded in the same update and stand.
+                    self._launch_failed(s, rec, exc)
+                    break
                 free -= 1
                 if s.started is None:
                     s.started = time.time()
                     rec.state, rec.nodes, rec.reason = StepState.RUNNING, self.host, None
+
+    def _launch_failed(self, s: RunningStep, rec: StepRecord, exc: OSError) -> None:
+        for task, proc in list(s.running.items()):       # an array's tasks already started
+            kill_job(self._marker(s.name, task), [proc.pid], CANCEL_GRACE_S)
+        s.running.clear()
+        s.todo, s.cut = [], True
+        rec.state, rec.exit_code = StepState.FAILED, None
+        rec.reason = f"could not be started: {exc}"
+        print(f"[itwinai-hpc] {now_iso()} step {s.name}: could not be started: {exc}",
+              flush=True)
 
     def _start(self, rec: StepRecord, task: int | None) -> subprocess.Popen:
         env = dict(self.base_env, SLURM_JOB_ID=rec.job_id or "0",
@@ -179,7 +195,10 @@ class Runner:
                               None if task is None else str(task))
         if task is not None:
             env.update(SLURM_ARRAY_JOB_ID=rec.job_id or "0", SLURM_ARRAY_TASK_ID=str(task))
-        with open(log, "ab") as out:
+        # O_NOFOLLOW: a symlink planted at the log's name must not redirect the output into
+        # another file the owner can write.
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        with open(fd, "ab") as out:
             # Its own session: cancel can signal its process group without touching ours.
             return subprocess.Popen(["bash", str(Path(self.manifest.run_dir) /
                                                  rec.local_script)],
