@@ -93,6 +93,18 @@ def _rendered_folder(args):
     return RunManifest.load(path)
 
 
+def _check_passthrough(manifest) -> None:
+    """env-passthrough variables must be set where the run is submitted (they travel by name
+    in the job's environment): say so before anything is written or queued."""
+    import os
+    for step in manifest.steps:
+        missing = [n for n in step.plan.env_passthrough if n not in os.environ]
+        if missing:
+            raise UserError(f"step '{step.name}' takes {', '.join(missing)} from your "
+                            "environment (env-passthrough), but it is not set here; export it "
+                            "and submit again", field="env-passthrough")
+
+
 def cmd_submit(args) -> int:
     from .backends import get_backend, resolve_backend_name
     from . import operations
@@ -101,10 +113,12 @@ def cmd_submit(args) -> int:
     manifest = _rendered_folder(args)
     if manifest is None:
         run = prepare_run(args)
+        _check_passthrough(run.manifest)
         backend.preflight(run.manifest)
         run.write(group_share=args.group_share)
         manifest = run.manifest
     else:
+        _check_passthrough(manifest)
         backend.preflight(manifest)
     print(f"run {manifest.run_id}")
     print(f"run folder {manifest.run_dir}")

@@ -42,7 +42,8 @@ def plan(wf: Workflow) -> list[PlannedStep]:
             setup=tuple(merge_lists(d.setup, step.setup) or ()),
             node_setup=tuple(merge_lists(d.node_setup, step.node_setup) or ()),
             runtime_env=tuple({**(d.runtime_env or {}), **(step.runtime_env or {})}.items()),
-            omp_num_threads=_omp_threads(res, step.launcher, nproc, env)))
+            omp_num_threads=_omp_threads(res, step.launcher, nproc, env),
+            env_passthrough=tuple(merge_lists(d.env_passthrough, step.env_passthrough) or ())))
     return planned
 
 

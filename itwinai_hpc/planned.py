@@ -86,6 +86,7 @@ class PlannedStep:
     node_setup: tuple[str, ...] = ()    # each srun task (torchrun: each node), before the command
     runtime_env: tuple[tuple[str, str], ...] = ()   # expanded at run time ($NAME only)
     omp_num_threads: int | None = None  # derived from cpus-per-task unless env sets it
+    env_passthrough: tuple[str, ...] = ()   # names only: values come from the submitting env
 
     @property
     def local_script(self) -> str:
@@ -124,7 +125,7 @@ class PlannedStep:
         if d.get("requeue"):
             d["requeue"] = _build(PlannedRequeue, d["requeue"])
         d["launch"] = _build(PlannedLaunch, d.get("launch") or {})
-        for key in ("setup", "node_setup"):
+        for key in ("setup", "node_setup", "env_passthrough"):
             d[key] = tuple(d.get(key, ()))
         return cls(**d)
 

@@ -96,11 +96,22 @@ class _StepSettings(_Model):
     # Shell lines run once in each srun task (torchrun: once per node) before the command.
     node_setup: ListField = None
     launch: Launch | None = None
+    # Variables the job takes from the environment it is submitted from, by name only: their
+    # values (tokens, keys) are never written to the run folder or put on a command line.
+    env_passthrough: ListField = None
 
     @field_validator("env")
     @classmethod
     def _env(cls, env: dict | None) -> dict | None:
         return check_env(env)
+
+    @field_validator("env_passthrough")
+    @classmethod
+    def _passthrough(cls, names):
+        for name in list_items(names):
+            if not ENV_NAME.fullmatch(name):
+                raise ValueError(f"'{name}' is not a valid environment variable name")
+        return names
 
     @field_validator("runtime_env")
     @classmethod

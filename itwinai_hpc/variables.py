@@ -19,6 +19,8 @@ from .yamlsrc import YamlDoc
 VAR_RE = re.compile(r"\$(\$?)\{([^}]*)\}")
 VAR_NAME = re.compile(r"^(env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.S)
 BUILTIN_VARS = ("workflow_dir", "workdir", "run_dir", "run_id")
+# Names whose values must not be substituted into files (${env:...}): use env-passthrough.
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|_KEY$|^KEY$", re.I)
 # Step fields that are raw shell, where substituted values are quoted (shlex.quote leaves a
 # plain path as it is, so "${workflow_dir}/x.py" in double quotes keeps working).
 SHELL_FIELDS = ("command",)
@@ -99,6 +101,11 @@ def _lookup_builtin(name: str, context: dict[str, str], defined) -> Any:
                         "literal '${...}' (e.g. shell code)")
     is_env, var, default = m.groups()
     if is_env:
+        if SECRET_NAME.search(var):
+            raise _VarError(f"${{env:{var}}} looks like a secret, and its value would be written "
+                            "into the run's scripts, workflow.yml and run.json in clear text; "
+                            f"pass it by name instead: env-passthrough: [{var}] (the job gets "
+                            "it from the environment you submit from, never from disk)")
         if var in os.environ:
             return os.environ[var]
         if default is not None:

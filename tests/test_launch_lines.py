@@ -19,10 +19,11 @@ from itwinai_hpc.runs import RunManifest
 from itwinai_hpc.workflow import load_workflow
 
 # Apptainer cannot be installed here. This stand-in does what matters to these tests, as
-# apptainer does: refuses a bind source that does not exist, sets --env, runs the command
+# apptainer does: refuses a bind source that does not exist, hands APPTAINERENV_* on, runs the command
 # after the image. It records its arguments.
 APPTAINER = """#!/bin/bash
 echo "$*" >> "$APPTAINER_LOG"
+while read -r var; do export "${var#APPTAINERENV_}=${!var}"; done < <(compgen -e | grep '^APPTAINERENV_' || true)
 [[ $1 == exec ]] || { echo "stub apptainer: only exec" >&2; exit 2; }
 shift
 while [[ $1 == -* ]]; do
@@ -260,3 +261,40 @@ def test_gpus_can_be_asked_for_in_the_gres_form(tmp_path):
     assert "#SBATCH --gres=gpu:4\n" in files["01-t.sbatch"]
     assert "--gpus-per-node" not in files["01-t.sbatch"]
     assert "#SBATCH --gpus-per-node=4\n" in files["02-u.sbatch"]
+
+
+def test_secrets_pass_by_name_and_never_reach_the_run_folder_or_a_command_line(here,
+                                                                               monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_s3cr3t_value")
+    wf = here / "wf.yml"
+    wf.write_text("""
+name: secret
+defaults:
+  container: {image: img.sif, env: {VISIBLE: plain}}
+  env-passthrough: [HF_TOKEN]
+steps:
+  - {name: a, command: sh -c, args: ['echo "token=$HF_TOKEN visible=$VISIBLE"']}
+""")
+    manifest = run_local(wf)
+    assert manifest.step("a").state == "COMPLETED", log_of(manifest, "a")
+    assert "token=hf_s3cr3t_value visible=plain" in log_of(manifest, "a")
+    for path in (here / "run").rglob("*"):
+        if path.is_file() and "logs" not in path.parts:
+            assert "hf_s3cr3t_value" not in path.read_text(errors="replace"), path
+    calls = (here / "apptainer.log").read_text()       # what `ps` would have shown
+    assert "hf_s3cr3t_value" not in calls and "plain" not in calls
+
+
+def test_a_secret_looking_env_reference_is_refused_and_a_missing_passthrough_named(here, capsys,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    wf = here / "wf.yml"
+    wf.write_text("name: s\nsteps:\n  - {name: a, command: x, env: {K: '${env:WANDB_API_KEY}'}}\n")
+    assert main(["validate", str(wf)]) == 2
+    assert "env-passthrough: [WANDB_API_KEY]" in capsys.readouterr().err
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    wf.write_text("name: s\ndefaults: {container: none}\nsteps:\n"
+                  "  - {name: a, command: x, env-passthrough: [HF_TOKEN]}\n")
+    assert main(["submit", str(wf), "--backend", "local", "-o", "r"]) == 2
+    assert "takes HF_TOKEN from your environment" in capsys.readouterr().err
+    assert not (here / "r").exists()

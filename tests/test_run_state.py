@@ -207,3 +207,36 @@ steps:
         if f"ITWINAI_HPC_RUN_ID={manifest.run_id}".encode() in env:
             leftovers.append(pid)
     assert leftovers == []
+
+
+@pytest.mark.slow
+def test_killing_the_runner_at_random_points_never_runs_a_step_twice_or_loses_one(here):
+    """20 times: a 5-step chain, the runner killed with SIGKILL at a random moment; then
+    status and resume (as a user would: resume refuses while a step still runs) until done.
+    Every step must have run exactly once (each appends its name to a file)."""
+    import random
+    rng = random.Random(20261127)
+    chain = "".join(f"  - {{name: s{i}, command: 'sleep 0.{rng.randint(1, 4)}; "
+                    f"echo s{i} >> \"$ITWINAI_HPC_RUN_DIR/ran.txt\"'"
+                    f"{', needs: [s%d]' % (i - 1) if i else ''}}}\n" for i in range(5))
+    wf = workflow(here, "name: chaos\nsteps:\n" + chain)
+    for attempt in range(20):
+        run = here / f"run{attempt}"
+        assert main(["submit", str(wf), "--backend", "local", "-o", str(run)]) == 0
+        time.sleep(rng.uniform(0, 1.6))
+        try:
+            os.kill(RunManifest.load(run).extra["local"]["runner_pid"], 9)
+        except ProcessLookupError:
+            pass                                  # it had finished already
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, states(RunManifest.load(run))
+            p = cli("resume", str(run))
+            if p.returncode == 0 and "nothing to resume" in p.stdout:
+                break
+            assert p.returncode in (0, 1), p.stderr           # 1: a step still runs
+            manifest = RunManifest.load(run)
+            operations.wait(manifest, interval=0.2, timeout=30)
+        ran = (run / "ran.txt").read_text().split()
+        assert sorted(ran) == [f"s{i}" for i in range(5)], (attempt, ran)
+        assert ran == sorted(ran)                             # and in dependency order

@@ -116,17 +116,22 @@ class LocalBackend(Backend):
     @staticmethod
     def _orphan(m: RunManifest, s, runner_pid) -> None:
         """A step whose runner died: believe the exit status its script left, else see whether
-        it still runs, else it ended without one."""
+        it still runs (it may have started just before the runner died, before run.json said
+        so), else it ended without one or never started."""
+        # Processes first, then the marker: a step writes its marker before it exits, so once
+        # no process is left the marker is final (the other order races with the step's end).
+        if job_processes(job_marker(m.run_id, s.job_id)):
+            s.state = StepState.RUNNING
+            s.reason = (f"the local runner (pid {runner_pid}) died; the step still runs but "
+                        "nothing will start its dependents: `itwinai-hpc cancel`, then "
+                        "`itwinai-hpc resume`")
+            return
         marker = Path(layout.exit_marker(m.run_dir, s.job_id))
         code = marker.read_text().strip() if marker.is_file() else ""
         if code.isdigit():
             s.exit_code = int(code)
             s.state = StepState.COMPLETED if s.exit_code == 0 else StepState.FAILED
             s.reason = "from the exit status the step left in the run folder (runner gone)"
-        elif s.state == StepState.RUNNING and job_processes(job_marker(m.run_id, s.job_id)):
-            s.reason = (f"the local runner (pid {runner_pid}) died; the step still runs but "
-                        "nothing will start its dependents: `itwinai-hpc cancel`, then "
-                        "`itwinai-hpc resume`")
         elif s.state == StepState.RUNNING:
             s.state = StepState.FAILED
             s.reason = (f"the local runner (pid {runner_pid}) died and the step ended without "
