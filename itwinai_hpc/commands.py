@@ -30,10 +30,13 @@ def _workflow_path(args) -> str:
 
 
 def cmd_validate(args) -> int:
+    from .graph import implausible_values
     from .plan import plan
     from .workflow import load_workflow
     args.workflow = _workflow_path(args)
     loaded = load_workflow(args.workflow, args.overrides)
+    for warning in implausible_values(loaded.workflow, loaded.doc):
+        print(f"warning: {warning.format()}", file=sys.stderr)
     jobs = plan(loaded.workflow)
     print(f"{args.workflow}: OK: workflow '{loaded.workflow.name}', {len(jobs)} step(s)")
     for job in jobs:

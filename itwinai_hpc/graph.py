@@ -116,3 +116,35 @@ def topological_order(wf: Workflow) -> list[str]:
             if missing[child] == 0:
                 heapq.heappush(ready, position[child])
     return done
+
+
+# Beyond any cluster of 2026 (Frontier: 9,408 nodes; 8 GPUs and ~200 cores per node at most;
+# a few TB of memory): legal for sbatch, but almost surely a typo.
+_PLAUSIBLE = {"nodes": 10_000, "gpus_per_node": 16, "cpus_per_task": 1024,
+              "ntasks_per_node": 1024}
+_MEM_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def implausible_values(wf: Workflow, doc: YamlDoc) -> list[UserError]:
+    """Values SLURM accepts but no cluster has (validate prints them as warnings)."""
+    from . import slurm_syntax
+    found: list[UserError] = []
+    sections = [(("defaults", "resources"), wf.defaults.resources)]
+    sections += [(("steps", i, "resources"), s.resources) for i, s in enumerate(wf.steps)]
+    for where, r in sections:
+        def warn(key: str, message: str) -> None:
+            path = where + (key,)
+            file, line = doc.where(path)
+            found.append(UserError(message, file=file, line=line, field=dotted(path, doc.data)))
+        for name, limit in _PLAUSIBLE.items():
+            value = getattr(r, name)
+            if value and value > limit:
+                warn(name.replace("_", "-"), f"{value} is more than any cluster has "
+                     f"(> {limit}); sbatch may accept it and the job never start")
+        if r.time and slurm_syntax.time_seconds(r.time) > 31 * 86400:
+            warn("time", f"'{r.time}' is more than a month; sites allow days at most "
+                 "(sbatch --test-only tells you this cluster's limit)")
+        if r.mem and r.mem[-1] in _MEM_UNITS and \
+                int(r.mem[:-1]) * _MEM_UNITS[r.mem[-1]] > 16 * 2**40:
+            warn("mem", f"{r.mem} per node is more memory than any node has")
+    return found

@@ -115,10 +115,21 @@ class RenderedRun:
         scripts run as you and its logs may hold what your jobs print; `group_share` opens it
         to your group (read and write, as the umask allows), never to others."""
         target = self.run_dir
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise UserError(f"{target} already exists and is not empty; choose another -o folder")
+        try:
+            if target.is_symlink():
+                raise UserError("is a symbolic link; name a plain folder for the run (-o)",
+                                file=str(target))
+            if target.exists() and (not target.is_dir() or any(target.iterdir())):
+                raise UserError(f"{target} already exists and is not empty; choose another -o "
+                                "folder")
+            return self._write(target, group_share)
+        except OSError as exc:          # too long a name, no space, no permission, ...
+            raise UserError(f"cannot write the run folder: {exc.strerror or exc}",
+                            file=str(exc.filename or target)) from None
+
+    def _write(self, target: Path, group_share: bool) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name[:64]}.", dir=target.parent))
         if group_share:
             umask = os.umask(0)
             os.umask(umask)

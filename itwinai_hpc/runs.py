@@ -256,7 +256,9 @@ def find_run(ref: str | None, runs_dir: Path | None = None) -> Path:
         for candidate in (Path(ref), runs_dir / ref):
             if (candidate / layout.MANIFEST).is_file():
                 return candidate
-        matches = sorted(p.parent for p in runs_dir.glob(f"{ref}*/{layout.MANIFEST}"))
+        plain = "/" not in ref and not any(c in ref for c in "*?[")
+        matches = sorted(p.parent for p in runs_dir.glob(f"{ref}*/{layout.MANIFEST}")) \
+            if plain else []
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:

@@ -125,3 +125,62 @@ def test_a_variable_inside_command_arrives_as_one_word_not_as_code(tmp_path, mon
     assert p.returncode == 0, p.stderr
     assert f"{folder} $(touch PWNED2) r1" in p.stdout
     assert not list(tmp_path.rglob("PWNED*"))
+
+
+def test_validate_warns_about_values_no_cluster_has_but_sbatch_would_take(tmp_path, capsys):
+    wf = write(tmp_path, "name: big\nsteps:\n  - name: a\n    command: x\n    resources:\n"
+                         "      nodes: 100000\n      time: 99999-0\n      mem: 999999T\n")
+    assert main(["validate", str(wf)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {wf}:6: steps[0](a).resources.nodes: 100000 is more than any cluster" in err
+    assert f"{wf}:7: steps[0](a).resources.time: '99999-0' is more than a month" in err
+    assert f"{wf}:8: steps[0](a).resources.mem: 999999T per node" in err
+
+
+def _symlink(d: Path) -> Path:
+    (d / "link").symlink_to(d / "elsewhere")
+    return d / "link"
+
+
+def _file(d: Path) -> Path:
+    (d / "afile").write_text("x")
+    return d / "afile"
+
+
+@pytest.mark.parametrize("make_target, message", [
+    (_symlink, "is a symbolic link"), (_file, "already exists and is not empty"),
+    (lambda d: d / ("x" * 300), "File name too long"),
+])
+def test_a_run_folder_that_cannot_be_written_is_a_clean_error(tmp_path, capsys, make_target,
+                                                              message):
+    wf = write(tmp_path, "name: t\nsteps:\n  - {name: a, command: x}\n")
+    target = make_target(tmp_path)
+    assert main(["render", str(wf), "-o", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.glob(".*"))                   # no half-written hidden folder
+
+
+def test_status_of_a_mistyped_absolute_path_is_a_clean_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["status", "/abs/typo"]) == 2
+    assert "no run '/abs/typo'" in capsys.readouterr().err
+
+
+def test_a_bad_local_parallel_setting_is_refused_before_the_run_folder_is_written(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ITWINAI_HPC_LOCAL_PARALLEL", "abc")
+    wf = write(tmp_path, "name: t\ndefaults: {container: none}\nsteps:\n  - {name: a, command: x}\n")
+    assert main(["submit", str(wf), "--backend", "local", "-o", "r"]) == 2
+    assert "ITWINAI_HPC_LOCAL_PARALLEL='abc'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_1500_long_chain_of_variables_resolves(tmp_path):
+    lines = ["name: v", "vars:", "  v0: x"] + [f"  v{i}: ${{v{i - 1}}}y" for i in range(1, 1500)]
+    wf = write(tmp_path, "\n".join(lines) + "\nsteps:\n  - {name: a, command: echo, "
+                         "args: ['${v1499}']}\n")
+    p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "validate", str(wf)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-1500:]

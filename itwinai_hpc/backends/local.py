@@ -56,6 +56,7 @@ class LocalBackend(Backend):
     name = "local"
 
     def preflight(self, manifest: RunManifest) -> None:
+        parallel_limit()                # a bad value is an error before anything is written
         check_container_runtimes(s.plan for s in manifest.steps)
 
     # ---- submit -----------------------------------------------------------------------
