@@ -20,18 +20,22 @@ from itwinai_hpc.backends.slurm_query import parse_accounting_mode
 
 SLURM_SCRIPTS = Path(__file__).parent / "slurm"
 MAIN_DIR = os.environ.get("SLURM_CI_DIR", "/tmp/itwinai-hpc-slurm")
+MAIN_PORT = int(os.environ.get("SLURM_CI_PORT", "7817"))
 
 # Clusters beside the main one, started on first use and stopped at session end. Each has its
-# own directory and ports (slurmctld PORT, slurmd PORT+1.., slurmdbd PORT+100, mariadbd +101).
+# own directory and ports (slurmctld PORT, slurmd PORT+1.., slurmdbd PORT+100, mariadbd +101),
+# offset from the main cluster's, so a second set of clusters (SLURM_CI_DIR and SLURM_CI_PORT
+# set) runs beside the usual one.
 EXTRA_CLUSTERS: dict[str, dict[str, str]] = {
     # full sacct through slurmdbd+mariadb; finished jobs leave scontrol/squeue ~12 s after end
-    "dbd": {"SLURM_CI_ACCOUNTING": "dbd", "SLURM_CI_MINJOBAGE": "5", "SLURM_CI_PORT": "8017"},
+    "dbd": {"SLURM_CI_ACCOUNTING": "dbd", "SLURM_CI_MINJOBAGE": "5",
+            "SLURM_CI_PORT": str(MAIN_PORT + 200)},
     # no slurmdbd: finished jobs leave scontrol fast, then only `sacct -c` knows them
     "jobcomp_short": {"SLURM_CI_ACCOUNTING": "jobcomp", "SLURM_CI_MINJOBAGE": "5",
-                      "SLURM_CI_PORT": "8217"},
+                      "SLURM_CI_PORT": str(MAIN_PORT + 400)},
     # no accounting at all: a purged job is simply unknown
     "none_short": {"SLURM_CI_ACCOUNTING": "none", "SLURM_CI_MINJOBAGE": "5",
-                   "SLURM_CI_PORT": "8417"},
+                   "SLURM_CI_PORT": str(MAIN_PORT + 600)},
 }
 
 
@@ -118,17 +122,6 @@ def _start_cluster(env: dict[str, str]) -> tuple[bool, str]:
     return p.returncode == 0, p.stderr
 
 
-def _controller_alive(directory: str) -> bool:
-    """slurmctld of that cluster runs (pid file, not a zombie). Checked before any client
-    command: sinfo against a stopped controller retries for ~9 s, with no conf file ~60 s."""
-    try:
-        pid = Path(directory, "slurmctld.pid").read_text().strip()
-        stat = Path("/proc", pid, "stat").read_text()
-    except (OSError, ValueError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z" and Path(directory, "slurm.conf").exists()
-
-
 def _sinfo_nodes(conf: str) -> list[str] | None:
     try:
         p = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True,
@@ -141,19 +134,20 @@ def _sinfo_nodes(conf: str) -> list[str] | None:
     return [r[0] for r in rows]
 
 
-def _bring_up(directory: str, overrides: dict[str, str], reuse: bool) -> SlurmCluster:
+def _bring_up(directory: str, overrides: dict[str, str]) -> SlurmCluster:
+    """Start the cluster, or keep it if it runs with this set-up; start-slurm.sh (0.05 s when
+    up) restarts one whose knobs, template or script changed."""
     conf = f"{directory}/slurm.conf"
-    nodes = _sinfo_nodes(conf) if reuse and _controller_alive(directory) else None
-    started = False
+    env = {**os.environ, "SLURM_CI_DIR": directory, **overrides}
+    ok, log = _start_cluster(env)
+    nodes = _sinfo_nodes(conf) if ok else None
     if nodes is None:
-        env = {**os.environ, "SLURM_CI_DIR": directory, **overrides}
-        ok, log = _start_cluster(env)
-        nodes = _sinfo_nodes(conf) if ok else None
-        if nodes is None:
-            tail = "\n".join(log.splitlines()[-40:])
-            pytest.fail(f"could not start the test SLURM cluster in {directory} "
-                        f"(tests/slurm/start-slurm.sh):\n{tail}", pytrace=False)
-        started = "already running" not in log
+        tail = "\n".join(log.splitlines()[-40:])
+        pytest.fail(f"could not start the test SLURM cluster in {directory} "
+                    f"(tests/slurm/start-slurm.sh):\n{tail}", pytrace=False)
+    # Stopped at session end only if it was down before: a cluster restarted because its set-up
+    # changed may serve other sessions too.
+    started = "already running" not in log and "restarting it" not in log
     config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
                             env={**os.environ, "SLURM_CONF": conf}, timeout=20).stdout
     return SlurmCluster(conf, directory, nodes, parse_accounting_mode(config), started, overrides)
@@ -166,10 +160,12 @@ def _stop(cluster: SlurmCluster) -> None:
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[SlurmCluster]:
-    """The main test cluster: 2 nodes (node1, node2) x 2 CPUs, jobcomp accounting (sacct -c),
-    MinJobAge=300. Reused if already up (tests/run.sh starts it), else started here and
-    stopped at session end. Sets os.environ["SLURM_CONF"] for the session."""
-    cluster = _bring_up(MAIN_DIR, {}, reuse=True)
+    """The main test cluster: 2 nodes (node1, node2) x 2 CPUs bound to cores (task/affinity),
+    4 GPUs each (gres without devices), <node>i names on addresses of their own, jobcomp
+    accounting (sacct -c), MinJobAge=300. Reused if already up with this set-up (tests/run.sh
+    starts it), restarted if its set-up changed, else started here and stopped at session end.
+    Sets os.environ["SLURM_CONF"] for the session."""
+    cluster = _bring_up(MAIN_DIR, {})
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = cluster.conf
     yield cluster
@@ -195,8 +191,7 @@ def slurm_cluster_factory() -> Iterator[Callable[[str], SlurmCluster]]:
             raise KeyError(f"unknown extra cluster {name!r}; known: {sorted(EXTRA_CLUSTERS)}")
         if name not in started:
             overrides = {**EXTRA_CLUSTERS[name], "SLURM_CI_LINK_ETC": "0"}
-            # start-slurm.sh restarts a cluster left running with other knobs, so always call it
-            started[name] = _bring_up(f"{MAIN_DIR}-{name}", overrides, reuse=False)
+            started[name] = _bring_up(f"{MAIN_DIR}-{name}", overrides)
         return started[name]
 
     yield get

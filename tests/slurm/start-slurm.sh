@@ -11,9 +11,16 @@
 #   SLURM_CI_NODES=2            emulated nodes node1..nodeN (one `slurmd -N nodeK` each, same
 #                               host); 2 so that a `nodes: 2` step can run. 1 -> one node
 #                               named after the host
-#   SLURM_CI_CPUS=2             CPUs per node (may exceed the real count: config_overrides);
-#                               2 nodes x 2 lets up to 4 one-CPU jobs run side by side
-#   SLURM_CI_GPUS=0             fake GPUs per node (gres/gpu backed by /dev/null aliases)
+#   SLURM_CI_CPUS=2             CPUs per node; 2 nodes x 2 lets up to 4 one-CPU jobs run side
+#                               by side. Every node binds into the same real cores 0..CPUS-1, so
+#                               with binding on it may not exceed the cores this script may use
+#                               (tasks on a CPU that does not exist fail: "Unable to layout
+#                               tasks"); with SLURM_CI_BIND=none it may (config_overrides)
+#   SLURM_CI_BIND=cores         cores: TaskPlugin=task/affinity, tasks bound to cores by default
+#                               (TaskPluginParam=Cores), like a real site; none: task/none
+#   SLURM_CI_GPUS=4             GPUs per node: gres/gpu without devices (File= aliases of
+#                               /dev/null: SLURM 22.05 drops a GPU that has no File=), so
+#                               --gpus-per-node and --gres=gpu:N are scheduled for real; 0: none
 #   SLURM_CI_ACCOUNTING=jobcomp jobcomp: jobcomp/filetxt, `sacct -c` only (no extra daemon)
 #                               dbd: + slurmdbd + private mariadbd => full `sacct` (installs
 #                                    mariadb-server slurmdbd if missing)
@@ -34,7 +41,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DIR=${SLURM_CI_DIR:-/tmp/itwinai-hpc-slurm}
 NODES=${SLURM_CI_NODES:-2}
 CPUS=${SLURM_CI_CPUS:-2}
-GPUS=${SLURM_CI_GPUS:-0}
+BIND=${SLURM_CI_BIND:-cores}
+GPUS=${SLURM_CI_GPUS:-4}
 ACCT=${SLURM_CI_ACCOUNTING:-jobcomp}
 MINJOBAGE=${SLURM_CI_MINJOBAGE:-300}
 PORT=${SLURM_CI_PORT:-7817}
@@ -48,6 +56,12 @@ export SLURM_CONF=$DIR/slurm.conf   # slurmdbd also finds slurmdbd.conf next to 
 export SLURM_CI_OWNER=$DIR          # marker in our daemons' environment; stop-slurm.sh uses it
 log() { echo "[start-slurm] $*" >&2; }
 
+# One start (or restart) at a time: two test sessions that both find the cluster down or
+# outdated would otherwise start two sets of daemons in the same directory.
+mkdir -p "$(dirname "$DIR")"
+exec 9>"$DIR.lock"
+flock 9
+
 # alive PIDFILE NAME: process in PIDFILE exists, is not a zombie, and its comm starts with NAME
 alive() {
   local p st
@@ -60,6 +74,12 @@ alive() {
 }
 node_names() {
   if ((NODES == 1)); then hostname -s; else for ((i = 1; i <= NODES; i++)); do echo "node$i"; done; fi
+}
+# Each node's name on the "fast network" (JSC's <node>i InfiniBand names), on an address of its
+# own (127.0.2.K), so a test can show that a rendezvous over those names works while SLURM and
+# $SLURMD_NODENAME keep the plain names (which resolve to 127.0.0.1, the NodeAddr).
+fabric_hosts() {
+  if ((NODES > 1)); then for ((i = 1; i <= NODES; i++)); do echo "127.0.2.$i node${i}i"; done; fi
 }
 all_up() {
   alive "$DIR/munge/munged.pid" munged && alive "$DIR/slurmctld.pid" slurmctld || return 1
@@ -90,7 +110,18 @@ wait_for() {     # wait_for WHAT CMD...: poll every 0.2 s until CMD succeeds or 
 # ---- 0. already running? --------------------------------------------------------------
 # A running cluster is reused only if it was started with the same knobs; otherwise a test
 # asking for, say, MinJobAge=5 would silently get the 300 of an earlier start.
-KNOBS="nodes=$NODES cpus=$CPUS gpus=$GPUS accounting=$ACCT minjobage=$MINJOBAGE port=$PORT extra=$EXTRA template=$(cksum <"$TEMPLATE")"
+# The checksums of this script and of the template restart a cluster whose set-up changed.
+KNOBS="nodes=$NODES cpus=$CPUS bind=$BIND gpus=$GPUS accounting=$ACCT minjobage=$MINJOBAGE port=$PORT extra=$EXTRA template=$(cksum <"$TEMPLATE") script=$(cksum <"${BASH_SOURCE[0]}")"
+case $BIND in
+  cores) TASKPLUGIN=$'TaskPlugin=task/affinity\nTaskPluginParam=Cores'
+         if ((CPUS > $(nproc))); then
+           log "SLURM_CI_CPUS=$CPUS but only $(nproc) cores here: with binding every node's CPUs" \
+               "must be real ones; use SLURM_CI_CPUS<=$(nproc) or SLURM_CI_BIND=none"
+           exit 2
+         fi ;;
+  none)  TASKPLUGIN=TaskPlugin=task/none ;;
+  *) log "SLURM_CI_BIND must be cores or none"; exit 2 ;;
+esac
 if all_up && scontrol ping >/dev/null 2>&1 && nodes_idle; then
   if [[ $(cat "$DIR/knobs" 2>/dev/null) == "$KNOBS" ]]; then
     log "already running ($DIR)"; echo "export SLURM_CONF=$SLURM_CONF"; exit 0
@@ -151,6 +182,7 @@ conf=${conf//@CTLD_PORT@/"$PORT"}
 conf=${conf//@DEFMEM@/"$DEFMEM"}
 conf=${conf//@ACCOUNTING@/"$ACCTLINES"}
 conf=${conf//@MINJOBAGE@/"$MINJOBAGE"}
+conf=${conf//@TASKPLUGIN@/"$TASKPLUGIN"}
 conf=${conf//@NODELINES@/"$NODELINES"}
 conf=${conf//@EXTRA@/"$EXTRA"}
 printf '%s\n' "$conf" >"$SLURM_CONF"
@@ -177,22 +209,24 @@ if [[ $LINK_ETC == 1 ]]; then
     log "/etc/slurm/slurm.conf belongs to another cluster; left alone - export SLURM_CONF=$SLURM_CONF"
   fi
 fi
-if ((NODES > 1)); then                      # torchrun etc. resolve node names -> 127.0.0.1
-  for n in $(node_names); do
+if ((NODES > 1)); then      # torchrun etc. resolve node names -> 127.0.0.1, <node>i -> 127.0.2.K
+  while read -r addr n; do
     # Each cluster keeps its own tagged line, so stopping a neighbour cluster with the same
     # node names (which removes its lines) does not break ours; a name that resolves without
     # any slurm-ci line is a real host and is left alone.
-    grep -q "^127.0.0.1 $n # slurm-ci:$DIR\$" /etc/hosts && continue
-    if ! getent hosts "$n" >/dev/null || grep -q "^127.0.0.1 $n # slurm-ci:" /etc/hosts; then
-      echo "127.0.0.1 $n # slurm-ci:$DIR" >>/etc/hosts
+    grep -q "^$addr $n # slurm-ci:$DIR\$" /etc/hosts && continue
+    if ! getent hosts "$n" >/dev/null || grep -q "^$addr $n # slurm-ci:" /etc/hosts; then
+      echo "$addr $n # slurm-ci:$DIR" >>/etc/hosts
     fi
-  done
+  done < <(for n in $(node_names); do echo "127.0.0.1 $n"; done; fabric_hosts)
 fi
 
 # ---- 3. daemons -----------------------------------------------------------------------
+# Each daemon is started with fd 9 (the start lock) closed: a daemon holding it would block
+# every later start.
 munged --socket="$DIR/munge/munge.socket" --key-file="$DIR/munge/munge.key" \
   --pid-file="$DIR/munge/munged.pid" --log-file="$DIR/log/munged.log" \
-  --seed-file="$DIR/munge/munged.seed"
+  --seed-file="$DIR/munge/munged.seed" 9>&-
 
 if [[ $ACCT == dbd ]]; then
   mkdir -p "$DIR/mysql"
@@ -202,7 +236,7 @@ if [[ $ACCT == dbd ]]; then
   setsid mariadbd --no-defaults --user=root --datadir="$DIR/mysql" \
     --socket="$DIR/mysql/mysqld.sock" --pid-file="$DIR/mysql/mysqld.pid" \
     --port="$SQL_PORT" --bind-address=127.0.0.1 --log-error="$DIR/log/mariadb.err" \
-    --skip-log-bin --innodb-buffer-pool-size=64M </dev/null >/dev/null 2>&1 &
+    --skip-log-bin --innodb-buffer-pool-size=64M </dev/null >/dev/null 2>&1 9>&- &
   sql() { mariadb --no-defaults -S "$DIR/mysql/mysqld.sock" -uroot -e "$1"; }
   wait_for mariadbd sql 'SELECT 1'
   sql "CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm';
@@ -225,12 +259,12 @@ StoragePass=slurm
 StorageLoc=slurm_acct_db
 EOF
   chmod 600 "$DIR/slurmdbd.conf"             # slurmdbd refuses a world-readable conf
-  slurmdbd                                   # no -f: reads slurmdbd.conf beside $SLURM_CONF
+  slurmdbd 9>&-                              # no -f: reads slurmdbd.conf beside $SLURM_CONF
   wait_for slurmdbd sacctmgr -n list cluster
 fi
 
-slurmctld -f "$SLURM_CONF"
-for n in $(node_names); do slurmd -f "$SLURM_CONF" -N "$n"; done
+slurmctld -f "$SLURM_CONF" 9>&-
+for n in $(node_names); do slurmd -f "$SLURM_CONF" -N "$n" 9>&-; done
 
 # ---- 4. wait until every node is idle -------------------------------------------------
 cluster_ready() { all_up && scontrol ping && nodes_idle; }
