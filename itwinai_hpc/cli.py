@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("workflow", nargs="?", metavar="WORKFLOW", help=what)
         p.add_argument("-f", "--file", dest="workflow_file", metavar="WORKFLOW",
                        help="the same, as a flag (itwinai's `run-workflow.py -f FILE`)")
+        p.add_argument("--profile", metavar="NAME|PATH",
+                       help="the site profile merged under the workflow's defaults (default: "
+                            "the workflow's `profile:`, else generic); `itwinai-hpc profiles` "
+                            "lists them")
         p.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="PATH=VALUE",
                        help="override any field, e.g. steps.train.resources.nodes=4 or "
@@ -58,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "name")
         p.add_argument("--group-share", action="store_true",
                        help="let your group read and write the run folder (default: only you)")
+
+    def timeout_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--timeout", type=float, metavar="SECONDS",
+                       help="with --wait: stop waiting after SECONDS, exit 3 (the jobs go on)")
 
     p = sub.add_parser("validate", help="check a workflow file; writes nothing",
                        description="Check a workflow file: schema, types, needs, cycles. "
@@ -86,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_folder_args(p)
     p.add_argument("--wait", action="store_true",
                    help="wait with live progress; exit like `status` (non-zero if a step fails)")
+    timeout_arg(p)
     p.add_argument("--dry-run", action="store_true",
                    help="render the run folder and print what would be submitted; submit nothing")
     p.set_defaults(func=commands.cmd_submit)
@@ -127,7 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the steps that need them; completed steps are kept.")
     run_arg(p, required=True)
     p.add_argument("--wait", action="store_true", help="wait with live progress")
+    timeout_arg(p)
     p.set_defaults(func=commands.cmd_resume)
+
+    p = sub.add_parser("profiles", help="list site profiles; --show one; init one for here",
+                       description="List the site profiles (shipped and yours, one name per "
+                                   "line), show one with its sources, or write a starting "
+                                   "profile for the cluster you are on (init).")
+    p.add_argument("action", nargs="?", choices=["list", "init"], default="list")
+    p.add_argument("--show", metavar="NAME", help="print one profile with its comments")
+    p.set_defaults(func=commands.cmd_profiles)
 
     _add_optional_commands(sub)
     _group_command_help(parser, sub)

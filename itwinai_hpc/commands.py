@@ -34,11 +34,12 @@ def cmd_validate(args) -> int:
     from .plan import plan
     from .workflow import load_workflow
     args.workflow = _workflow_path(args)
-    loaded = load_workflow(args.workflow, args.overrides)
-    for warning in implausible_values(loaded.workflow, loaded.doc):
+    loaded = load_workflow(args.workflow, args.overrides, profile=args.profile)
+    for warning in implausible_values(loaded.workflow, loaded.doc, loaded.site.profile):
         print(f"warning: {warning.format()}", file=sys.stderr)
-    jobs = plan(loaded.workflow)
-    print(f"{args.workflow}: OK: workflow '{loaded.workflow.name}', {len(jobs)} step(s)")
+    jobs = plan(loaded.workflow, loaded.site.profile)
+    print(f"{args.workflow}: OK: workflow '{loaded.workflow.name}', {len(jobs)} step(s), "
+          f"site profile '{loaded.site.name}'")
     for job in jobs:
         after = f"  (after {', '.join(job.needs)})" if job.needs else ""
         r = job.resources
@@ -61,7 +62,7 @@ def prepare_run(args):
     from .render import render_workflow
     return render_workflow(_workflow_path(args), args.overrides, run_dir=args.output,
                            runs_dir=args.runs_dir, templates_dir=args.templates,
-                           command_line=command_line())
+                           command_line=command_line(), profile=args.profile)
 
 
 def cmd_render(args) -> int:
@@ -89,6 +90,7 @@ def _rendered_folder(args):
     unused = [flag for flag, value in (("--set", args.overrides), ("-o", args.output),
                                        ("--runs-dir", args.runs_dir),
                                        ("--templates", args.templates),
+                                       ("--profile", args.profile),
                                        ("--group-share", args.group_share)) if value]
     if unused:
         raise UserError(f"{', '.join(unused)} cannot change a run folder that is already "
@@ -139,10 +141,10 @@ def cmd_submit(args) -> int:
     if not args.wait:
         print(f"follow it with: itwinai-hpc status {manifest.run_id}")
         return 0
-    return _wait_and_report(manifest)
+    return _wait_and_report(manifest, args.timeout)
 
 
-def _wait_and_report(manifest) -> int:
+def _wait_and_report(manifest, timeout: float | None = None) -> int:
     from . import operations
     from .status_view import format_table
     tty = sys.stderr.isatty()
@@ -151,9 +153,12 @@ def _wait_and_report(manifest) -> int:
         print(("\r\x1b[K" if tty else "") + line, end="" if tty else "\n", file=sys.stderr,
               flush=True)
 
-    rc = operations.wait(manifest, progress=progress)
+    rc = operations.wait(manifest, timeout=timeout, progress=progress)
     if tty:
         print(file=sys.stderr)
+    if rc == operations.EXIT_ACTIVE:      # only a timeout ends the wait with work left
+        print(f"gave up waiting after --timeout {timeout:g} s; the jobs go on: "
+              f"itwinai-hpc status {manifest.run_id}", file=sys.stderr)
     print(format_table(manifest))
     if rc != 0:
         operations.print_failures(manifest)
@@ -210,6 +215,27 @@ def cmd_resume(args) -> int:
         return 0
     for name in todo:
         print(f"  {name:<16} {manifest.step(name).job_id}")
-    return _wait_and_report(manifest) if args.wait else 0
+    return _wait_and_report(manifest, args.timeout) if args.wait else 0
 
 
+
+
+def cmd_profiles(args) -> int:
+    from . import profiles
+    if args.show:
+        print(profiles.describe(profiles.load_profile(args.show)), end="")
+        return 0
+    if args.action == "init":
+        from .profiles.detect import detect
+        try:
+            print(detect(), end="")
+        except RuntimeError as exc:
+            print(f"error: {exc} (is this a SLURM login node?)", file=sys.stderr)
+            return 1
+        return 0
+    by_file: dict = {}
+    for name, path in profiles.available().items():
+        by_file.setdefault(path, []).append(name)
+    for path, names in by_file.items():
+        print(names[0])
+    return 0

@@ -125,8 +125,9 @@ _PLAUSIBLE = {"nodes": 10_000, "gpus_per_node": 16, "cpus_per_task": 1024,
 _MEM_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
-def implausible_values(wf: Workflow, doc: YamlDoc) -> list[UserError]:
-    """Values SLURM accepts but no cluster has (validate prints them as warnings)."""
+def implausible_values(wf: Workflow, doc: YamlDoc, site=None) -> list[UserError]:
+    """Values SLURM accepts but no cluster has, or this site's nodes do not have (a Profile's
+    node and partitions); validate prints them as warnings."""
     from . import slurm_syntax
     found: list[UserError] = []
     sections = [(("defaults", "resources"), wf.defaults.resources)]
@@ -144,6 +145,17 @@ def implausible_values(wf: Workflow, doc: YamlDoc) -> list[UserError]:
         if r.time and slurm_syntax.time_seconds(r.time) > 31 * 86400:
             warn("time", f"'{r.time}' is more than a month; sites allow days at most "
                  "(sbatch --test-only tells you this cluster's limit)")
+        node = site.node if site else None
+        if node and node.gpus is not None and (r.gpus_per_node or 0) > node.gpus:
+            warn("gpus-per-node", f"{r.gpus_per_node} GPUs per node, but this site's nodes have "
+                 f"{node.gpus} (profile '{wf.profile}')")
+        if node and node.cores and (r.cpus_per_task or 0) * (r.ntasks_per_node or 1) > node.cores:
+            warn("cpus-per-task", f"{r.cpus_per_task} x {r.ntasks_per_node or 1} task(s) is more "
+                 f"CPUs than this site's nodes have ({node.cores}, profile '{wf.profile}')")
+        if site and site.partitions and r.partition and \
+                not set(r.partition.split(",")) & set(site.partitions):
+            warn("partition", f"'{r.partition}' is none of this site's usual partitions "
+                 f"({', '.join(site.partitions)}, profile '{wf.profile}')")
         if r.mem and r.mem[-1] in _MEM_UNITS and \
                 int(r.mem[:-1]) * _MEM_UNITS[r.mem[-1]] > 16 * 2**40:
             warn("mem", f"{r.mem} per node is more memory than any node has")

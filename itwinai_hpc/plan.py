@@ -12,17 +12,22 @@ from .schema import (Container, Launch, Resources, Workflow, list_items, merge,
                      merge_lists)
 
 
-def plan(wf: Workflow) -> list[PlannedStep]:
-    """The steps in dependency order (stable: file order among independent steps)."""
+def plan(wf: Workflow, site=None) -> list[PlannedStep]:
+    """The steps in dependency order (stable: file order among independent steps). `site` (a
+    profiles.Profile) goes under the workflow's defaults: the workflow's values win, lists
+    extend; its GPU vendor resolves `container.gpu: auto`. A profile's container settings say
+    how containers are entered there; a step without an image still runs without one."""
+    d = merge(site.defaults, wf.defaults) if site else wf.defaults
+    gpu_vendor = site.node.gpu_vendor if site else "nvidia"
     order = topological_order(wf)
     by_name = {s.name: s for s in wf.steps}
     width = max(2, len(str(len(order))))
     planned = []
     for i, name in enumerate(order, start=1):
         step = by_name[name]
-        d = wf.defaults
         res = _resources(merge(d.resources, step.resources))
-        container = _resolve_container(d.container, step.container, gpus=res.gpus_per_node)
+        container = _resolve_container(d.container, step.container, gpus=res.gpus_per_node,
+                                       vendor=gpu_vendor)
         env = {**_strs(d.env), **_strs(step.env)}
         nproc = step.nproc_per_node or (res.gpus_per_node or 1)
         requeue = None
@@ -75,16 +80,19 @@ def _resources(r: Resources) -> PlannedResources:
         gpu_flag=r.gpu_flag or "gpus-per-node")
 
 
-def _resolve_container(default, step, gpus: int) -> PlannedContainer | None:
+def _resolve_container(default, step, gpus: int, vendor: str) -> PlannedContainer | None:
     if step == "none" or (step is None and default in ("none", None)):
         return None
     c: Container = merge(None if default == "none" else default, step)
     if c is None or not c.image:
         return None
+    gpu = {True: "auto", False: "none", None: "auto"}.get(c.gpu, c.gpu)
+    if gpu == "auto":
+        gpu = vendor if gpus > 0 else "none"
     return PlannedContainer(runtime=c.runtime or "apptainer", image=c.image,
                             binds=tuple(list_items(c.binds)), env=tuple(_strs(c.env).items()),
-                            gpu=c.gpu if c.gpu is not None else gpus > 0,
-                            options=tuple(list_items(c.options)))
+                            gpu=gpu, options=tuple(list_items(c.options)),
+                            entry=c.entry or "exec")
 
 
 def _str(v) -> str:

@@ -34,14 +34,26 @@ class PlannedResources:
     gpu_flag: str = "gpus-per-node"     # or "gres": --gres=gpu:N
 
 
+# Where a runtime wraps the step: inside each srun task (or the batch shell), as a command
+# prefix; or on the srun line itself (a SPANK plugin), with the batch shell outside.
+TASK_RUNTIMES = ("apptainer", "singularity", "shifter", "podman-hpc")
+SRUN_RUNTIMES = ("container-engine", "pyxis")
+
+
 @dataclass(frozen=True)
 class PlannedContainer:
     runtime: str
     image: str
     binds: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
-    gpu: bool = False
+    gpu: str = "none"                   # nvidia | amd | none (resolved)
     options: tuple[str, ...] = ()
+    entry: str = "exec"                 # apptainer/singularity: exec | run
+
+    @property
+    def wraps_srun(self) -> bool:
+        """True for runtimes that are srun options (CSCS container engine, pyxis)."""
+        return self.runtime in SRUN_RUNTIMES
 
 
 @dataclass(frozen=True)

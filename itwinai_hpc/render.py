@@ -65,8 +65,14 @@ def template_env(templates_dir: str | Path | None = None) -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, autoescape=False)
     env.filters["shq"] = shell_quote
     env.filters["comment"] = comment_safe
-    env.globals.update(layout=layout, runtime_exports=runtime_exports, task_setup=task_setup)
+    env.globals.update(layout=layout, runtime_exports=runtime_exports, task_setup=task_setup,
+                       bind_pair=bind_pair)
     return env
+
+
+def bind_pair(bind: str) -> str:
+    """A bind as SRC:DST (`/data` -> `/data:/data`), for runtimes that want both sides."""
+    return bind if ":" in bind else f"{bind}:{bind}"
 
 
 def runtime_exports(job: PlannedStep, indent: int = 0) -> str:
@@ -154,7 +160,8 @@ class RenderedRun:
 def render_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
                     run_dir: str | Path | None = None, runs_dir: str | Path | None = None,
                     templates_dir: str | Path | None = None, command_line: str = "",
-                    run_id: str | None = None, workdir: str | Path | None = None) -> RenderedRun:
+                    run_id: str | None = None, workdir: str | Path | None = None,
+                    profile: str | None = None) -> RenderedRun:
     """The one way from a workflow file to a run: parse it once, pick the run id (a new one
     unless given) and folder (`run_dir`, else RUNS/<run id>), resolve ${run_dir}/${run_id}
     with exactly those, render. `workdir` (default: here) is where the jobs run."""
@@ -162,7 +169,8 @@ def render_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     run_id = run_id or new_run_id(workflow_name(doc))
     folder = Path(run_dir) if run_dir else Path(runs_dir or default_runs_dir()) / run_id
     loaded = resolve_workflow(doc, path, tuple(overrides), run_dir=folder.absolute(),
-                              run_id=run_id, workdir=None if workdir is None else Path(workdir))
+                              run_id=run_id, workdir=None if workdir is None else Path(workdir),
+                              profile=profile)
     return render_run(loaded, templates_dir=templates_dir, command_line=command_line)
 
 
@@ -180,7 +188,7 @@ def render_run(loaded: LoadedWorkflow, *, templates_dir: str | Path | None = Non
                             "on an #SBATCH line (spaces, quotes, shell characters); use a plain "
                             "path")
     wf = loaded.workflow
-    steps = plan(wf)
+    steps = plan(wf, loaded.site.profile if loaded.site else None)
     env = template_env(templates_dir)
     env.globals["bind_sources"] = bind_sources_for(str(run_dir), str(workdir))
     common = dict(run_id=run_id, run_dir=str(run_dir), workdir=str(workdir),

@@ -57,14 +57,25 @@ class Launch(_Model):
         return opts
 
 
+RUNTIMES = ("apptainer", "singularity", "shifter", "podman-hpc", "container-engine", "pyxis")
+GPU_VENDORS = ("nvidia", "amd", "none")
+
+
 class Container(_Model):
-    """An Apptainer image and how to enter it."""
+    """A container image and how a step enters it.
+
+    runtime: apptainer | singularity (`exec` or `run`, --nv / --rocm), shifter (NERSC: sbatch
+    --image, `shifter` per task), podman-hpc, container-engine (CSCS: the image is an EDF .toml,
+    `srun --environment=`), pyxis (enroot: `srun --container-image=`)."""
 
     image: Annotated[str, Field(min_length=1)] | None = None
-    runtime: Literal["apptainer", "singularity"] | None = None
+    runtime: Literal[RUNTIMES] | None = None     # type: ignore[valid-type]
+    entry: Literal["exec", "run"] | None = None  # apptainer/singularity subcommand
     binds: ListField = None
     env: dict[str, Scalar] | None = None
-    gpu: StrictBool | None = None   # None: --nv exactly when the step asks for GPUs
+    # nvidia (--nv), amd (--rocm), none; auto (default): the profile's GPU vendor when the step
+    # asks for GPUs. true/false are auto/none, as written before vendors existed.
+    gpu: StrictBool | Literal["nvidia", "amd", "none", "auto"] | None = None
     options: ListField = None
 
     @field_validator("env")
@@ -188,6 +199,8 @@ class Step(_StepSettings):
 class Workflow(_Model):
     name: Annotated[str, Field(pattern=SAFE_NAME)]
     description: str | None = None
+    # The site profile merged under `defaults` (profiles.py); --profile overrides it.
+    profile: str | None = None
     vars: dict[str, Scalar] = {}
     defaults: Defaults = Defaults()
     steps: Annotated[list[Step], Field(min_length=1)]

@@ -58,7 +58,6 @@ def check_env(env: dict | None) -> dict | None:
     return env
 
 
-
 def merge(base, override):
     """Field-wise merge of two models of the same type: fields set in `override` win, list
     fields extend (or are replaced, see ListField), nested models merge the same way."""
@@ -69,11 +68,12 @@ def merge(base, override):
     for name in model.model_fields:
         old = None if base is None else getattr(base, name)
         new = None if override is None else getattr(override, name)
-        if _is_model(old) or _is_model(new):
+        if (_is_model(old) or old is None) and (_is_model(new) or new is None):
             values[name] = merge(old, new)
         elif isinstance(old, dict) and isinstance(new, dict):
             values[name] = {**old, **new}
-        elif isinstance(new, (list, ListReplace)) or isinstance(old, (list, ListReplace)):
+        elif isinstance(new, (list, ListReplace)) or \
+                new is None and isinstance(old, (list, ListReplace)):
             values[name] = merge_lists(old, new)
         else:
             values[name] = old if new is None else new

@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import UserErrors
 from .graph import check_graph
 from .overrides import apply_override
+from .profiles import LoadedProfile, load_profile
 from .schema import Workflow
 from .validation import by_line, validate_model
 from .variables import substitute_document
@@ -37,6 +38,7 @@ class LoadedWorkflow:
     run_dir: Path | None = None
     run_id: str | None = None
     workdir: Path = Path(".")  # ${workdir}: where the jobs run (the submitting folder)
+    site: LoadedProfile | None = None   # the profile plan() merges under `defaults`
 
 
 def read_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> YamlDoc:
@@ -49,7 +51,7 @@ def read_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
 
 def resolve_workflow(doc: YamlDoc, path: str | Path, overrides: tuple[str, ...] = (), *,
                      run_dir: Path | None = None, run_id: str | None = None,
-                     workdir: Path | None = None) -> LoadedWorkflow:
+                     workdir: Path | None = None, profile: str | None = None) -> LoadedWorkflow:
     """Substitute and validate a document from read_workflow for one run (or for checking only,
     without run_dir/run_id). Raises UserError(s); writes nothing."""
     path = Path(path)
@@ -62,16 +64,22 @@ def resolve_workflow(doc: YamlDoc, path: str | Path, overrides: tuple[str, ...] 
         context["run_id"] = run_id
     substitute_document(doc, context)
     wf = validate_model(Workflow, doc)
-    problems = check_graph(wf, doc)
+    problems = check_graph(wf, doc)       # the workflow as written: its lines, its fields
     if problems:
         raise UserErrors(by_line(problems))
-    return LoadedWorkflow(wf, path, doc, tuple(overrides), run_dir, run_id, workdir)
+    # The site profile (--profile over `profile:`); plan() merges it under the defaults. The
+    # workflow stays as written, naming its profile, so its resolved copy renders the same.
+    site = load_profile(profile or wf.profile)
+    wf = wf.model_copy(update={"profile": site.name})
+    return LoadedWorkflow(wf, path, doc, tuple(overrides), run_dir, run_id, workdir, site)
 
 
-def load_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedWorkflow:
+def load_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                  profile: str | None = None) -> LoadedWorkflow:
     """Parse, override, substitute and validate `path` for checking (validate, tests); to render
     a run use render.render_workflow, which resolves ${run_dir}/${run_id} for that run."""
-    return resolve_workflow(read_workflow(path, overrides), path, tuple(overrides))
+    return resolve_workflow(read_workflow(path, overrides), path, tuple(overrides),
+                            profile=profile)
 
 
 def workflow_name(doc: YamlDoc) -> str:

@@ -25,12 +25,19 @@ CASES = {
     # host), --gres GPUs, file binds, srun DDP
     "site-launch": (Path(__file__).parent / "golden_inputs" / "site-launch.yml", ()),
 }
+# The MNIST training workflow as each shipped site profile renders it (2 nodes x their GPUs).
+PROFILES = {"jsc": 4, "lumi": 8, "vega": 4, "cscs": 4, "nersc": 4}
+for _name, _gpus in PROFILES.items():
+    CASES[f"profile-{_name}"] = (MNIST_TRAIN, ("steps.train.resources.nodes=2",
+                                               f"steps.train.resources.gpus-per-node={_gpus}"),
+                                 _name)
 
 
-def render_fixed(workflow: Path, overrides=(), run_dir="/runs/golden-run", **kw) -> RenderedRun:
+def render_fixed(workflow: Path, overrides=(), profile=None, run_dir="/runs/golden-run",
+                 **kw) -> RenderedRun:
     """Render with a fixed run id, run folder and working directory, so the text is stable."""
     return render_workflow(workflow, list(overrides), run_dir=run_dir, run_id="golden-run",
-                           workdir="/work/project",
+                           workdir="/work/project", profile=profile,
                            command_line=f"itwinai-hpc render {workflow.name}", **kw)
 
 

@@ -23,9 +23,12 @@ def test_the_wheel_ships_the_templates_and_renders_from_them(tmp_path):
     shipped = {Path(n).name for n in names if n.startswith("itwinai_hpc/templates/")}
     in_repo = {p.name for p in (ROOT / "templates").rglob("*.j2")}
     assert shipped == in_repo
+    profiles = {Path(n).name for n in names if n.startswith("itwinai_hpc/profiles/")}
+    assert {p.name for p in (ROOT / "itwinai_hpc/profiles").glob("*.yml")} <= profiles
     code = ("from itwinai_hpc.render import builtin_templates; print(builtin_templates()); "
             "from itwinai_hpc.cli import main; raise SystemExit(main(['render', "
-            f"{str(ROOT / 'use-cases/mnist/training-workflow.yml')!r}, '-o', 'run']))")
+            f"{str(ROOT / 'use-cases/mnist/training-workflow.yml')!r}, '-o', 'run', "
+            "'--profile', 'lumi']))")
     env = {**os.environ, "PYTHONPATH": str(site)}
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
                        text=True)

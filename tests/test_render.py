@@ -20,8 +20,8 @@ from golden_cases import CASES, GOLDEN, MNIST_INFER, MNIST_TRAIN, ROOT, normaliz
 
 @pytest.mark.parametrize("case", CASES)
 def test_rendered_mnist_scripts_match_the_golden_files(case):
-    workflow, overrides = CASES[case]
-    run = render_fixed(workflow, overrides)
+    workflow, overrides, *profile = CASES[case]
+    run = render_fixed(workflow, overrides, *profile)
     folder = GOLDEN / case
     expected = sorted(p.name for p in folder.iterdir())
     assert sorted(run.files) == expected
@@ -118,8 +118,8 @@ def test_submit_sh_chains_the_steps_with_afterok_and_kill_on_invalid_dep():
 
 def lint_cases(tmp_path: Path) -> dict[str, str]:
     scripts = {}
-    for case, (workflow, overrides) in CASES.items():
-        for name, text in render_fixed(workflow, overrides).files.items():
+    for case, (workflow, overrides, *profile) in CASES.items():
+        for name, text in render_fixed(workflow, overrides, *profile).files.items():
             if name.endswith((".sbatch", ".sh")):
                 scripts[f"{case}/{name}"] = text
     variety = tmp_path / "variety.yml"

@@ -125,7 +125,9 @@ def test_submit_local_parses_the_workflow_once_and_plans_it_once(tmp_path, monke
 
     def counting(name, original):
         def wrapper(*args, **kwargs):
-            calls[name] += 1
+            # the workflow file's parses (site profiles are YAML files too)
+            if name != "parse_yaml" or args[1] == str(workflow):
+                calls[name] += 1
             return original(*args, **kwargs)
         return wrapper
 

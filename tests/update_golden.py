@@ -16,8 +16,8 @@ from golden_cases import CASES, GOLDEN, normalized, render_fixed  # noqa: E402
 
 
 def main() -> int:
-    for case, (workflow, overrides) in CASES.items():
-        run = render_fixed(workflow, overrides)
+    for case, (workflow, overrides, *profile) in CASES.items():
+        run = render_fixed(workflow, overrides, *profile)
         folder = GOLDEN / case
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)

@@ -43,6 +43,10 @@ def check_container_runtimes(steps) -> None:
     are PlannedSteps."""
     missing = {}
     for job in steps:
+        if job.container and job.container.wraps_srun:
+            raise UserError(f"step {job.name} runs in a {job.container.runtime} container, "
+                            "which is an option of SLURM's srun: submit with --backend slurm, "
+                            "or run here without containers: --set defaults.container=none")
         if job.container and not shutil.which(job.container.runtime):
             missing.setdefault(job.container.runtime, []).append(job.name)
     if missing:
