@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true",
                    help="wait with live progress; exit like `status` (non-zero if a step fails)")
     timeout_arg(p)
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip `sbatch --test-only` of every step before anything is queued")
     p.add_argument("--dry-run", action="store_true",
                    help="render the run folder and print what would be submitted; submit nothing")
     p.set_defaults(func=commands.cmd_submit)
@@ -138,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait with live progress")
     timeout_arg(p)
     p.set_defaults(func=commands.cmd_resume)
+
+    p = sub.add_parser("report", help="usage vs requests per job, with advice",
+                       description="Per step (and array task): state, elapsed vs requested "
+                                   "time, CPU efficiency, MaxRSS vs requested memory, GPUs, "
+                                   "energy, from sacct where slurmdbd runs; advice where a "
+                                   "request is far off what was used.")
+    run_arg(p, required=True)
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.set_defaults(func=commands.cmd_report)
 
     p = sub.add_parser("profiles", help="list site profiles; --show one; init one for here",
                        description="List the site profiles (shipped and yours, one name per "

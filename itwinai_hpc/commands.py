@@ -98,6 +98,19 @@ def _rendered_folder(args):
     return RunManifest.load(path)
 
 
+def _sbatch_preflight(manifest, files: dict[str, str] | None) -> None:
+    """Ask the controller about every step before anything is written or queued."""
+    from .backends.sbatch import preflight
+    from .backends.slurm_env import submit_environment
+    scripts = {}
+    for step in manifest.steps:
+        text = files[step.script] if files is not None else \
+            (Path(manifest.run_dir) / step.script).read_text()
+        scripts[step.name] = (step.script, text)
+    for check in preflight(scripts, submit_environment()):
+        print(f"preflight {check.step}: {check.estimate}", file=sys.stderr)
+
+
 def _check_passthrough(manifest) -> None:
     """env-passthrough variables must be set where the run is submitted (they travel by name
     in the job's environment): say so before anything is written or queued."""
@@ -120,11 +133,15 @@ def cmd_submit(args) -> int:
         run = prepare_run(args)
         _check_passthrough(run.manifest)
         backend.preflight(run.manifest)
+        if name == "slurm" and not args.no_preflight:
+            _sbatch_preflight(run.manifest, run.files)
         run.write(group_share=args.group_share)
         manifest = run.manifest
     else:
         _check_passthrough(manifest)
         backend.preflight(manifest)
+        if name == "slurm" and not args.no_preflight:
+            _sbatch_preflight(manifest, None)
     print(f"run {manifest.run_id}")
     print(f"run folder {manifest.run_dir}")
     if args.dry_run:
@@ -238,4 +255,36 @@ def cmd_profiles(args) -> int:
         by_file.setdefault(path, []).append(name)
     for path, names in by_file.items():
         print(names[0])
+    return 0
+
+
+def cmd_report(args) -> int:
+    """Usage against requests per job, from sacct where slurmdbd runs."""
+    import subprocess
+    from . import operations, report
+    manifest = _load_run(args)
+    operations.refresh(manifest)
+    accounting = manifest.extra.get("accounting")
+    slurm = manifest.backend == "slurm" or manifest.extra.get("submitit", {}).get(
+        "cluster") == "slurm"
+    sacct, note = None, None
+    ids = [s.job_id for s in manifest.steps if s.job_id]
+    if slurm and accounting == "dbd" and ids:
+        from .backends.slurm_env import submit_environment
+        start = manifest.extra.get("submitted_since") or manifest.created
+        p = subprocess.run(report.build_sacct_command(ids, start), capture_output=True,
+                           text=True, timeout=60, env=submit_environment())
+        if p.returncode != 0:
+            print(f"error: sacct failed: {p.stderr.strip()}", file=sys.stderr)
+            return 1
+        sacct = report.parse_usage(p.stdout)
+    elif slurm:
+        note = (f"CPU efficiency, memory use and energy need slurmdbd accounting (this cluster: "
+                f"{accounting or 'unknown'}); shown: states and elapsed time")
+    else:
+        note = (f"a {manifest.backend or 'not submitted'} run has no scheduler accounting; "
+                "shown: states and elapsed time")
+    rows = report.usage_rows(manifest, sacct)
+    print(report.to_json(manifest, rows, note) if args.json
+          else report.format_report(manifest, rows, note))
     return 0

@@ -28,8 +28,10 @@ MAIN_PORT = int(os.environ.get("SLURM_CI_PORT", "7817"))
 # set) runs beside the usual one.
 EXTRA_CLUSTERS: dict[str, dict[str, str]] = {
     # full sacct through slurmdbd+mariadb; finished jobs leave scontrol/squeue ~12 s after end
+    # (tasks sampled every second, so that `report` sees the MaxRSS of short test jobs)
     "dbd": {"SLURM_CI_ACCOUNTING": "dbd", "SLURM_CI_MINJOBAGE": "5",
-            "SLURM_CI_PORT": str(MAIN_PORT + 200)},
+            "SLURM_CI_PORT": str(MAIN_PORT + 200),
+            "SLURM_CI_EXTRA_CONF": "JobAcctGatherFrequency=task=1"},
     # no slurmdbd: finished jobs leave scontrol fast, then only `sacct -c` knows them
     "jobcomp_short": {"SLURM_CI_ACCOUNTING": "jobcomp", "SLURM_CI_MINJOBAGE": "5",
                       "SLURM_CI_PORT": str(MAIN_PORT + 400)},

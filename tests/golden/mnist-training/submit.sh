@@ -16,6 +16,15 @@ while read -r var; do
   case $var in SLURM_CONF|SLURM_CLUSTERS|SLURM_TIME_FORMAT) ;; *) unset "$var" ;; esac
 done < <(compgen -e | grep '^SLURM_' || true)
 
+# `bash submit.sh --preflight`: ask the controller about every step first (sbatch --test-only);
+# a refusal queues nothing.
+if [[ ${1:-} == --preflight ]]; then
+  scripts=(01-preprocess.sbatch 02-train.sbatch)
+  for script in "${scripts[@]}"; do
+    sbatch --test-only "$script" || { echo "submit.sh: SLURM refuses $script: nothing queued" >&2; exit 2; }
+  done
+fi
+
 submitted=()
 cancel_submitted() {
   if [[ -n "${submitted[*]:-}" ]]; then
