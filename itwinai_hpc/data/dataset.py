@@ -87,11 +87,10 @@ class ShardedLoader:
         from itwinai_hpc.data.staging import stage_from_environment
 
         manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
-        self.manifest, self.staged = stage_from_environment(manifest)
-        where = str(self.manifest.path)
-        if split not in self.manifest.splits:
+        where = str(manifest.path)
+        if split not in manifest.splits:
             raise UserError(f"no split {split!r} in this manifest; it has "
-                            f"{', '.join(self.manifest.splits)}", file=where)
+                            f"{', '.join(manifest.splits)}", file=where)
         if rank_remainder not in REMAINDERS:
             raise ValueError(f"rank_remainder must be one of {REMAINDERS}, got {rank_remainder!r}")
         if batch_size < 1:
@@ -102,18 +101,19 @@ class ShardedLoader:
             world_size = env_world if world_size is None else world_size
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        _check_split(self.manifest, split)
-        self._shards = self.manifest.splits[split].shards
-        self.total = self.manifest.splits[split].num_samples
+        _check_split(manifest, split)
+        self.total = manifest.splits[split].num_samples
         if self.total < world_size:
             raise UserError(f"the {split} split has {self.total} samples, fewer than the "
                             f"{world_size} ranks reading it; an empty split or rank is not "
                             "allowed", file=where)
+        self.manifest, self.staged = stage_from_environment(manifest)
+        self._shards = self.manifest.splits[split].shards
         for shard in self._shards:  # fail at open, not mid-epoch, when a file is gone
             path = self.manifest.shard_path(shard)
             if not path.is_file():
-                raise UserError(f"shard listed in {where} is missing; rerun preprocess to "
-                                "repair it", file=str(path))
+                raise UserError(f"shard listed in {self.manifest.path} is missing; rerun "
+                                "preprocess to repair it", file=str(path))
         self.split, self.batch_size, self.rank, self.world_size = split, batch_size, rank, world_size
         self.shuffle, self.seed, self.drop_last, self.raw = shuffle, seed, drop_last, raw
         self.return_index, self.rank_remainder, self.epoch = return_index, rank_remainder, 0
@@ -124,7 +124,8 @@ class ShardedLoader:
             (rank + 1) * self.total // world_size - rank * self.total // world_size
         row_bytes = int(np.prod(self.manifest.image_shape)) + 8
         self.split_bytes = self.total * row_bytes
-        self.mode, self.memory_budget = choose_mode(mode, memory_budget, self.split_bytes)
+        self.mode, self.memory_budget, self._by_size = choose_mode(mode, memory_budget,
+                                                                   self.split_bytes)
         norm = self.manifest.normalization
         # (x/255 - mean)/std as one multiply-add on the uint8 batch.
         self._scale = 1.0 / (255.0 * norm["std"])
@@ -154,9 +155,10 @@ class ShardedLoader:
     def describe(self) -> str:
         """One line for the training log: the mode and why, and any staging."""
         relation = "<=" if self.split_bytes <= self.memory_budget else ">"
+        why = "" if self._by_size else ", set explicitly"
         line = (f"data {self.split}: {self.mode} mode ({self.total:,} samples, "
                 f"{describe_bytes(self.split_bytes)} {relation} memory budget "
-                f"{describe_bytes(self.memory_budget)}; {len(self._shards)} shard(s)"
+                f"{describe_bytes(self.memory_budget)}{why}; {len(self._shards)} shard(s)"
                 + (f", {self.prefetch_shards} prefetched" if self.mode == "stream" else "")
                 + f"), rank {self.rank} of {self.world_size}, {len(self)} batches of "
                 f"{self.batch_size}")
@@ -174,14 +176,20 @@ class ShardedLoader:
         return images, labels
 
     def __iter__(self) -> Iterator[tuple]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_batch: int) -> Iterator[tuple]:
+        """The current epoch's batches from `start_batch` on, as iterating and skipping that
+        many would give, without reading the shards that only the skipped batches need (a run
+        resumed mid-epoch)."""
         plan = self.plan()
         if self.mode == "stream":
-            yield from self._stream(plan)
+            yield from self._stream(plan, start_batch)
             return
         import torch
 
         rows = torch.from_numpy(plan.order).to(self.device)
-        for b in range(len(self)):
+        for b in range(start_batch, len(self)):
             idx = rows[b * self.batch_size:(b + 1) * self.batch_size]
             yield self._batch(self._images.index_select(0, idx), self._labels.index_select(0, idx),
                               plan.order[b * self.batch_size:(b + 1) * self.batch_size])
@@ -199,17 +207,23 @@ class ShardedLoader:
             labels = labels.pin_memory().to(self.device)
         return images, labels
 
-    def _stream(self, plan: EpochPlan) -> Iterator[tuple]:
+    def _stream(self, plan: EpochPlan, start_batch: int) -> Iterator[tuple]:
         import torch
 
-        pieces = prefetched(self._load_piece, plan.pieces, self.prefetch_shards)
         local = torch.from_numpy(plan.local).to(self.device)
         end = int(plan.bounds[-1])
         pad = len(plan.order) - end  # at most one sample, from the first piece
+        # Pieces that end before the first batch wanted are never read.
+        arrived = int(np.searchsorted(plan.bounds, start_batch * self.batch_size, side="right"))
+        arrived = min(max(arrived - 1, 0), len(plan.pieces))
+        pieces = prefetched(self._load_piece, plan.pieces[arrived:], self.prefetch_shards)
         loaded: dict[int, tuple] = {}
-        arrived, padding = 0, None
+        padding = None
+        if pad and arrived > 0 and len(self) * self.batch_size > end:
+            first = self._load_piece(plan.pieces[0])
+            padding = tuple(t.index_select(0, local[:pad]) for t in first)
         try:
-            for b in range(len(self)):
+            for b in range(start_batch, len(self)):
                 p0, p1 = b * self.batch_size, min((b + 1) * self.batch_size, len(plan.order))
                 images, labels, q = [], [], p0
                 while q < min(p1, end):

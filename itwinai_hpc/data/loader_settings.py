@@ -15,7 +15,7 @@ MODE_ENV = "ITWINAI_HPC_DATA_MODE"
 BUDGET_ENV = "ITWINAI_HPC_DATA_MEMORY_BUDGET"
 # Per rank, and held whole: 4-8 ranks of a GPU node share its memory.
 DEFAULT_MEMORY_BUDGET = 1 << 30
-DEFAULT_PREFETCH_SHARDS = 2
+DEFAULT_PREFETCH_SHARDS = 1  # the next shard reads while this one is batched
 
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
@@ -39,9 +39,10 @@ def describe_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def choose_mode(mode: str | None, budget: int | str | None, split_bytes: int) -> tuple[str, int]:
-    """(memory or stream, the budget in bytes): explicit arguments first, then the environment;
-    auto keeps a split of at most the budget in memory."""
+def choose_mode(mode: str | None, budget: int | str | None,
+                split_bytes: int) -> tuple[str, int, bool]:
+    """(memory or stream, the budget in bytes, whether the size chose): explicit arguments
+    first, then the environment; auto keeps a split of at most the budget in memory."""
     field = "mode" if mode is not None else MODE_ENV
     mode = mode if mode is not None else os.environ.get(MODE_ENV) or "auto"
     if mode not in MODES:
@@ -52,5 +53,5 @@ def choose_mode(mode: str | None, budget: int | str | None, split_bytes: int) ->
     else:
         budget = parse_bytes(budget, field="memory_budget")
     if mode == "auto":
-        mode = "memory" if split_bytes <= budget else "stream"
-    return mode, budget
+        return ("memory" if split_bytes <= budget else "stream"), budget, True
+    return mode, budget, False

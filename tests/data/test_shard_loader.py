@@ -260,3 +260,24 @@ def test_torchrun_two_processes_each_see_their_share_exactly_once(shards, tmp_pa
         rank0 = ranks[0][f"{mode}-keep"]["epochs"]
         assert set(rank0[0]) != set(rank0[1])  # samples moved between the ranks
     assert all(r["memory-pad"] == r["stream-pad"] for r in ranks)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("world, start", [(1, 0), (1, 20), (2, 9), (2, 15), (3, 10)])
+def test_iter_from_gives_the_batches_after_start_and_reads_no_earlier_shard(
+        shards, monkeypatch, mode, world, start):
+    from itwinai_hpc.data import dataset
+
+    loader = ShardedLoader(shards, "train", 32, rank=world - 1, world_size=world, seed=4,
+                           return_index=True, mode=mode, prefetch_shards=0)
+    loader.set_epoch(2)
+    everything = [b[2].tolist() for b in loader]
+    reads = []
+    real = dataset.read_shard
+    monkeypatch.setattr(dataset, "read_shard", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    assert [b[2].tolist() for b in loader.iter_from(start)] == everything[start:]
+    if mode == "stream":
+        plan = loader.plan()
+        needed = {plan.pieces[k].shard for k in range(len(plan.pieces))
+                  if plan.bounds[k + 1] > start * 32}
+        assert len(reads) <= len(needed) + 1  # + the first shard again for a padded sample

@@ -79,7 +79,8 @@ def test_every_rank_of_a_node_may_stage_at_once_and_one_copies(shards, tmp_path)
 def test_stage_shards_without_a_manifest_exits_2_naming_the_folder(tmp_path):
     proc = _cli("stage-shards", "--data", str(tmp_path / "nothing"), "--to", str(tmp_path / "l"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert str(tmp_path / "nothing") in proc.stderr and "run `itwinai-hpc preprocess`" in proc.stderr
+    assert str(tmp_path / "nothing") in proc.stderr
+    assert "run `itwinai-hpc preprocess`" in proc.stderr
 
 
 def test_stage_shards_defaults_to_tmpdir(shards, tmp_path):
