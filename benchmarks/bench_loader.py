@@ -2,6 +2,7 @@
 TensorDataset + DataLoader of the same data, in one run; target ratio >= 0.95x.
 
 Run: .venv/bin/python benchmarks/bench_loader.py [--samples 20000] [--epochs 4]
+     [--mode memory|stream]   (which ShardedLoader mode to time; auto picks memory for MNIST)
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=20000)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--mode", choices=["auto", "memory", "stream"], default="auto")
     args = ap.parse_args()
     torch.manual_seed(0)
     try:
@@ -66,21 +68,27 @@ def main() -> None:
                       rng.integers(0, 10, 10000), source="random")
     register_dataset(DatasetSpec(name="bench-memory", load=lambda _: raw, num_classes=10,
                                  mean=0.1307, std=0.3081))
+    # The shards live until the end: a stream-mode loader reads them as it goes.
     with tempfile.TemporaryDirectory() as out:
         config = make_config({"dataset": "bench-memory",
                               "validation_size": len(raw.train_images) - args.samples})
         preprocess("memory", out, config, progress=False)
         t = time.perf_counter()
-        sharded = ShardedLoader(out, "train", args.batch_size, rank=0, world_size=1, seed=0)
+        sharded = ShardedLoader(out, "train", args.batch_size, rank=0, world_size=1, seed=0,
+                                mode=args.mode)
         open_s = time.perf_counter() - t
         m = read_manifest(out)
         images, labels = read_rows(m, "train", 0, m.splits["train"].num_samples)
+        compare(sharded, images, labels, open_s, args)
+
+
+def compare(sharded: ShardedLoader, images, labels, open_s: float, args) -> None:
     # The baseline holds the same samples already normalised as float tensors in memory.
     x = (torch.from_numpy(images).float().unsqueeze(1) / 255 - 0.1307) / 0.3081
     plain = DataLoader(TensorDataset(x, torch.from_numpy(labels)), batch_size=args.batch_size,
                        shuffle=True)
     print(f"{len(labels)} training samples, batch {args.batch_size}, {torch.get_num_threads()} "
-          f"threads; ShardedLoader open (read + verify shards): {open_s:.3f} s")
+          f"threads; ShardedLoader open: {open_s:.3f} s; {sharded.describe()}")
 
     n, s = loop_only(sharded)
     n0, s0 = loop_only(plain)
