@@ -123,7 +123,8 @@ def child_reader(shards: str, mode: str, rank: str, world: str, batch: str) -> d
         n += len(labels)
     return {"import_s": import_s, "rss_after_import_mb": after_import, "open_s": open_s,
             "first_batch_s": first_batch_s, "loop_samples_per_s": n / (time.perf_counter() - t),
-            "peak_rss_mb": peak_rss_mb(), "describe": loader.describe()}
+            "peak_rss_mb": peak_rss_mb(), "describe": loader.describe(),
+            "split_bytes": loader.split_bytes}
 
 
 def child_training(shards: str, rank: str, world: str, batch: str, samples: str) -> dict:
@@ -217,6 +218,12 @@ def report(row: dict) -> None:
     print(f"  read+write baseline    {c['wall_s']:7.2f} s  peak RSS {c['peak_rss_mb']:6.0f} MB")
     print(f"  preprocess             {p['wall_s']:7.2f} s  peak RSS {p['peak_rss_mb']:6.0f} MB  "
           f"{p['wall_s'] / c['wall_s']:.2f}x baseline")
+    from itwinai_hpc.data.loader_settings import choose_mode, describe_bytes
+
+    split_bytes = row["readers"][0]["split_bytes"]
+    mode, budget, _ = choose_mode("auto", None, split_bytes)
+    print(f"  train split {describe_bytes(split_bytes)}: auto mode picks {mode} (memory budget "
+          f"{describe_bytes(budget)})")
     for r in row["readers"]:
         if r["mode"] == "training":
             print(f"  training rank 0 of {r['world']}: stream {r['stream_samples_per_s']:8.0f}"

@@ -72,7 +72,7 @@ class ShardedLoader:
     raw=True; labels are int64; all on `device` (default CPU). `batch_size` is per rank;
     drop_last drops an incomplete last batch (DataLoader's meaning). Call set_epoch(e) before
     each epoch. mode "auto" (default; $ITWINAI_HPC_DATA_MODE) keeps a split of at most
-    memory_budget bytes ($ITWINAI_HPC_DATA_MEMORY_BUDGET, default 1 GiB) in memory and streams
+    memory_budget bytes ($ITWINAI_HPC_DATA_MEMORY_BUDGET, default 256 MiB) in memory and streams
     a larger one, prefetch_shards ahead; `describe()` says which, for the training log.
     """
 
