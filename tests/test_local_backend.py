@@ -222,10 +222,9 @@ steps:
     needs: [first]
     command: "true"
 """)
-    t0 = time.monotonic()
     p, run_dir = submit(workflow, env=no_slurm)
     assert p.returncode == 0, p.stderr
-    assert time.monotonic() - t0 < 2.5                 # python start-up + render, not the 3 s
+    # back while the 3 s step still runs (how fast: benchmarks/bench_render.py, not a test)
     status = cli("status", str(run_dir), "--json", env=no_slurm)
     assert status.returncode == 3
     assert [s["state"] for s in json.loads(status.stdout)["steps"]][1] == "PENDING"

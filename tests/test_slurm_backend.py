@@ -74,14 +74,7 @@ def test_the_cpu_mnist_training_scripts_are_accepted_by_sbatch_test_only(slurm_c
         assert p.returncode == 0 and "to start at" in p.stderr, p.stderr
 
 
-def test_a_gpu_variant_is_refused_with_slurms_own_message(slurm_cluster, tmp_path):
-    out = tmp_path / "run"
-    assert main(["render", str(MNIST_TRAIN), "-o", str(out),
-                 "--set", "steps.train.resources.gpus-per-node=4"]) == 0
-    p = subprocess.run(["sbatch", "--test-only", "02-train.sbatch"], cwd=out,
-                       capture_output=True, text=True, env=slurm_cluster.env())
-    assert p.returncode != 0
-    assert "Requested node configuration is not available" in p.stderr, p.stderr
+# The GPU variants on the real cluster (GRES declared): test_launch_on_slurm.py
 
 
 def test_submit_sh_by_hand_runs_the_chain_in_order_and_values_stay_literal(
@@ -109,6 +102,8 @@ steps:
     assert list(ids) == ["first", "second"]
     slurm_cluster.wait_for_jobs(ids.values())
     assert {slurm_cluster.job_state(i) for i in ids.values()} == {"COMPLETED"}
+    first_job, second_job = (slurm_cluster.job_fields(ids[n]) for n in ("first", "second"))
+    assert second_job["StartTime"] >= first_job["EndTime"]          # the order it is named for
     first = (out / "logs" / f"hand.first-{ids['first']}.out").read_text().splitlines()
     second = (out / "logs" / f"hand.second-{ids['second']}.out").read_text().splitlines()
     evil = f"$(touch {marker}); `touch {marker}`"
@@ -117,6 +112,82 @@ steps:
     # status knows a run submitted by hand (from jobs.tsv)
     assert main(["status", str(out)]) == 0
     assert RunManifest.load(out).step("second").job_id == ids["second"]
+
+
+def render_by_hand(folder: Path, workflow: Path, *overrides: str) -> Path:
+    out = folder / "run"
+    assert main(["render", str(workflow), "-o", str(out),
+                 *[a for o in overrides for a in ("--set", o)]]) == 0
+    return out
+
+
+def test_submit_sh_cancels_the_jobs_it_queued_when_sbatch_refuses_a_later_step(
+        slurm_cluster, run_folder, capsys):
+    out = render_by_hand(run_folder, chain_workflow(run_folder), "steps.b.resources.nodes=3")
+    p = subprocess.run(["bash", str(out / "submit.sh")], capture_output=True, text=True,
+                       env=slurm_cluster.env())
+    assert p.returncode != 0 and "Node count specification invalid" in p.stderr, p.stderr
+    ids = dict(line.split("\t") for line in (out / "jobs.tsv").read_text().splitlines())
+    assert list(ids) == ["a"] and f"cancelling the jobs already submitted: {ids['a']}" in p.stderr
+    slurm_cluster.wait_for_jobs([ids["a"]])
+    assert slurm_cluster.job_state(ids["a"]) == "CANCELLED"
+    assert not (run_folder / "order.txt").exists()                 # a never ran
+
+
+def test_submit_sh_run_inside_an_allocation_submits_jobs_of_their_own_size(
+        slurm_cluster, run_folder):
+    wf = write(run_folder / "inner.yml", """
+name: inner
+defaults: {container: none, resources: {time: 5, mem: 100M}}
+steps:
+  - {name: show, command: 'echo "$SLURM_JOB_NAME $SLURM_NNODES $SLURM_NTASKS $${SLURM_CPUS_PER_TASK:-unset}"'}
+""")
+    out = render_by_hand(run_folder, wf)
+    outer = slurm_cluster.sbatch("-N", "2", "--ntasks-per-node=1", "-c", "2", "--mem=100M",
+                                 "-o", str(run_folder / "outer.out"), "--wrap",
+                                 f"bash {out}/submit.sh")
+    slurm_cluster.wait_for_jobs([outer])
+    assert slurm_cluster.job_state(outer) == "COMPLETED", (run_folder / "outer.out").read_text()
+    inner = (out / "jobs.tsv").read_text().split()[1]
+    slurm_cluster.wait_for_jobs([inner])
+    log = (out / "logs" / f"inner.show-{inner}.out").read_text().splitlines()
+    assert log[-1] == "inner.show 1 1 unset"       # not the outer job's 2 nodes x 2 CPUs per task
+
+
+def fan_in_workflow(folder: Path, failing: str | None = None) -> Path:
+    """a and b (1-2 s each, side by side) -> c, which needs both; each appends to order.txt."""
+    def cmd(name, sleep):
+        code = "exit 3" if name == failing else "true"
+        return (f'bash -c "s=\\$(date +%s.%N); sleep {sleep}; '
+                f'echo {name} \\$s \\$(date +%s.%N) >> {folder}/order.txt; {code}"')
+    return write(folder / "fan.yml", f"""
+name: fan
+defaults: {{resources: {{time: 5, mem: 100M}}, container: none}}
+steps:
+  - {{name: a, command: '{cmd("a", 2)}'}}
+  - {{name: b, command: '{cmd("b", 1)}'}}
+  - {{name: c, command: '{cmd("c", 0)}', needs: [a, b]}}
+""")
+
+
+def test_a_step_that_needs_two_starts_after_both_have_completed(slurm_cluster, run_folder,
+                                                                capsys):
+    assert main(["submit", str(fan_in_workflow(run_folder)), "--backend", "slurm",
+                 "--wait"]) == 0
+    rows = {r[0]: (float(r[1]), float(r[2])) for r in
+            (line.split() for line in (run_folder / "order.txt").read_text().splitlines())}
+    assert rows["c"][0] >= max(rows["a"][1], rows["b"][1])
+    assert rows["a"][0] < rows["b"][1]                    # a and b ran side by side
+
+
+def test_a_step_that_needs_two_is_cancelled_when_one_of_them_fails(slurm_cluster, run_folder,
+                                                                   capsys):
+    assert main(["submit", str(fan_in_workflow(run_folder, failing="b")), "--backend", "slurm",
+                 "--wait"]) == 1
+    rc, doc = status_json(capsys)
+    assert states(doc) == {"a": "COMPLETED", "b": "FAILED", "c": "CANCELLED"}
+    ran = [line.split()[0] for line in (run_folder / "order.txt").read_text().splitlines()]
+    assert sorted(ran) == ["a", "b"]
 
 
 # ---- issue 3: submit, status, cancel, resume -------------------------------------------------
@@ -154,6 +225,19 @@ def test_a_failed_step_shows_exit_code_3_and_its_dependents_are_cancelled(
     assert doc["steps"][1]["exit_code"] == 3
     ran = [line.split()[0] for line in (run_folder / "order.txt").read_text().splitlines()]
     assert ran == ["a", "b"]                              # c never ran
+
+
+def test_submit_wait_with_a_timeout_gives_up_with_exit_3_and_the_jobs_go_on(
+        slurm_cluster, run_folder, capsys):
+    wf = chain_workflow(run_folder, sleep=60)
+    assert main(["submit", str(wf), "--backend", "slurm", "--wait", "--timeout", "1"]) == 3
+    assert "gave up waiting after --timeout 1 s" in capsys.readouterr().err
+    manifest = RunManifest.load(find_run(None))
+    ids = [s.job_id for s in manifest.steps]
+    try:
+        assert slurm_cluster.active_jobs(ids) == set(ids)
+    finally:
+        slurm_cluster.run("scancel", *ids)
 
 
 def test_cancel_during_a_running_step_leaves_nothing_of_the_run_queued(
@@ -213,7 +297,9 @@ def test_one_status_refresh_makes_exactly_one_scheduler_call(slurm_cluster, run_
 def test_more_nodes_than_the_cluster_has_is_refused_and_nothing_stays_queued(
         slurm_cluster, run_folder, capsys):
     wf = chain_workflow(run_folder)
-    rc = main(["submit", str(wf), "--backend", "slurm", "--set", "steps.b.resources.nodes=3"])
+    # past the preflight (test_preflight.py), as when the cluster changes between the two
+    rc = main(["submit", str(wf), "--backend", "slurm", "--no-preflight",
+               "--set", "steps.b.resources.nodes=3"])
     assert rc == 1
     err = capsys.readouterr().err
     assert "sbatch refused step 'b'" in err and "Node count specification invalid" in err, err
@@ -280,59 +366,7 @@ steps:
     assert all(r[6] == "127.0.0.1" for r in ranks)                 # MASTER_ADDR resolves
 
 
-# ---- status on clusters with other accounting -----------------------------------------------
-
-def submit_and_wait_until_purged(cluster, monkeypatch, folder: Path, capsys) -> RunManifest:
-    """Submit a -> b (exits 3) -> c to `cluster`, then wait until the controller has forgotten
-    every job (MinJobAge=5 there), so status must ask accounting or read the run folder."""
-    cluster.activate(monkeypatch)
-    wf = chain_workflow(folder, fail_step="b", sleep=0.5)
-    assert main(["submit", str(wf), "--backend", "slurm"]) == 0
-    manifest = RunManifest.load(find_run(None))
-    ids = [s.job_id for s in manifest.steps]
-    deadline = time.monotonic() + 120
-    while any(cluster.job_state(i) for i in ids):
-        assert time.monotonic() < deadline, "jobs not purged from the controller in 120 s"
-        time.sleep(1)
-    capsys.readouterr()
-    return manifest
-
-
-@pytest.mark.slow
-def test_status_with_full_accounting_reads_sacct_after_jobs_left_the_queue(
-        slurm_cluster_factory, run_folder, monkeypatch, capsys):
-    manifest = submit_and_wait_until_purged(slurm_cluster_factory("dbd"), monkeypatch,
-                                            run_folder, capsys)
-    for marker in (Path(manifest.run_dir) / "logs").glob(".exit-*"):
-        marker.unlink()                        # only sacct can know now
-    rc, doc = status_json(capsys)
-    assert rc == 1
-    assert states(doc) == {"a": "COMPLETED", "b": "FAILED", "c": "CANCELLED"}
-    assert doc["steps"][1]["exit_code"] == 3 and doc["steps"][0]["nodes"] in ("node1", "node2")
-
-
-@pytest.mark.slow
-def test_status_with_only_a_job_completion_log_reads_sacct_c(
-        slurm_cluster_factory, run_folder, monkeypatch, capsys):
-    manifest = submit_and_wait_until_purged(slurm_cluster_factory("jobcomp_short"), monkeypatch,
-                                            run_folder, capsys)
-    for marker in (Path(manifest.run_dir) / "logs").glob(".exit-*"):
-        marker.unlink()
-    rc, doc = status_json(capsys)
-    assert rc == 1
-    assert states(doc) == {"a": "COMPLETED", "b": "FAILED", "c": "CANCELLED"}
-    assert doc["steps"][1]["exit_code"] == 3
-
-
-@pytest.mark.slow
-def test_status_without_any_accounting_uses_the_exit_status_jobs_left_behind(
-        slurm_cluster_factory, run_folder, monkeypatch, capsys):
-    submit_and_wait_until_purged(slurm_cluster_factory("none_short"), monkeypatch, run_folder,
-                                 capsys)
-    rc, doc = status_json(capsys)
-    assert rc == 1
-    assert states(doc) == {"a": "COMPLETED", "b": "FAILED", "c": "CANCELLED"}
-    assert doc["steps"][1]["exit_code"] == 3
+# status after the controller forgot the jobs, per accounting mode: test_slurm_purged.py
 
 
 # ---- logs, dry run, watch ---------------------------------------------------------------------
@@ -422,6 +456,7 @@ done
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_a_step_near_its_time_limit_checkpoints_is_requeued_and_resumes_to_the_end(
         slurm_cluster, run_folder, capsys):
     write(run_folder / "work.sh", WORK_SH)

@@ -9,13 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import time
-from pathlib import Path
 
 from .. import layout
 from ..runs import RunManifest, StepRecord
 from ..states import SUCCEEDED, StepState
 from . import Backend, SubmitError
+from .sbatch import submit_with_retry
 from .slurm_env import submit_environment
+from .slurm_exit_status import (array_task_ids, complete_array, describe_exit,
+                                read_exit_status, read_task_exit_statuses)
 from .slurm_query import SlurmQueryError, detect_accounting, query_jobs
 
 
@@ -49,8 +51,10 @@ class SlurmBackend(Backend):
             parents = [job_ids[n] for n in step.needs if n in steps]
             cmd = sbatch_command(manifest.run_dir, step, parents)
             try:
-                p = subprocess.run(cmd, cwd=manifest.run_dir, env=env, capture_output=True,
-                                   text=True, timeout=120)
+                # transient errors retried; a job queued before a lost answer is found again
+                p = submit_with_retry(cmd, cwd=manifest.run_dir, env=env,
+                                      job_name=step.plan.job_name,
+                                      comment=f"itwinai-hpc:{manifest.run_id}")
             except FileNotFoundError:
                 raise SubmitError("sbatch not found: is this a SLURM login node? "
                                   "(--backend local runs on this machine)") from None
@@ -95,17 +99,21 @@ class SlurmBackend(Backend):
         if not active:
             return
         env = submit_environment()
+        mode = manifest.extra.get("accounting", "none")
+        left = {} if mode == "dbd" else _exit_statuses(manifest, active)
         infos = query_jobs([s.job_id for s in active],
-                           manifest.extra.get("submitted_since") or manifest.created,
-                           manifest.extra.get("accounting", "none"),
-                           run=lambda cmd, **kw: subprocess.run(cmd, env=env, **kw))
+                           manifest.extra.get("submitted_since") or manifest.created, mode,
+                           run=lambda cmd, **kw: subprocess.run(cmd, env=env, **kw),
+                           ended=_ended(manifest, left))
         with manifest.updating() as m:
             for s in m.steps:
                 if s.finished or not s.job_id:
                     continue
                 info = infos.get(s.job_id)
+                if s.array and mode != "dbd":
+                    info = complete_array(s.job_id, s.array, info, left.get(s.name) or {})
                 if info is None:
-                    self._gone(m, s)
+                    self._gone(m, s, left.get(s.name))
                     continue
                 s.state = info.state
                 s.exit_code = info.exit_code
@@ -114,14 +122,13 @@ class SlurmBackend(Backend):
                 s.reason = info.reason or None
 
     @staticmethod
-    def _gone(manifest: RunManifest, step: StepRecord) -> None:
+    def _gone(manifest: RunManifest, step: StepRecord, code) -> None:
         """SLURM no longer knows the job (purged, and no accounting that remembers it): take
         the exit status the script left behind, or infer a dependent's cancellation."""
-        marker = Path(layout.exit_marker(manifest.run_dir, step.job_id))
-        if marker.is_file() and marker.read_text().strip().isdigit():
-            step.exit_code = int(marker.read_text())
-            step.state = StepState.COMPLETED if step.exit_code == 0 else StepState.FAILED
-            step.reason = "from the exit status the job left in the run folder"
+        if isinstance(code, int):
+            step.exit_code = code
+            step.state = StepState.COMPLETED if code == 0 else StepState.FAILED
+            step.reason = describe_exit(code)
             return
         parents = [manifest.step(n) for n in step.needs]
         if any(p.finished and p.state not in SUCCEEDED for p in parents):
@@ -145,6 +152,34 @@ class SlurmBackend(Backend):
                 break
             time.sleep(0.5)
         return [s.name for s in active]
+
+
+def _exit_statuses(manifest: RunManifest, steps: list[StepRecord]) -> dict:
+    """{step name: the exit status its job left (an array: {task: status}) or None}."""
+    return {s.name: read_task_exit_statuses(manifest.run_dir, s.job_id) if s.array
+            else read_exit_status(manifest.run_dir, s.job_id) for s in steps}
+
+
+def _ended(manifest: RunManifest, left: dict) -> set[str]:
+    """Job ids that have certainly ended, so a job completion log knows them: their script left
+    an exit status (an array: every task), or a step they need ended without success (SLURM
+    cancels them: --kill-on-invalid-dep). A hint for query_jobs, which checks it."""
+    ended: set[str] = set()
+    unsuccessful = {s.name for s in manifest.steps if s.finished and s.state not in SUCCEEDED}
+    for s in sorted(manifest.steps, key=lambda s: s.index):
+        if s.finished or not s.job_id or s.name not in left:
+            continue
+        status = left[s.name]
+        if s.array:
+            done = status.keys() >= array_task_ids(s.array)
+            bad = any(status.values())
+        else:
+            done, bad = status is not None, bool(status)
+        if done or unsuccessful & set(s.needs):
+            ended.add(s.job_id)
+            if bad or not done:
+                unsuccessful.add(s.name)
+    return ended
 
 
 def _now() -> str:

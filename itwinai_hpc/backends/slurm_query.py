@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -247,12 +247,16 @@ def detect_accounting(run: Runner = subprocess.run) -> str:
 
 
 def query_jobs(job_ids: Iterable[str], start_time: datetime | str, mode: str,
-               run: Runner = subprocess.run) -> dict[str, JobInfo]:
+               run: Runner = subprocess.run, ended: Collection[str] = ()) -> dict[str, JobInfo]:
     """Infos for the submitted ids that SLURM knows; an absent id is unknown to it right now.
 
-    dbd: one sacct call (a job submitted a moment ago may not be recorded yet). jobcomp/none:
-    one scontrol call; in jobcomp mode one more `sacct -c` for ids the controller has already
-    purged. In 'none' mode a purged job is simply absent: cache final states you have seen.
+    One call where the answer is in one place. dbd: one sacct call (a job submitted a moment
+    ago may not be recorded yet). none: one scontrol call; a purged job is simply absent (cache
+    final states you have seen). jobcomp: live jobs are only in scontrol, purged ones only in the
+    job completion log (`sacct -c`). So when the caller knows that every job has `ended` (it left
+    an exit status), the log alone is asked and scontrol only for what the log does not hold as
+    final yet (a requeued run's record says PENDING); otherwise scontrol, then the log for the
+    ids the controller has purged. Two calls only for a mix of live and purged jobs.
     """
     ids = [str(j) for j in job_ids]
     if not ids:
@@ -260,6 +264,14 @@ def query_jobs(job_ids: Iterable[str], start_time: datetime | str, mode: str,
     if mode == "dbd":
         found = parse_sacct(_run(run, build_sacct_command(ids, start_time)))
         return {j: found[j] for j in ids if j in found}
+    if mode == "jobcomp" and set(ids) <= set(ended):
+        done = parse_sacct(_run(run, build_jobcomp_command(ids)))
+        result = {j: done[j] for j in ids if j in done and done[j].finished}
+        rest = [j for j in ids if j not in result]
+        if rest:
+            live = parse_scontrol_jobs(_run(run, build_scontrol_command()))
+            result.update({j: live[j] for j in rest if j in live})
+        return result
     found = parse_scontrol_jobs(_run(run, build_scontrol_command()))
     result = {j: found[j] for j in ids if j in found}
     missing = [j for j in ids if j not in result]

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from itwinai_hpc.backends import slurm_exit_status as x
 from itwinai_hpc.backends import slurm_query as q
 
 CAPTURED = Path(__file__).parent / "captured"
@@ -136,10 +136,55 @@ def test_jobcomp_log_has_finished_jobs_only():
 
 
 def test_jobcomp_log_finds_an_array_only_by_the_task_that_carries_the_array_id():
-    # sacct -c knows no array ids: -j 4 matches the one task whose own id is 4 (the last)
+    # sacct -c knows no array ids: -j 4 matches the one task whose own id is 4 (the last), so
+    # its answer for an array is one task's record, never the array's state
     found = q.parse_sacct(captured("jobcomp", "jobcomp-live.txt"))
     array = found[jobs("jobcomp")["array"]]
     assert array.tasks == {} and array.state == "COMPLETED"
+
+
+def test_array_known_only_to_the_jobcomp_log_is_failed_by_its_tasks_exit_statuses():
+    job = jobs("jobcomp")["array"]
+    record = q.parse_sacct(captured("jobcomp", "jobcomp-live.txt"))[job]
+    info = x.complete_array(job, "0-3", record, {"0": 0, "1": 0, "2": 5, "3": 0})
+    assert (info.state, info.exit_code) == ("FAILED", 5)
+
+
+def test_purged_array_without_accounting_is_read_from_its_tasks_exit_statuses():
+    info = x.complete_array("9", "0-3", None, {"0": 0, "1": 0, "2": 0, "3": 0})
+    assert (info.state, info.exit_code, info.finished) == ("COMPLETED", 0, True)
+
+
+def test_array_task_the_controller_still_runs_keeps_the_array_running():
+    live = q.parse_scontrol_jobs(captured("jobcomp", "scontrol-live.txt"))
+    job = jobs("jobcomp")["array_throttled"]
+    assert x.complete_array(job, "0-3%1", live[job], {}).state == "RUNNING"
+
+
+def test_array_tasks_purged_one_by_one_combine_controller_and_exit_statuses():
+    tasks = {"2": q.JobInfo("9_2", "COMPLETED", 0), "3": q.JobInfo("9_3", "COMPLETED", 0)}
+    still_known = q.aggregate("9", tasks)
+    info = x.complete_array("9", "0-3", still_known, {"0": 0, "1": 7})
+    assert (info.state, info.exit_code) == ("FAILED", 7)
+
+
+def test_array_task_that_left_no_exit_status_is_not_taken_for_completed():
+    info = x.complete_array("9", "0-3", None, {"0": 0, "1": 0, "3": 0})
+    assert info.state == "CANCELLED" and "without an exit status" in info.reason
+
+
+def test_array_cancelled_before_any_task_ran_is_cancelled_by_its_jobcomp_record():
+    record = q.parse_sacct("9|9|CANCELLED|0:0|00:00:00|(null)\n")["9"]
+    assert x.complete_array("9", "0-3", record, {}).state == "CANCELLED"
+
+
+def test_nothing_known_about_an_array_is_none_so_the_caller_can_infer():
+    assert x.complete_array("9", "0-3", None, {}) is None
+
+
+def test_exit_status_143_is_explained_as_sigterm():
+    info = x.info_from_exit_status("9", 143)
+    assert (info.state, info.exit_code) == ("FAILED", 143) and "SIGTERM" in info.reason
 
 
 @pytest.mark.parametrize("mode", ["jobcomp", "dbd"])
@@ -203,31 +248,56 @@ def test_scontrol_fields_keep_values_with_slashes_and_colons():
                  "StdOut": "/tmp/a b/out.txt", "Power": ""}
 
 
+class FakeSlurm:
+    """A `run` for query_jobs: answers scontrol and sacct with the given text, records calls."""
+
+    def __init__(self, scontrol: str = "", sacct: str = ""):
+        self.outputs, self.calls = {"scontrol": scontrol, "sacct": sacct}, []
+
+    def __call__(self, cmd, **kw):
+        self.calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, self.outputs[cmd[0]], "")
+
+
 def test_query_in_scontrol_mode_is_one_call_when_the_controller_knows_every_job():
-    calls = []
-
-    def run(cmd, **kw):
-        calls.append(cmd)
-        return subprocess.CompletedProcess(cmd, 0, captured("jobcomp", "scontrol-live.txt"), "")
-
+    run = FakeSlurm(scontrol=captured("jobcomp", "scontrol-live.txt"))
     j = jobs("jobcomp")
     found = q.query_jobs([j["failed"], j["array"]], "now-1hour", "jobcomp", run=run)
-    assert len(calls) == 1 and found[j["failed"]].exit_code == 3
+    assert len(run.calls) == 1 and found[j["failed"]].exit_code == 3
     assert set(found) == {j["failed"], j["array"]}
 
 
 def test_query_asks_the_jobcomp_log_only_for_jobs_the_controller_forgot():
-    calls = []
-
-    def run(cmd, **kw):
-        calls.append(cmd)
-        out = "JobId=1 JobState=RUNNING RunTime=00:00:02 NodeList=node1 ExitCode=0:0" \
-            if cmd[0] == "scontrol" else "2|2|FAILED|3:0|00:00:01|node2\n"
-        return subprocess.CompletedProcess(cmd, 0, out, "")
-
+    run = FakeSlurm(scontrol="JobId=1 JobState=RUNNING RunTime=00:00:02 NodeList=node1 "
+                             "ExitCode=0:0", sacct="2|2|FAILED|3:0|00:00:01|node2\n")
     found = q.query_jobs(["1", "2", "3"], "now-1hour", "jobcomp", run=run)
-    assert calls[1] == q.build_jobcomp_command(["2", "3"])
+    assert run.calls[1] == q.build_jobcomp_command(["2", "3"])
     assert (found["1"].state, found["2"].state, "3" in found) == ("RUNNING", "FAILED", False)
+
+
+def test_query_of_jobs_that_all_ended_asks_only_the_jobcomp_log():
+    run = FakeSlurm(sacct=captured("jobcomp", "jobcomp-final.txt"))
+    j = jobs("jobcomp")
+    ids = [j["failed"], j["timeout"]]
+    found = q.query_jobs(ids, "now-1hour", "jobcomp", run=run, ended=set(ids))
+    assert run.calls == [q.build_jobcomp_command(ids)]
+    assert (found[j["failed"]].exit_code, found[j["timeout"]].state) == (3, "TIMEOUT")
+
+
+def test_a_requeued_runs_record_in_the_jobcomp_log_is_not_final():
+    # jobcomp-requeued.txt: `sacct -c` for a job (sbatch --requeue) that ran
+    # `scontrol requeue $SLURM_JOB_ID` once, then completed: one record per run
+    text = captured("jobcomp", "jobcomp-requeued.txt")
+    assert not q.parse_sacct(text.splitlines()[0])["63"].finished
+    assert q.parse_sacct(text)["63"].state == "COMPLETED"      # the latest record wins
+
+
+def test_ended_job_whose_log_record_is_not_final_is_asked_from_the_controller():
+    run = FakeSlurm(scontrol="JobId=63 JobState=RUNNING RunTime=00:00:02 NodeList=node1 "
+                             "ExitCode=0:0", sacct="63|63|PENDING|0:0|00:00:00|node1\n")
+    found = q.query_jobs(["63"], "now-1hour", "jobcomp", run=run, ended={"63"})
+    assert [c[0] for c in run.calls] == ["sacct", "scontrol"]
+    assert found["63"].state == "RUNNING"
 
 
 def test_failing_query_command_raises_with_its_stderr():
@@ -239,13 +309,6 @@ def test_failing_query_command_raises_with_its_stderr():
 
 
 # ---- live: the real clusters ------------------------------------------------------------
-
-def _wait_purged(cluster, job_id, timeout=90):
-    deadline = time.monotonic() + timeout
-    while cluster.job_state(job_id) is not None:
-        assert time.monotonic() < deadline, f"job {job_id} still in scontrol after {timeout} s"
-        time.sleep(1)
-
 
 @pytest.mark.slurm
 def test_main_test_cluster_uses_the_jobcomp_log(slurm_cluster):
@@ -265,19 +328,4 @@ def test_query_reports_failed_and_running_jobs_of_the_live_cluster(slurm_cluster
     assert found[running].state == "RUNNING"
 
 
-@pytest.mark.slurm
-@pytest.mark.parametrize("name,expect", [("dbd", ("FAILED", 3)), ("jobcomp_short", ("FAILED", 3)),
-                                         ("none_short", None)])
-def test_query_of_a_job_the_controller_has_purged(slurm_cluster_factory, monkeypatch, tmp_path,
-                                                  name, expect):
-    cluster = slurm_cluster_factory(name)
-    cluster.activate(monkeypatch)
-    mode = q.detect_accounting()
-    job = cluster.sbatch("-D", str(tmp_path), "--wrap", "exit 3")
-    cluster.wait_for_jobs([job])
-    _wait_purged(cluster, job)
-    found = q.query_jobs([job], datetime.now() - timedelta(minutes=5), mode)
-    if expect is None:
-        assert found == {}
-    else:
-        assert (found[job].state, found[job].exit_code) == expect
+# A job the controller has purged, in each accounting mode: tests/test_slurm_purged.py

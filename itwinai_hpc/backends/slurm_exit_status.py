@@ -1,0 +1,89 @@
+"""The exit status each job script leaves in the run folder (templates/_exit_status.j2), and how
+it completes SLURM's answer about jobs the controller has forgotten.
+
+Without slurmdbd nothing else remembers an array's tasks once they are purged (`sacct -c`
+finds only the one task whose own id is the array's), and without any accounting nothing
+remembers a job at all. Reading files only; the merge functions are pure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import layout
+from ..slurm_syntax import parse_array
+from ..states import StepState
+from .slurm_query import JobInfo, aggregate
+
+FROM_FILE = "from the exit status the job left in the run folder"
+NO_STATUS = "left the queue without an exit status (never started, or killed outright)"
+
+
+def read_exit_status(run_dir: str, job_id: str) -> int | None:
+    """The number a job (or an array task, job_id ARRAYID_TASK) left, or None."""
+    try:
+        text = Path(layout.exit_marker(run_dir, job_id)).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def read_task_exit_statuses(run_dir: str, array_job_id: str) -> dict[str, int]:
+    """{task id: exit status} of the array tasks that have ended, from one folder listing."""
+    prefix = Path(layout.exit_marker(run_dir, f"{array_job_id}_"))
+    found = {}
+    for path in prefix.parent.glob(prefix.name + "*"):
+        task = path.name[len(prefix.name):]
+        if task.isdigit() and (code := read_exit_status(run_dir, f"{array_job_id}_{task}")) \
+                is not None:
+            found[task] = code
+    return found
+
+
+def describe_exit(code: int) -> str:
+    """The reason text of a state taken from an exit-status file."""
+    if code == 128 + 15:
+        return f"{FROM_FILE}: {code} = killed by SIGTERM (cancelled, or over its time limit)"
+    if code > 128:
+        return f"{FROM_FILE}: {code} = killed by signal {code - 128}"
+    return FROM_FILE
+
+
+def info_from_exit_status(job_id: str, code: int) -> JobInfo:
+    state = StepState.COMPLETED if code == 0 else StepState.FAILED
+    return JobInfo(job_id, state, code, 0, reason=describe_exit(code))
+
+
+def array_task_ids(spec: str) -> set[str]:
+    """The task ids an array spec ('0-3', '[5-9%2]' as a task key of JobInfo.tasks) names."""
+    try:
+        return {str(i) for i in parse_array(spec.strip("[]")).ids}
+    except ValueError:
+        return set()
+
+
+def complete_array(job_id: str, array_spec: str, info: JobInfo | None,
+                   exit_statuses: dict[str, int]) -> JobInfo | None:
+    """What became of an array step, from what SLURM still says and the tasks' exit statuses.
+
+    For clusters where the controller is asked first (accounting 'jobcomp' or 'none'): a task it
+    no longer lists has ended. `info` is the controller's view (tasks by id), or the job
+    completion log's record of one task of the array (no tasks: which one is not said), or
+    None. A task the controller still runs keeps the array active; a task nobody knows and
+    that left no exit status counts as CANCELLED. None when nothing at all is known.
+    """
+    if info is not None and not info.finished and info.tasks:
+        return info                             # some task still pending or running
+    tasks = dict(info.tasks) if info is not None else {}
+    covered = set().union(*(array_task_ids(k) for k in tasks)) if tasks else set()
+    for task, code in exit_statuses.items():
+        if task not in covered:
+            tasks[task] = info_from_exit_status(f"{job_id}_{task}", code)
+            covered.add(task)
+    if info is not None and not info.tasks and info.finished:
+        tasks["?"] = info                       # the log's record of one (unnamed) task
+    if not tasks:
+        return None
+    for task in sorted(array_task_ids(array_spec) - covered, key=int):
+        tasks[task] = JobInfo(f"{job_id}_{task}", StepState.CANCELLED, reason=NO_STATUS)
+    return aggregate(job_id, tasks)
