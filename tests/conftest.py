@@ -160,6 +160,13 @@ def _stop(cluster: SlurmCluster) -> None:
                    env={**os.environ, "SLURM_CI_DIR": cluster.directory}, timeout=120)
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Slow tests (training on real digits, fault injection) get 900 s unless they say."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(900))
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[SlurmCluster]:
     """The main test cluster: 2 nodes (node1, node2) x 2 CPUs bound to cores (task/affinity),
