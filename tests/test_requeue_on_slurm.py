@@ -149,7 +149,6 @@ LAUNCHERS = pytest.mark.parametrize("step,warned_in_epoch", [("torchrun", 1), ("
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
 @LAUNCHERS
 def test_training_warned_mid_epoch_is_requeued_and_resumes_at_the_next_batch(
         trained, step, warned_in_epoch):
@@ -161,7 +160,6 @@ def test_training_warned_mid_epoch_is_requeued_and_resumes_at_the_next_batch(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
 @LAUNCHERS
 def test_both_ranks_stop_together_and_end_with_an_uninterrupted_runs_weights(
         trained, step, warned_in_epoch):
@@ -171,7 +169,6 @@ def test_both_ranks_stop_together_and_end_with_an_uninterrupted_runs_weights(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
 def test_a_requeued_training_continues_in_its_mlflow_run_and_registers_once(trained):
     for step in ("torchrun", "srun"):
         store = Path(trained.manifest.run_dir) / f"mlruns-{step}"

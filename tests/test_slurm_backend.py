@@ -456,7 +456,6 @@ done
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
 def test_a_step_near_its_time_limit_checkpoints_is_requeued_and_resumes_to_the_end(
         slurm_cluster, run_folder, capsys):
     write(run_folder / "work.sh", WORK_SH)

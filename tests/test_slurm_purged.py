@@ -20,7 +20,7 @@ import pytest
 from itwinai_hpc.cli import main
 from itwinai_hpc.runs import RunManifest
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.slurm
 MODES = ("dbd", "jobcomp_short", "none_short")
 
 WORKFLOW = """
