@@ -140,7 +140,8 @@ def test_submit_sh_run_inside_an_allocation_submits_jobs_of_their_own_size(
 name: inner
 defaults: {container: none, resources: {time: 5, mem: 100M}}
 steps:
-  - {name: show, command: 'echo "$SLURM_JOB_NAME $SLURM_NNODES $SLURM_NTASKS $${SLURM_CPUS_PER_TASK:-unset}"'}
+  - name: show
+    command: 'echo "$SLURM_JOB_NAME $SLURM_NNODES $SLURM_NTASKS $${SLURM_CPUS_PER_TASK:-unset}"'
 """)
     out = render_by_hand(run_folder, wf)
     outer = slurm_cluster.sbatch("-N", "2", "--ntasks-per-node=1", "-c", "2", "--mem=100M",

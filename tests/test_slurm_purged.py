@@ -19,6 +19,7 @@ import pytest
 
 from itwinai_hpc.cli import main
 from itwinai_hpc.runs import RunManifest
+from itwinai_hpc.states import FINISHED
 
 pytestmark = pytest.mark.slurm
 MODES = ("dbd", "jobcomp_short", "none_short")
@@ -56,6 +57,18 @@ def copy_of(run: PurgedRun, folder: Path) -> Path:
     return Path(shutil.copytree(run.run_dir, folder / "run"))
 
 
+def refresh_until_every_step_finished(run_dir: Path, timeout: float = 30) -> dict:
+    """run.json once status has a final state for every step (slurmdbd records an array's
+    tasks a moment after they end; status exits 1 as soon as one step failed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        main(["status", "--json", str(run_dir)])
+        doc = json.loads((run_dir / "run.json").read_text())
+        if all(s["state"] in FINISHED for s in doc["steps"]) or time.monotonic() > deadline:
+            return doc
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def purged(slurm_cluster_factory, tmp_path_factory) -> dict[str, PurgedRun]:
     """{mode: PurgedRun}: each cluster ran a -> b (exit 3) -> c, a 4-task array whose task 2
@@ -72,17 +85,20 @@ def purged(slurm_cluster_factory, tmp_path_factory) -> dict[str, PurgedRun]:
             runs[mode] = folder / "run"
     manifests = {m: RunManifest.load(d) for m, d in runs.items()}
     for mode, m in manifests.items():
-        killed = m.step("killed").job_id
-        clusters[mode].wait_for_state(killed, ["RUNNING"])
-        clusters[mode].run("scancel", killed)
+        killed = m.step("killed")
+        log = Path(killed.log)
+        deadline = time.monotonic() + 60        # its script has started (and set its traps)
+        while not (log.is_file() and "step killed of run" in log.read_text()):
+            assert time.monotonic() < deadline, f"{mode}: the job to cancel never started"
+            time.sleep(0.2)
+        clusters[mode].run("scancel", killed.job_id)
     before = {}
     for mode, m in manifests.items():
         clusters[mode].wait_for_jobs([s.job_id for s in m.steps])
         snapshot = Path(shutil.copytree(runs[mode], runs[mode].parent / "before"))
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("SLURM_CONF", clusters[mode].conf)
-            main(["status", "--json", str(snapshot)])   # refreshes and caches in the copy
-        before[mode] = json.loads((snapshot / "run.json").read_text())
+            before[mode] = refresh_until_every_step_finished(snapshot)
     deadline = time.monotonic() + 120
     for mode, m in manifests.items():
         while any(clusters[mode].job_state(s.job_id) for s in m.steps):
@@ -154,3 +170,13 @@ def test_one_status_refresh_after_the_purge_makes_one_scheduler_call(purged, mod
     assert len(calls.read_text().splitlines()) == 1, calls.read_text()
     assert rc == 1 and step(doc, "shards")["state"] == "FAILED"
 
+
+@pytest.mark.parametrize("mode", ["none_short"], indirect=True)
+def test_a_job_that_started_and_left_no_exit_status_is_not_pending_forever(purged, mode,
+                                                                          tmp_path, capsys):
+    run_dir = copy_of(purged[mode], tmp_path)
+    job = RunManifest.load(run_dir).step("killed").job_id
+    (run_dir / "logs" / f".exit-{job}").unlink()      # as if killed before its trap was set
+    rc, doc = status_json(run_dir, capsys)
+    killed = step(doc, "killed")
+    assert killed["state"] == "CANCELLED" and "without an exit status" in killed["reason"]

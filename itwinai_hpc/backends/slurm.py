@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import time
+from pathlib import Path
 
 from .. import layout
 from ..runs import RunManifest, StepRecord
@@ -16,8 +17,9 @@ from ..states import SUCCEEDED, StepState
 from . import Backend, SubmitError
 from .sbatch import submit_with_retry
 from .slurm_env import submit_environment
-from .slurm_exit_status import (array_task_ids, complete_array, describe_exit,
-                                read_exit_status, read_task_exit_statuses)
+from .slurm_exit_status import (KILLED_WITHOUT_STATUS, array_task_ids, complete_array,
+                                describe_exit, read_exit_status, read_task_exit_statuses,
+                                until_recorded_in_full)
 from .slurm_query import SlurmQueryError, detect_accounting, query_jobs
 
 
@@ -110,10 +112,11 @@ class SlurmBackend(Backend):
                 if s.finished or not s.job_id:
                     continue
                 info = infos.get(s.job_id)
-                if s.array and mode != "dbd":
-                    info = complete_array(s.job_id, s.array, info, left.get(s.name) or {})
+                if s.array:
+                    info = until_recorded_in_full(s.array, info) if mode == "dbd" else \
+                        complete_array(s.job_id, s.array, info, left.get(s.name) or {})
                 if info is None:
-                    self._gone(m, s, left.get(s.name))
+                    self._gone(m, s, left.get(s.name), mode)
                     continue
                 s.state = info.state
                 s.exit_code = info.exit_code
@@ -122,13 +125,17 @@ class SlurmBackend(Backend):
                 s.reason = info.reason or None
 
     @staticmethod
-    def _gone(manifest: RunManifest, step: StepRecord, code) -> None:
-        """SLURM no longer knows the job (purged, and no accounting that remembers it): take
-        the exit status the script left behind, or infer a dependent's cancellation."""
+    def _gone(manifest: RunManifest, step: StepRecord, code, mode: str) -> None:
+        """SLURM does not know the job (purged, and no accounting that remembers it; with
+        slurmdbd: not recorded yet): take the exit status the script left behind, else see
+        whether it started (SLURM opens its log then) or a step it needs failed."""
         if isinstance(code, int):
             step.exit_code = code
             step.state = StepState.COMPLETED if code == 0 else StepState.FAILED
             step.reason = describe_exit(code)
+            return
+        if mode != "dbd" and step.log and Path(step.log).is_file():
+            step.state, step.reason = StepState.CANCELLED, KILLED_WITHOUT_STATUS
             return
         parents = [manifest.step(n) for n in step.needs]
         if any(p.finished and p.state not in SUCCEEDED for p in parents):

@@ -8,6 +8,7 @@ remembers a job at all. Reading files only; the merge functions are pure.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from .. import layout
@@ -17,6 +18,9 @@ from .slurm_query import JobInfo, aggregate
 
 FROM_FILE = "from the exit status the job left in the run folder"
 NO_STATUS = "left the queue without an exit status (never started, or killed outright)"
+# A job that started (SLURM opened its log), has left the controller, and left no exit status.
+KILLED_WITHOUT_STATUS = ("started, then left the queue without an exit status: killed before "
+                         "its script could record one")
 
 
 def read_exit_status(run_dir: str, job_id: str) -> int | None:
@@ -87,3 +91,18 @@ def complete_array(job_id: str, array_spec: str, info: JobInfo | None,
     for task in sorted(array_task_ids(array_spec) - covered, key=int):
         tasks[task] = JobInfo(f"{job_id}_{task}", StepState.CANCELLED, reason=NO_STATUS)
     return aggregate(job_id, tasks)
+
+
+def until_recorded_in_full(array_spec: str, info: JobInfo | None) -> JobInfo | None:
+    """For full accounting (sacct through slurmdbd), which knows every task but records them
+    one by one: an array whose finished tasks do not yet include every task is not final (the
+    others ended a moment ago, or the failed one is still on its way)."""
+    if info is None or not info.finished:
+        return info
+    covered = set().union(*(array_task_ids(k) for k in info.tasks)) if info.tasks else set()
+    missing = array_task_ids(array_spec) - covered
+    if not missing:
+        return info
+    tasks = ", ".join(sorted(missing, key=int))
+    return replace(info, state=StepState.RUNNING, exit_code=None, signal=None,
+                   reason=f"accounting has not recorded task(s) {tasks} yet")

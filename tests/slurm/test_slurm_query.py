@@ -178,6 +178,15 @@ def test_array_cancelled_before_any_task_ran_is_cancelled_by_its_jobcomp_record(
     assert x.complete_array("9", "0-3", record, {}).state == "CANCELLED"
 
 
+def test_array_that_full_accounting_has_recorded_in_part_is_not_final_yet():
+    # seen on the dbd cluster: right after the tasks ended, sacct had the last task only
+    partial = q.aggregate("9", {"3": q.JobInfo("9_3", "COMPLETED", 0)})
+    info = x.until_recorded_in_full("0-3", partial)
+    assert not info.finished and "task(s) 0, 1, 2" in info.reason
+    full = q.parse_sacct(captured("dbd", "sacct-live.txt"))[jobs("dbd")["array"]]
+    assert x.until_recorded_in_full("0-3", full) == full
+
+
 def test_nothing_known_about_an_array_is_none_so_the_caller_can_infer():
     assert x.complete_array("9", "0-3", None, {}) is None
 
