@@ -144,8 +144,9 @@ def test_srun_launcher_is_a_ddp_launcher(here):
         "dist.init_process_group('gloo')\n"
         "t = torch.tensor([float(dist.get_rank())])\n"
         "dist.all_reduce(t)\n"
-        "print('rank', os.environ['RANK'], 'local', os.environ['LOCAL_RANK'], 'world',\n"
-        "      dist.get_world_size(), 'sum', int(t.item()), flush=True)\n"
+        "line = (f\"rank {os.environ['RANK']} local {os.environ['LOCAL_RANK']} world \"\n"
+        "        f\"{dist.get_world_size()} sum {int(t.item())}\\n\")\n"
+        "os.write(1, line.encode())   # one write: the tasks share the log\n"
         "dist.destroy_process_group()\n")
     wf = here / "wf.yml"
     wf.write_text(f"""
@@ -165,6 +166,9 @@ steps:
 
 
 def test_a_sites_torchrun_command_and_arguments_are_used(here):
+    script = here / "rank.py"       # one write() per line: the ranks share the log
+    script.write_text("import os\nos.write(1, f\"rank {os.environ['RANK']} of "
+                      "{os.environ['WORLD_SIZE']}\\n\".encode())\n")
     wf = here / "wf.yml"
     wf.write_text(f"""
 name: tr
@@ -176,8 +180,7 @@ steps:
     launch:
       torchrun: {sys.executable} -m torch.distributed.run
       torchrun-args: ["--log-dir={here}/torchrun-logs"]
-    command: python -c
-    args: ["import os; print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'])"]
+    command: {sys.executable} {script}
 """)
     manifest = run_local(wf, timeout=180)
     log = log_of(manifest, "t")

@@ -127,6 +127,9 @@ def make_idx(folder: Path) -> None:
 def test_auto_without_slurm_runs_the_chain_locally_in_dependency_order(workdir, no_slurm):
     make_idx(workdir / "idx")
     (workdir / "prep.yml").write_text("validation_size: 10\nshards: 1\n")
+    # one write() per line: the two ranks share the log, and print() may write in pieces
+    (workdir / "rank.py").write_text("import os\nos.write(1, f\"rank {os.environ['RANK']} of "
+                                     "{os.environ['WORLD_SIZE']}\\n\".encode())\n")
     show_env = ('echo "env $SLURM_JOB_ID $SLURM_JOB_NAME $SLURM_NNODES $SLURM_JOB_NODELIST '
                 '$SLURM_NTASKS $SLURM_CPUS_PER_TASK $SLURM_SUBMIT_DIR"')
     workflow = write_workflow(workdir, f"""
@@ -139,8 +142,7 @@ steps:
     needs: [preprocess]
     launcher: torchrun
     nproc-per-node: 2
-    command: python -c
-    args: ["import os; print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'])"]
+    command: python {workdir}/rank.py
   - name: tasks
     needs: [preprocess]
     launcher: srun
