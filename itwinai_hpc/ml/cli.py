@@ -119,6 +119,7 @@ def run_train(args: argparse.Namespace) -> int:
                         stop_after_epochs=getattr(args, "stop_after_epochs", None),
                         stop_file=stop)
     ctx = distributed.setup()
+    done = False
     try:
         if ctx.is_main and stop:
             # A stop file left by an earlier job would stop this one after its first steps.
@@ -128,8 +129,9 @@ def run_train(args: argparse.Namespace) -> int:
             print("note: no --checkpoint-dir and no $ITWINAI_HPC_RUN_DIR: this run cannot be "
                   "resumed", flush=True)
         trainer(config, opts, ctx)
+        done = True
     finally:
-        distributed.teardown(ctx)
+        distributed.teardown(ctx, together=done)
     return 0
 
 

@@ -35,8 +35,21 @@ class TrainerSection(Section):
     lr: float = 1e-3
     lr_schedule: Literal["onecycle", "constant"] = "onecycle"
     max_lr: float = 1e-2
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.3   # onecycle: share of steps warming up
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     seed: NonNegative = 42
     channels_last: bool = True
+    # fp32, or autocast to bf16 (CPU and GPU) or fp16 (GPU; with a GradScaler).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # torch.compile of the training step: false, true (default mode) or a mode name;
+    # reduce-overhead uses CUDA graphs on a GPU.
+    compile: Literal[False, True, "default", "reduce-overhead", "max-autotune"] = False
+    # A GPU keeps the whole train/validation split (uint8) when it fits this share of its
+    # memory; otherwise batches come from host memory, pinned and prefetched. 0: never.
+    device_data_share: Annotated[float, Field(ge=0, le=1)] = 0.25
+    # Batches gathered ahead on a thread from host memory; default: 2 on a GPU, 0 (inline) on
+    # a CPU, where a thread would compete with the step for the cores.
+    prefetch_batches: NonNegative | None = None
     checkpoint_every_epochs: Positive = 1
     stop_check_every_steps: Positive = 10
 

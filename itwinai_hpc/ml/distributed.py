@@ -20,6 +20,7 @@ class Context:
     device: "object"            # torch.device
     backend: str | None          # None when running alone without a process group
     slurm: dict[str, str] = field(default_factory=dict)
+    control: object = None       # a gloo group beside nccl: host-side agreement, no GPU sync
 
     @property
     def is_main(self) -> bool:
@@ -52,14 +53,20 @@ def setup() -> Context:
         backend = "nccl" if has_gpu else "gloo"
         dist.init_process_group(backend, device_id=device if has_gpu else None)
         rank, world = dist.get_rank(), dist.get_world_size()
+    control = dist.new_group(backend="gloo") if backend == "nccl" else None
     slurm = {k: os.environ[k] for k in SLURM_KEYS if k in os.environ}
-    return Context(rank, world, local_rank, device, backend, slurm)
+    return Context(rank, world, local_rank, device, backend, slurm, control)
 
 
-def teardown(ctx: Context) -> None:
+def teardown(ctx: Context, *, together: bool = False) -> None:
+    """Leave the process group. `together` (every rank got here normally): wait for all first;
+    a rank tearing down gloo while rank 0 still finishes with MLflow was seen to abort
+    ("terminate called without an active exception")."""
     import torch.distributed as dist
 
     if ctx.distributed and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -121,8 +128,12 @@ class StopRequest:
         flag = self.local()
         if not self.ctx.distributed:
             return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.ctx.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        # A flag on the GPU would make the host wait for every queued kernel; the gloo group
+        # agrees on the CPU while the GPU keeps working.
+        on_host = self.ctx.control is not None
+        t = torch.tensor([1.0 if flag else 0.0],
+                         device="cpu" if on_host else self.ctx.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.ctx.control)
         return bool(t.item())
 
     def reason(self) -> str:

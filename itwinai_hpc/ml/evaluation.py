@@ -101,11 +101,13 @@ def evaluate(ctx: D.Context, model, loader, memory_format, num_classes: int, *,
     model.eval()
     tally = Tally(num_classes, keep_examples)
     with torch.inference_mode():
-        for images, labels, index in loader:
-            logits = model(images.to(ctx.device, non_blocking=True,
-                                     memory_format=memory_format)).float().cpu()
+        for images, labels, index in loader:   # on the device when the reader holds it there
+            images = images.to(ctx.device, non_blocking=True, memory_format=memory_format)
+            labels = labels.to(ctx.device, non_blocking=True)
+            logits = model(images).float()
             loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
             prob, pred = torch.softmax(logits, dim=1).max(dim=1)
+            labels, pred, prob = labels.cpu(), pred.cpu(), prob.cpu()
             wrong = keep_examples and normalization is not None and bool((pred != labels).any())
             tally.add(labels.numpy(), pred.numpy(), loss.item(), probability=prob.numpy(),
                       pixels=to_pixels(images, normalization) if wrong else None,

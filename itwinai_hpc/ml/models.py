@@ -25,10 +25,7 @@ def build_model(name: str, num_classes: int, *, file: str | None = None):
     return MODELS[name](num_classes)
 
 
-@register_model("mnist-cnn")
-def mnist_cnn(num_classes: int = 10):
-    """A small fast CNN (~0.2 M parameters): ~99% MNIST test accuracy after one epoch with Adam
-    and OneCycleLR (max_lr 1e-2, batch 128), 99.2% after two."""
+def _mnist_cnn(num_classes: int, channels: tuple[int, int], hidden: int):
     from torch import nn
 
     def block(c_in: int, c_out: int) -> list:
@@ -36,6 +33,22 @@ def mnist_cnn(num_classes: int = 10):
         return [nn.Conv2d(c_in, c_out, 5, padding=2, bias=False), nn.BatchNorm2d(c_out),
                 nn.ReLU(inplace=True), nn.MaxPool2d(2)]
 
-    return nn.Sequential(*block(1, 16), *block(16, 32), nn.Flatten(),
-                         nn.Linear(32 * 7 * 7, 128), nn.ReLU(inplace=True),
-                         nn.Linear(128, num_classes))
+    c1, c2 = channels
+    return nn.Sequential(*block(1, c1), *block(c1, c2), nn.Flatten(),
+                         nn.Linear(c2 * 7 * 7, hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, num_classes))
+
+
+@register_model("mnist-cnn")
+def mnist_cnn(num_classes: int = 10):
+    """A small fast CNN (~0.2 M parameters): ~99% MNIST test accuracy after one epoch with Adam
+    and OneCycleLR (max_lr 1e-2, batch 128), 99.2% after two."""
+    return _mnist_cnn(num_classes, (16, 32), 128)
+
+
+@register_model("mnist-cnn-wide")
+def mnist_cnn_wide(num_classes: int = 10):
+    """mnist-cnn twice as wide (32/64 channels, 256 hidden; ~0.9 M parameters), the GPU
+    recipe's model (use-cases/mnist/mnist-ai-train-gpu.yml): with bf16, batch 512, label
+    smoothing 0.1 and OneCycle it reached 99.3% in 2 epochs on an H200 (plain loop)."""
+    return _mnist_cnn(num_classes, (32, 64), 256)

@@ -62,10 +62,11 @@ def predict(config: InferenceConfig, data: str, model_uri: str, output: str | os
     output = output_file(output)
     tracking.configure(tracking_uri)
     resolved, about = registry.resolve_model_uri(model_uri)
-    model = registry.load_model(resolved)
+    device = inference_device()
+    model = registry.load_model(resolved, device)
     run_id = _start_run(config, about)
     try:
-        rows, evaluation, text = _predict_rows(model, manifest, config)
+        rows, evaluation, text = _predict_rows(model, manifest, config, device)
         output.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_text(output, text)
         _log_run(config, manifest, model_uri, about, rows, evaluation, output, data)
@@ -77,9 +78,18 @@ def predict(config: InferenceConfig, data: str, model_uri: str, output: str | os
     return PredictResult(output, rows, accuracy, model_uri, about.get("model_version"), run_id)
 
 
-def _predict_rows(model, manifest, config: InferenceConfig):
+def inference_device():
+    """This process's GPU (LOCAL_RANK's, else the first) where there is one, else the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}")
+
+
+def _predict_rows(model, manifest, config: InferenceConfig, device=None):
     """(rows, Evaluation, CSV text). The registered model takes raw uint8 pixels and returns
-    probabilities (served.py), so the shards are read raw."""
+    probabilities (served.py), so the shards are read raw; the model runs on `device`."""
     import numpy as np
     import torch
 
@@ -95,7 +105,7 @@ def _predict_rows(model, manifest, config: InferenceConfig):
     rows = 0
     with torch.inference_mode():
         for pixels, labels, index in loader:
-            probs = model(pixels).float()
+            probs = model(pixels.to(device) if device is not None else pixels).float().cpu()
             p, pred = probs.max(dim=1)
             of_label = probs.gather(1, labels[:, None])[:, 0].clamp_min(1e-12)
             tally.add(labels.numpy(), pred.numpy(), float(-torch.log(of_label).sum()),

@@ -7,6 +7,7 @@ Rank 0 only. Imports mlflow lazily; knows nothing about training loops or schedu
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from itwinai_hpc.errors import UserError
@@ -14,6 +15,29 @@ from itwinai_hpc.errors import UserError
 # Explicit: inferring them costs ~10 s per log_model.
 PIP_REQUIREMENTS = ["torch", "numpy"]
 MODEL_SCHEMES = ("models:/", "runs:/", "best:")
+# Where mlflow.pyfunc runs the model: the pt2 export holds CPU weights, which MLflow refuses to
+# load onto a GPU, and by default its pyfunc loader picks the GPU wherever CUDA is present.
+PYFUNC_DEVICE = "cpu"
+
+
+def _save_portable(path, mlflow_model, **kwargs):
+    """mlflow.pytorch.save_model, then the pyfunc flavor's device pinned to PYFUNC_DEVICE, so
+    that `mlflow.pyfunc.load_model`, `mlflow models serve` and MLflow's own check of the input
+    example at log time load the model on GPU nodes as on CPU ones."""
+    import mlflow.pytorch
+
+    mlflow.pytorch.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+    pyfunc = mlflow_model.flavors.get("python_function")
+    if pyfunc is not None:
+        pyfunc.setdefault("config", {})["device"] = PYFUNC_DEVICE
+        mlflow_model.save(os.path.join(path, "MLmodel"))
+
+
+class _PortablePytorchFlavor:
+    """The pytorch flavor for mlflow.models.Model.log, saving through _save_portable."""
+
+    __name__ = "mlflow.pytorch"
+    save_model = staticmethod(_save_portable)
 
 
 @dataclass
@@ -41,13 +65,16 @@ def log_and_register(reg: Registration) -> tuple[str, bool]:
     metrics of the model's step into the history again (with the model id, which the file store
     does not return), and per-epoch metrics must appear once per epoch."""
     import mlflow
-    import mlflow.pytorch
+    import mlflow.pytorch.pickle_module
     from mlflow import MlflowClient
+    from mlflow.models import Model
 
-    info = mlflow.pytorch.log_model(reg.model, name="model", input_example=reg.input_example,
-                                    pip_requirements=PIP_REQUIREMENTS, step=0,
-                                    metadata=reg.metadata or None,
-                                    extra_files=reg.extra_files or None)
+    # What mlflow.pytorch.log_model does, through the flavor that pins pyfunc to the CPU.
+    info = Model.log(artifact_path=None, name="model", flavor=_PortablePytorchFlavor,
+                     pytorch_model=reg.model, input_example=reg.input_example,
+                     pip_requirements=PIP_REQUIREMENTS, step=0, metadata=reg.metadata or None,
+                     extra_files=reg.extra_files or None,
+                     pickle_module=mlflow.pytorch.pickle_module, serialization_format="pt2")
     version = str(mlflow.register_model(info.model_uri, reg.name).version)
     client = MlflowClient()
     for key, val in {reg.metric: repr(float(reg.value)), **reg.tags}.items():
@@ -146,11 +173,15 @@ def _best_run_model(client, uri: str, store: str) -> tuple[str, dict[str, str]]:
                     "a logged model", field="--model")
 
 
-def load_model(uri: str):
-    """The served model behind a (resolved) model URI, as a callable torch module."""
+def load_model(uri: str, device=None):
+    """The served model behind a (resolved) model URI, as a callable torch module on `device`
+    (default CPU): the registered torch.export graph, moved there (served.graph_on)."""
     import mlflow.pytorch
 
-    return mlflow.pytorch.load_model(uri, map_location="cpu")
+    from itwinai_hpc.ml.served import graph_on
+
+    graph = mlflow.pytorch.load_model(uri)
+    return graph if device is None else graph_on(graph, device)
 
 
 def log_model_input(model_id: str) -> None:

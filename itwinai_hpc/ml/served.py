@@ -57,6 +57,18 @@ class Probabilities(torch.nn.Module):
         return self.classifier.predict_proba(pixels)
 
 
+def graph_on(graph, device):
+    """A torch.export graph as `mlflow.pytorch.load_model` returns it (CPU weights), moved to
+    `device`: its weights and buffers, and the device its recorded input checks expect (the
+    export's, otherwise: a GPU tensor would fail them)."""
+    device = torch.device(device)
+    for node in graph.graph.nodes:
+        if isinstance(node.kwargs.get("device"), torch.device):
+            node.kwargs = {**node.kwargs, "device": device}
+    graph.recompile()
+    return graph.to(device)
+
+
 def contract(architecture: str, image_shape: list[int], num_classes: int,
              normalization: dict[str, float]) -> dict[str, str]:
     """The model's input/output contract, for the MLmodel metadata and the version page."""

@@ -72,10 +72,12 @@ class TrackingSession:
             log_run_scripts(self.opts.run_dir)
         return run_id
 
-    def log_step(self, loss: float, lr: float, step: int) -> None:
+    def log_steps(self, entries: list[tuple[int, float, float]]) -> None:
+        """(step, loss, lr) entries as train_loss_step and lr."""
         from itwinai_hpc.ml import tracking
 
-        tracking.log_metrics({"train_loss_step": loss, "lr": lr}, step)
+        for step, loss, lr in entries:
+            tracking.log_metrics({"train_loss_step": loss, "lr": lr}, step)
 
     def log_epoch(self, metrics: dict[str, float], epoch: int) -> None:
         from itwinai_hpc.ml import tracking

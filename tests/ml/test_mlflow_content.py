@@ -10,7 +10,7 @@ import pytest
 
 from ml_helpers import N_TEST, WORKFLOW_DESCRIPTION, itwinai_hpc, make_run_dir, ml_env
 
-pytestmark = pytest.mark.slow   # needs the torchrun training fixture
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]   # needs the torchrun training fixture
 
 EVALUATION = {"confusion_matrix.png", "confusion_matrix.json", "per_class.json",
               "misclassified.png"}

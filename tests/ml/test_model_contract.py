@@ -1,6 +1,8 @@
 """The registered model as a data scientist loads it with plain MLflow: trained on all of MNIST
 (2 epochs, one process), it takes raw uint8 digits, normalises inside and is >= 99% accurate on
-the 10,000 test digits; what MLflow's loaders return; the trainable module beside it."""
+the 10,000 test digits; what MLflow's loaders return; the trainable module beside it. And on a
+node with a GPU: registration prints no error and every loader still loads it (CUDA's presence
+simulated here; benchmarks/gpu_check.sh does it on a real GPU)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import torch
 
 from ml_helpers import REPO
 
-pytestmark = pytest.mark.slow   # ~1 min: full MNIST, 2 epochs
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,8 @@ def monkeypatch_module():
         yield mp
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_pyfunc_on_raw_uint8_digits_is_at_least_99_percent_accurate(champion):
     import mlflow.pyfunc
 
@@ -62,6 +65,8 @@ def test_pyfunc_on_raw_uint8_digits_is_at_least_99_percent_accurate(champion):
     assert accuracy == pytest.approx(champion["test_accuracy"], abs=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_scaled_float_input_is_refused_not_silently_wrong(champion):
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
@@ -71,6 +76,8 @@ def test_scaled_float_input_is_refused_not_silently_wrong(champion):
         model.predict(champion["images"][:8].astype(np.float32) / 255)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_mlflow_pytorch_load_model_is_a_callable_graph_with_the_same_output(champion):
     import mlflow.pyfunc
     import mlflow.pytorch
@@ -83,6 +90,8 @@ def test_mlflow_pytorch_load_model_is_a_callable_graph_with_the_same_output(cham
         graph.eval()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_load_trainable_gives_a_module_to_eval_and_fine_tune(champion):
     import mlflow.pyfunc
 
@@ -103,3 +112,79 @@ def test_load_trainable_gives_a_module_to_eval_and_fine_tune(champion):
     loss.backward()
     optimizer.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+@pytest.fixture
+def cuda_present(monkeypatch):
+    """This process believes a GPU is there, as MLflow's loaders do on a GPU node."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+@pytest.fixture
+def digits(mnist_shards):
+    from itwinai_hpc.data.dataset import read_rows
+    from itwinai_hpc.data.shards import read_manifest
+
+    return read_rows(read_manifest(mnist_shards), "test", 0, 64)
+
+
+def register_untrained(store: str, digits) -> str:
+    """An untrained mnist-cnn behind the served contract, registered as training does."""
+    from itwinai_hpc.ml import served, tracking
+    from itwinai_hpc.ml.models import build_model
+    from itwinai_hpc.ml.registry import Registration, log_and_register
+
+    torch.manual_seed(0)
+    classifier = served.PixelClassifier(build_model("mnist-cnn", 10), 0.1307, 0.3081).eval()
+    tracking.configure(store)
+    tracking.start_run("portable-model-test")
+    try:
+        log_and_register(Registration(served.Probabilities(classifier).eval(), digits[0][:2],
+                                      name="portable", alias="champion", metric="val_accuracy",
+                                      value=0.5))
+    finally:
+        tracking.end_run()
+    return "models:/portable@champion"
+
+
+def test_registration_on_a_gpu_node_prints_no_error_and_every_loader_loads_it(
+        tmp_path, monkeypatch, capfd, cuda_present, digits):
+    import mlflow.pyfunc
+    import mlflow.pytorch
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = register_untrained(f"file:{tmp_path / 'mlruns'}", digits)
+    logged = capfd.readouterr()
+    for text in (logged.out, logged.err):   # MLflow's own check of the input example passed
+        assert "Got error" not in text and "Failed to validate" not in text
+        assert "WARNING" not in text and "can't be loaded on 'cuda'" not in text
+    images = digits[0]
+    probs = mlflow.pyfunc.load_model(uri).predict(images)
+    assert probs.shape == (64, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    graph = mlflow.pytorch.load_model(uri)
+    assert np.allclose(graph(torch.from_numpy(images)).detach().numpy(), probs, atol=1e-6)
+    model = mlflow.models.Model.load(uri)
+    assert model.flavors["python_function"]["config"] == {"device": "cpu"}
+    assert model.signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
+
+
+def test_predict_moves_the_registered_graph_and_its_input_checks_to_the_device(tmp_path,
+                                                                              monkeypatch,
+                                                                              digits):
+    """What `predict` does on a GPU node, shown with PyTorch's "meta" device: torch.export
+    records the export's device in the graph's input checks; graph_on retargets them too."""
+    from itwinai_hpc.ml import registry
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = register_untrained(f"file:{tmp_path / 'mlruns'}", digits)
+    graph = registry.load_model(uri, torch.device("meta"))
+    devices = {n.kwargs["device"] for n in graph.graph.nodes if "device" in n.kwargs}
+    assert devices == {torch.device("meta")}
+    assert {p.device.type for p in [*graph.parameters(), *graph.buffers()]} == {"meta"}
+    out = graph(torch.from_numpy(digits[0]).to("meta"))
+    assert out.shape == (64, 10) and out.device.type == "meta"
+    with pytest.raises(Exception, match="device"):   # the check now expects the new device
+        graph(torch.from_numpy(digits[0]))
+    on_cpu = registry.load_model(uri, torch.device("cpu"))
+    expected = registry.load_model(uri)(torch.from_numpy(digits[0]))
+    assert torch.equal(on_cpu(torch.from_numpy(digits[0])), expected)

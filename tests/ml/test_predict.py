@@ -11,7 +11,7 @@ import pytest
 
 from ml_helpers import N_TEST, REPO, ml_env
 
-pytestmark = pytest.mark.slow   # needs the torchrun training fixture
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]   # needs the torchrun training fixture
 
 
 def test_champion_predictions_have_one_row_per_test_image_and_logged_accuracy(

@@ -36,8 +36,15 @@ def tracked(tmp_path, monkeypatch):
     return f"file:{tmp_path / 'mlruns'}"
 
 
+@pytest.mark.timeout(600)   # three 1-epoch trainings: ~5 s each variant, ~40 s on busy cores
+@pytest.mark.parametrize("trainer", [
+    {},                                                 # fp32, batches built inline
+    {"precision": "bf16", "prefetch_batches": 2},       # autocast, batches from a thread
+], ids=["fp32", "bf16-prefetched"])
 def test_stop_file_stops_mid_epoch_and_resume_matches_an_uninterrupted_run(
-        config, tracked, mnist_shards, tmp_path):
+        config, tracked, mnist_shards, tmp_path, trainer):
+    for key, value in trainer.items():
+        setattr(config.trainer, key, value)
     run_dir = make_run_dir(tmp_path / "run")
     ck = tmp_path / "ck"
     opts = TrainOptions(data=str(mnist_shards), checkpoint_dir=str(ck), run_dir=str(run_dir),

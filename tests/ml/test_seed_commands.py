@@ -10,7 +10,7 @@ import pytest
 
 from ml_helpers import N_TEST, REPO, itwinai_hpc, ml_env
 
-pytestmark = pytest.mark.slow   # a real (small) training, ~20 s
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]   # a real (small) training, ~20 s
 
 
 def test_itwinais_train_and_predict_commands_work_verbatim(mnist_shards, tmp_path):

