@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # start-slurm.sh - bring up the real, throw-away SLURM 22.05 cluster that itwinai-hpc's tests
-# submit to (Debian 12, root, no systemd, no cgroups). Adopted from the tested recipe in
-# /work/shared/slurm-recipe; see README.md here for the gotchas it handles.
+# submit to (Debian 12, root, no systemd, no cgroups). Adopted from a tested single-machine
+# recipe; see README.md here for the gotchas it handles.
 # Idempotent: if the cluster in $SLURM_CI_DIR is already up it only re-checks it.
 # Logs go to stderr; stdout is one line,   export SLURM_CONF=...   so use:
 #   eval "$(bash tests/slurm/start-slurm.sh)"
