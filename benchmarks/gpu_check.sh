@@ -22,6 +22,7 @@
 # DEVICE=cpu QUICK=1 bash benchmarks/gpu_check.sh run  rehearses the whole run on a CPU (1 epoch,
 # 1 repeat, 1 seed), so a GPU session spends its minutes on the GPU, not on the script.
 set -euo pipefail
+shopt -s nullglob
 cd "$(dirname "$0")/.."
 CARRY=${CARRY:-gpu-carry}
 OUT=${OUT:-gpu-check}
@@ -79,11 +80,11 @@ step() {   # step NAME COMMAND...: run, log, remember the outcome
 }
 
 run() {
-    rm -rf "$OUT" && mkdir -p "$OUT"
+    rm -rf "$OUT" && mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
     install_missing
-    export PYTHONPATH="$PWD:$PWD/$OUT/site${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="$PWD:$OUT/site${PYTHONPATH:+:$PYTHONPATH}"
     export MLFLOW_ALLOW_FILE_STORE=true PYTHONWARNINGS=ignore
-    export MLFLOW_TRACKING_URI="file:$PWD/$OUT/mlruns"
+    export MLFLOW_TRACKING_URI="file:$OUT/mlruns"
     local data=$CARRY/mnist-shards gpu_cfg=use-cases/mnist/mnist-ai-train-gpu.yml
     if command -v nvidia-smi > /dev/null; then
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/summary.txt"
@@ -110,7 +111,7 @@ run() {
         --data "$data" --epochs 1 --register-as importtime
     # Does this image keep .pyc files? If not, a writable PYTHONPYCACHEPREFIX should cut the
     # import time of every process (second of each pair is the warm one).
-    for prefix in none "$PWD/$OUT/pycache" none "$PWD/$OUT/pycache"; do
+    for prefix in none "$OUT/pycache" none "$OUT/pycache"; do
         TIMEFORMAT="import torch, mlflow.pytorch with PYTHONPYCACHEPREFIX=$prefix: %R s"
         if [ "$prefix" = none ]; then
             { time env -u PYTHONPYCACHEPREFIX "$PY" -c "import torch, mlflow.pytorch" \
