@@ -8,7 +8,7 @@ import torch
 
 from ml_helpers import final_weight_hashes
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]   # three torchrun launches, ~45 s together
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]   # three torchrun launches, ~45 s
 
 
 def test_first_epoch_reaches_far_above_chance_accuracy(trained, mlflow_client, training_run):
