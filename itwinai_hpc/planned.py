@@ -34,9 +34,8 @@ class PlannedResources:
     gpu_flag: str = "gpus-per-node"     # or "gres": --gres=gpu:N
 
 
-# Where a runtime wraps the step: inside each srun task (or the batch shell), as a command
-# prefix; or on the srun line itself (a SPANK plugin), with the batch shell outside.
-TASK_RUNTIMES = ("apptainer", "singularity", "shifter", "podman-hpc")
+# Runtimes that wrap the step on the srun line itself (a SPANK plugin), with the batch shell
+# outside; the others wrap the command as a prefix inside each srun task (or the batch shell).
 SRUN_RUNTIMES = ("container-engine", "pyxis")
 
 

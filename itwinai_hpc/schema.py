@@ -14,7 +14,7 @@ from pydantic import Field, StrictBool, StrictInt, field_validator
 from . import slurm_syntax
 from .sbatch_fields import OWNED_SBATCH_FLAGS, Resources  # noqa: F401  (re-exported)
 from .schema_base import (ENV_NAME, ListField, ListReplace, Scalar, _Model,  # noqa: F401
-                          check_env, list_items, merge, merge_lists)
+                          check_env, check_options, list_items, merge, merge_lists)
 
 SAFE_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
 # $NAME and ${NAME} only: what `runtime-env` values may expand when the job runs.
@@ -51,14 +51,10 @@ class Launch(_Model):
     @field_validator("torchrun_args", "srun_args")
     @classmethod
     def _options(cls, opts):
-        for opt in list_items(opts):
-            if not opt.startswith("-"):
-                raise ValueError(f"'{opt}' is not an option (it must start with '-')")
-        return opts
+        return check_options(opts)
 
 
 RUNTIMES = ("apptainer", "singularity", "shifter", "podman-hpc", "container-engine", "pyxis")
-GPU_VENDORS = ("nvidia", "amd", "none")
 
 
 class Container(_Model):
@@ -86,10 +82,7 @@ class Container(_Model):
     @field_validator("options")
     @classmethod
     def _options(cls, opts):
-        for opt in list_items(opts):
-            if not opt.startswith("-"):
-                raise ValueError(f"'{opt}' is not an option (it must start with '-')")
-        return opts
+        return check_options(opts)
 
 
 ContainerField = Union[Literal["none"], Container, None]

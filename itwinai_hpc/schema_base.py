@@ -51,6 +51,14 @@ def merge_lists(base, override) -> list[str] | None:
     return merged + [item for item in override if item not in merged]
 
 
+def check_options(opts):
+    """A list field of command-line options (container options, srun/torchrun arguments)."""
+    for opt in list_items(opts):
+        if not opt.startswith("-"):
+            raise ValueError(f"'{opt}' is not an option (it must start with '-')")
+    return opts
+
+
 def check_env(env: dict | None) -> dict | None:
     for key in env or {}:
         if not ENV_NAME.fullmatch(key):

@@ -48,5 +48,3 @@ SUCCEEDED = frozenset({S.COMPLETED})
 # Finished without success because of the step itself (not cancelled as a dependent): the
 # steps whose log a user wants to read first.
 FAILED_ITSELF = FINISHED - SUCCEEDED - {S.CANCELLED}
-# Not finished, and known to a scheduler.
-ACTIVE = frozenset({S.PENDING, S.RUNNING, S.SUSPENDED, S.REQUEUED})

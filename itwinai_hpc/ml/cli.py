@@ -11,6 +11,8 @@ import argparse
 import os
 from pathlib import Path
 
+from itwinai_hpc import layout
+
 STORE_HELP = ("MLflow store: a folder, or a URI such as sqlite:///mlflow.db (default: "
               "$MLFLOW_TRACKING_URI, else ./mlruns)")
 
@@ -91,7 +93,7 @@ def stop_file(env=os.environ) -> str | None:
     if env.get("ITWINAI_HPC_STOP_FILE"):
         return env["ITWINAI_HPC_STOP_FILE"]
     if env.get("ITWINAI_HPC_RUN_DIR") and env.get("ITWINAI_HPC_STEP"):
-        return str(Path(env["ITWINAI_HPC_RUN_DIR"]) / f"{env['ITWINAI_HPC_STEP']}.STOP")
+        return layout.stop_file(env["ITWINAI_HPC_RUN_DIR"], env["ITWINAI_HPC_STEP"])
     return None
 
 
@@ -111,8 +113,8 @@ def run_train(args: argparse.Namespace) -> int:
             setattr(config.trainer, flag, value)
     trainer = get_trainer(config.trainer.name)
     run_dir = os.environ.get("ITWINAI_HPC_RUN_DIR")
-    checkpoint_dir = args.checkpoint_dir or (str(Path(run_dir) / "checkpoints") if run_dir
-                                             else None)
+    checkpoint_dir = args.checkpoint_dir or (str(Path(run_dir) / layout.CHECKPOINTS)
+                                             if run_dir else None)
     stop = stop_file()
     opts = TrainOptions(data=args.data, checkpoint_dir=checkpoint_dir, run_dir=run_dir,
                         register_as=args.register_as, tracking_uri=args.tracking_uri,
