@@ -65,3 +65,23 @@ def stop_file(run_dir: str, step: str) -> str:
     """Created when a step should checkpoint and stop (time limit, preemption); exported to the
     step as $ITWINAI_HPC_STOP_FILE, the one name the step's code reads."""
     return f"{run_dir}/{step}.STOP"
+
+
+SWEEPS = "sweeps"               # sweeps/<sweep>/<task>.json: what each task of a sweep achieved
+
+
+def ok_marker(run_dir: str, group: str, task: str | None = None) -> str:
+    """Left by a step (a sweep's task: group is the sweep, task its index) that succeeded, for
+    the steps that need it with `any`: they run once it ended, and check that one succeeded."""
+    return f"{run_dir}/{LOGS}/.ok-{group}" + ("" if task is None else f".{task}")
+
+
+def sweep_id(run_id: str, sweep: str) -> str:
+    """The id a sweep's MLflow runs are tagged with (itwinai_hpc.sweep_id)."""
+    return f"{run_id}.{sweep}"
+
+
+def sweep_result(run_dir: str, sweep: str, task: str) -> str:
+    """What one task of a sweep achieved (JSON, written by the step's code when it finishes):
+    `status` shows the sweep's best from these without asking MLflow."""
+    return f"{run_dir}/{SWEEPS}/{sweep}/{task}.json"

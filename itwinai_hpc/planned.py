@@ -98,6 +98,22 @@ class PlannedStep:
     runtime_env: tuple[tuple[str, str], ...] = ()   # expanded at run time ($NAME only)
     omp_num_threads: int | None = None  # derived from cpus-per-task unless env sets it
     env_passthrough: tuple[str, ...] = ()   # names only: values come from the submitting env
+    # needs: {step: any}: the subset of `needs` this step waits for whatever their outcome (SLURM
+    # afterany); it then checks that at least one task of each of them succeeded (ok markers).
+    needs_any: tuple[str, ...] = ()
+    # Steps this one only runs after (afterany, no check): a throttled sweep's earlier tasks.
+    after: tuple[str, ...] = ()
+    # The groups whose ok markers the script checks: (group, is_sweep) per any-need.
+    any_groups: tuple[tuple[str, bool], ...] = ()
+    ok_marker: bool = False             # leaves layout.ok_marker on success (an any-need's target)
+    # A sweep (`matrix:`): its name (the step as written), this step's task (a step per
+    # combination: its index; a job array: None, the task is $SLURM_ARRAY_TASK_ID) and size.
+    sweep: str | None = None
+    sweep_task: int | None = None
+    sweep_size: int = 0
+    # The matrix: its keys, and per task (array index) the values, as strings.
+    matrix_keys: tuple[str, ...] = ()
+    matrix_values: tuple[tuple[str, ...], ...] = ()
 
     @property
     def local_script(self) -> str:
@@ -136,8 +152,11 @@ class PlannedStep:
         if d.get("requeue"):
             d["requeue"] = _build(PlannedRequeue, d["requeue"])
         d["launch"] = _build(PlannedLaunch, d.get("launch") or {})
-        for key in ("setup", "node_setup", "env_passthrough"):
+        for key in ("setup", "node_setup", "env_passthrough", "needs_any", "after",
+                    "matrix_keys"):
             d[key] = tuple(d.get(key, ()))
+        for key in ("any_groups", "matrix_values"):
+            d[key] = tuple(tuple(x) for x in d.get(key, ()))
         return cls(**d)
 
 
