@@ -28,11 +28,13 @@ def check_graph(wf: Workflow, doc: YamlDoc) -> list[UserError]:
         seen.setdefault(step.name, i)
     names = list(seen)
     for i, step in enumerate(wf.steps):
-        for j, need in enumerate(step.needs):
+        written = _written_needs(doc, i)
+        for need in step.needs:
+            at = ("steps", i, "needs", written.index(need) if need in written else need)
             if need == step.name:
-                err(("steps", i, "needs", j), f"step '{step.name}' cannot need itself")
+                err(at, f"step '{step.name}' cannot need itself")
             elif need not in seen:
-                err(("steps", i, "needs", j), f"unknown step '{need}'"
+                err(at, f"unknown step '{need}'"
                     f"{did_you_mean(need, names)}; steps: {', '.join(names)}")
         if step.nproc_per_node is not None and step.launcher != "torchrun":
             err(("steps", i, "nproc-per-node"), "nproc-per-node applies only to launcher "
@@ -47,8 +49,12 @@ def check_graph(wf: Workflow, doc: YamlDoc) -> list[UserError]:
                 step.requeue.grace >= step.requeue.before_limit:
             err(("steps", i, "requeue", "grace"), "grace must be shorter than before-limit, or "
                 "the time limit ends the job before it is requeued")
-        if step.requeue and step.array:
-            err(("steps", i, "requeue"), "requeue is not supported for job arrays")
+        if step.max_parallel and not (step.matrix or step.sweep):
+            err(("steps", i, "max-parallel"), "max-parallel applies to a step with a matrix "
+                "(for array: write the limit as %N, e.g. array: 0-9%2)")
+        if step.requeue and (step.array or step.matrix):
+            err(("steps", i, "requeue"), "requeue is not supported for job arrays (a matrix "
+                "that changes only args/env is one)")
         resources = merge(wf.defaults.resources, step.resources)
         gpu_flags = [f for f in list_items(resources.extra_sbatch)
                      if f.split("=", 1)[0] in ("--gres", "--gpus", "--gpus-per-task")
@@ -66,6 +72,15 @@ def check_graph(wf: Workflow, doc: YamlDoc) -> list[UserError]:
             i = names.index(cycle[0])
             err(("steps", i, "needs"), "the steps' needs form a cycle: " + " -> ".join(cycle))
     return errors
+
+
+def _written_needs(doc: YamlDoc, i: int) -> list:
+    """The step's needs as a list in the file (a path into it by position; one name is a list
+    of one), or [] where they are written as a mapping (a path by name)."""
+    steps = doc.data.get("steps") if isinstance(doc.data, dict) else None
+    step = steps[i] if isinstance(steps, list) and i < len(steps) else None
+    needs = step.get("needs") if isinstance(step, dict) else None
+    return [needs] if isinstance(needs, str) else needs if isinstance(needs, list) else []
 
 
 def find_cycle(wf: Workflow) -> list[str] | None:

@@ -5,10 +5,11 @@ container and requeue resolved. Pure: no I/O.
 from __future__ import annotations
 
 from . import layout
+from .matrix import combinations, task_name, value_text
 from .graph import topological_order
 from .planned import (PlannedContainer, PlannedLaunch, PlannedRequeue, PlannedResources,
                       PlannedStep)
-from .schema import (Container, Launch, Resources, Workflow, list_items, merge,
+from .schema import (Container, Launch, Resources, Step, Workflow, list_items, merge,
                      merge_lists)
 
 
@@ -22,6 +23,7 @@ def plan(wf: Workflow, site=None) -> list[PlannedStep]:
     order = topological_order(wf)
     by_name = {s.name: s for s in wf.steps}
     width = max(2, len(str(len(order))))
+    needed_any = {n for s in wf.steps for n, cond in s.needs.items() if cond == "any"}
     planned = []
     for i, name in enumerate(order, start=1):
         step = by_name[name]
@@ -41,15 +43,63 @@ def plan(wf: Workflow, site=None) -> list[PlannedStep]:
             script=layout.sbatch_script(i, name, width), needs=tuple(step.needs),
             launcher=step.launcher, command=step.command,
             args=tuple(_str(a) for a in step.args), resources=res, container=container,
-            env=tuple(env.items()), array=None if step.array is None else str(step.array),
+            env=tuple(env.items()), array=_array(step),
             nproc_per_node=nproc, requeue=requeue, description=step.description,
             launch=_launch(merge(d.launch, step.launch)),
             setup=tuple(merge_lists(d.setup, step.setup) or ()),
             node_setup=tuple(merge_lists(d.node_setup, step.node_setup) or ()),
             runtime_env=tuple({**(d.runtime_env or {}), **(step.runtime_env or {})}.items()),
             omp_num_threads=_omp_threads(res, step.launcher, nproc, env),
-            env_passthrough=tuple(merge_lists(d.env_passthrough, step.env_passthrough) or ())))
+            env_passthrough=tuple(merge_lists(d.env_passthrough, step.env_passthrough) or ()),
+            needs_any=tuple(n for n, cond in step.needs.items() if cond == "any"),
+            after=_throttled_after(step, by_name), ok_marker=name in needed_any,
+            any_groups=tuple(dict.fromkeys(
+                _group(by_name[n]) for n, cond in step.needs.items() if cond == "any")),
+            **_sweep(step)))
     return planned
+
+
+def _array(step: Step) -> str | None:
+    """A matrix that varies only args/env: one task per combination, max-parallel at once."""
+    if step.matrix:
+        n = len(_combinations(step.matrix))
+        return f"0-{n - 1}" + (f"%{step.max_parallel}" if step.max_parallel else "")
+    return None if step.array is None else str(step.array)
+
+
+def _combinations(matrix: dict[str, list]) -> list[tuple[str, ...]]:
+    return [tuple(value_text(v) for v in combo.values()) for combo in combinations(matrix)]
+
+
+def _sweep(step: Step) -> dict:
+    """The PlannedStep fields of a sweep: its name, size, keys and values per task."""
+    if step.matrix:
+        combos = _combinations(step.matrix)
+        return dict(sweep=step.name, sweep_size=len(combos), matrix_keys=tuple(step.matrix),
+                    matrix_values=tuple(combos))
+    if step.sweep:
+        t = step.sweep
+        return dict(sweep=t.name, sweep_task=t.task, sweep_size=t.tasks,
+                    matrix_keys=tuple(t.values),
+                    matrix_values=(tuple(value_text(v) for v in t.values.values()),))
+    return {}
+
+
+def _group(step: Step) -> tuple[str, bool]:
+    """Whose ok markers a step that needs `step` with `any` looks for: (name, has tasks)."""
+    if step.sweep:
+        return step.sweep.name, True
+    return step.name, bool(step.matrix or step.array)
+
+
+def _throttled_after(step: Step, by_name: dict[str, Step]) -> tuple[str, ...]:
+    """A sweep expanded into one job per task, with max-parallel P: task i starts once task
+    i - P has ended (SLURM cannot throttle separate jobs as it does an array's tasks)."""
+    t = step.sweep
+    if t is None or not step.max_parallel or t.task < step.max_parallel:
+        return ()
+    earlier = task_name(t.name, t.task - step.max_parallel)
+    return (earlier,) if earlier in by_name else ()
 
 
 def _omp_threads(res: PlannedResources, launcher: str, nproc: int,

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from . import layout
+from .matrix import display
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,21 @@ class PlannedStep:
         return layout.log_pattern(bool(self.array))
 
     @property
+    def needs_ok(self) -> tuple[str, ...]:
+        """The needs that must succeed (SLURM afterok)."""
+        return tuple(n for n in self.needs if n not in self.needs_any)
+
+    @property
+    def waits_for(self) -> tuple[str, ...]:
+        """The steps that must only have ended, in any state (SLURM afterany)."""
+        return self.needs_any + tuple(n for n in self.after if n not in self.needs_any)
+
+    @property
+    def matrix(self) -> list[dict[str, str]]:
+        """Per task, its values: {key: value}."""
+        return [dict(zip(self.matrix_keys, values)) for values in self.matrix_values]
+
+    @property
     def extra_sbatch(self) -> tuple[str, ...]:
         return self.resources.extra_sbatch
 
@@ -135,6 +151,7 @@ class PlannedStep:
         d.pop("runtime_env")
         if d["container"]:
             d["container"].pop("env")
+        d["args"] = [display(a) for a in self.args]     # ${matrix.KEY}, as written
         d["log_pattern"] = self.log_pattern
         d["local_script"] = self.local_script
         return d

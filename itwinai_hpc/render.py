@@ -9,6 +9,7 @@ here submits anything, and nothing here imports torch or mlflow.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -22,7 +23,8 @@ import yaml
 
 from . import __version__
 from .errors import UserError
-from . import layout
+from . import layout, matrix
+from .backends.sbatch import dependency_option
 from .backends.slurm_env import KEEP_SLURM_ENV
 from .plan import plan
 from .planned import PlannedStep
@@ -44,8 +46,18 @@ def builtin_templates() -> Path:
 
 
 def shell_quote(value) -> str:
-    """The one filter that quotes a value for a shell line: the result is always one word."""
-    return shlex.quote(str(value))
+    """The one filter that quotes a value for a shell line: the result is always one word. A
+    sweep's ${matrix.KEY} (a marker, matrix.py) becomes "$MATRIX_KEY", set per task."""
+    text = str(value)
+    if "\x00" not in text:
+        return shlex.quote(text)
+    parts = []
+    for literal, key in zip(*[iter(matrix.MARKER.split(text) + [None])] * 2):
+        if literal:
+            parts.append(shlex.quote(literal))
+        if key is not None:
+            parts.append(f'"${matrix.variable(key)}"')
+    return "".join(parts)
 
 
 def comment_safe(value) -> str:
@@ -65,9 +77,15 @@ def template_env(templates_dir: str | Path | None = None) -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, autoescape=False)
     env.filters["shq"] = shell_quote
     env.filters["comment"] = comment_safe
+    env.filters["matrix_variable"] = matrix.variable
     env.globals.update(layout=layout, runtime_exports=runtime_exports, task_setup=task_setup,
-                       bind_pair=bind_pair)
+                       bind_pair=bind_pair, matrix_json=matrix_json)
     return env
+
+
+def matrix_json(keys, values) -> str:
+    """A sweep task's values as the JSON object $ITWINAI_HPC_MATRIX holds."""
+    return json.dumps(dict(zip(keys, values)))
 
 
 def bind_pair(bind: str) -> str:
@@ -121,6 +139,16 @@ def workflow_bind_for(workflow_dir: str, run_dir: str, workdir: str):
             return workflow_dir
         return f"{workflow_dir}:{workflow_dir}:ro"
     return bind
+
+
+def submit_dependency(steps: list[PlannedStep]):
+    """A template function: a step's --dependency options in submit.sh, whose job ids are the
+    shell variables job_N that the lines before it set."""
+    var = {j.name: f'"$job_{j.index}"' for j in steps}
+
+    def options(job: PlannedStep) -> list[str]:
+        return dependency_option([var[n] for n in job.needs_ok], [var[n] for n in job.waits_for])
+    return options
 
 
 @dataclass
@@ -223,7 +251,7 @@ def render_run(loaded: LoadedWorkflow, *, templates_dir: str | Path | None = Non
             files[job.local_script] = env.get_template("local.sh.j2").render(
                 job=job, default_backend="local", **common)
         files[layout.SUBMIT_SCRIPT] = env.get_template("submit.sh.j2").render(
-            jobs=steps, index_of={j.name: j.index for j in steps}, keep_env=KEEP_SLURM_ENV,
+            jobs=steps, keep_env=KEEP_SLURM_ENV, dependency=submit_dependency(steps),
             **common)
     except jinja2.TemplateError as exc:
         where = f"{exc.filename}:{exc.lineno}: " if getattr(exc, "lineno", None) else ""
@@ -247,7 +275,8 @@ def resolved_workflow_yaml(loaded: LoadedWorkflow) -> str:
     # The settings shared by defaults and steps come last in each, as people write them.
     if "defaults" in body:
         body["defaults"] = _settings_last(body["defaults"])
-    body["steps"] = [_settings_last(step) for step in body["steps"]]
+    body["steps"] = [_settings_last({k: v for k, v in step.items() if k != "needs" or v})
+                     for step in body["steps"]]
     return header + yaml.safe_dump(_escape_vars(body), sort_keys=False,
                                    default_flow_style=False, width=1000)
 
@@ -260,9 +289,9 @@ def _settings_last(section: dict) -> dict:
 
 def _escape_vars(node):
     """Substituted values may hold a literal ${...} (written $${...}): keep it literal when the
-    resolved file is loaded again (backends do)."""
+    resolved file is loaded again; a sweep's ${matrix.KEY} reads as written."""
     if isinstance(node, dict):
         return {k: _escape_vars(v) for k, v in node.items()}
     if isinstance(node, list):
         return [_escape_vars(v) for v in node]
-    return node.replace("${", "$${") if isinstance(node, str) else node
+    return matrix.display(node.replace("${", "$${")) if isinstance(node, str) else node

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, StrictBool, StrictInt, field_validator
+from pydantic import Field, StrictBool, StrictInt, field_serializer, field_validator
 
 from . import slurm_syntax
 from .sbatch_fields import OWNED_SBATCH_FLAGS, Resources  # noqa: F401  (re-exported)
@@ -152,12 +152,33 @@ class Requeue(_Model):
     max_requeues: Annotated[StrictInt, Field(ge=1)] = 10
 
 
+MATRIX_KEY = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
+
+
+class SweepTask(_Model):
+    """One combination of a matrix whose values change the step's resources: matrix.py writes
+    it on each step it expands the matrix step into (`train` -> `train-0`, `train-1`, ...)."""
+
+    name: Annotated[str, Field(pattern=SAFE_NAME)]      # the sweep: the step as written
+    task: Annotated[StrictInt, Field(ge=0)]
+    tasks: Annotated[StrictInt, Field(ge=1)]
+    values: dict[str, Scalar]
+
+
 class Step(_StepSettings):
     """A step as written in the workflow file (plan.py turns it into a PlannedStep)."""
 
     name: Annotated[str, Field(pattern=SAFE_NAME)]
     description: str | None = None
-    needs: list[str] = []
+    # The steps this one runs after: a list (each must succeed), or a mapping to `ok` (succeed)
+    # or `any` (end in any state; this step then checks that one of its tasks succeeded).
+    needs: dict[str, Literal["ok", "any"]] = {}
+    # A sweep: the step runs once per combination of these values, `${matrix.KEY}` in its args,
+    # env and resources (matrix.py); `max-parallel` tasks at a time (an array's %N).
+    matrix: dict[Annotated[str, Field(pattern=MATRIX_KEY)],
+                 Annotated[list[Scalar], Field(min_length=1)]] | None = None
+    max_parallel: Annotated[StrictInt, Field(ge=1)] | None = None
+    sweep: SweepTask | None = None
     launcher: Literal["none", "srun", "torchrun"] = "none"
     command: Annotated[str, Field(min_length=1)]
     args: list[Scalar] = []
@@ -179,7 +200,16 @@ class Step(_StepSettings):
     @field_validator("needs", mode="before")
     @classmethod
     def _needs(cls, v):
-        return [v] if isinstance(v, str) else v
+        if isinstance(v, str):
+            return {v: "ok"}
+        if isinstance(v, list) and all(isinstance(n, str) for n in v):
+            return {n: "ok" for n in v}
+        return v
+
+    @field_serializer("needs")
+    def _needs_out(self, needs: dict[str, str]):
+        """As a list where every need is `ok` (as most people write it)."""
+        return list(needs) if set(needs.values()) <= {"ok"} else needs
 
     @field_validator("command")
     @classmethod

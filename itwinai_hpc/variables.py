@@ -1,5 +1,6 @@
 """`${var}` substitution in a workflow's raw YAML document: `vars`, `${env:NAME[:-default]}`,
-the built-ins (workflow_dir, workdir, run_dir, run_id), `$${x}` for a literal `${x}`.
+the built-ins (workflow_dir, workdir, run_dir, run_id), `$${x}` for a literal `${x}`; `${matrix.KEY}`
+in a sweep's args, env and resources becomes a marker that matrix.py fills in.
 
 A value that is one whole reference keeps its type (`nodes: ${n}` stays an int). Every problem
 becomes a located UserError; all of them are reported at once. Pure apart from reading os.environ.
@@ -12,6 +13,7 @@ import re
 import shlex
 from typing import Any
 
+from . import matrix
 from .errors import UserError, UserErrors
 from .validation import by_line, did_you_mean, dotted
 from .yamlsrc import YamlDoc
@@ -61,7 +63,9 @@ def substitute_document(doc: YamlDoc, context: dict[str, str]) -> None:
                 errors.append(UserError(str(exc), file=file, line=line, field=f"vars.{name}"))
     names = raw_vars if isinstance(raw_vars, dict) else {}
 
-    def lookup_doc(name: str) -> Any:
+    def lookup_doc(name: str, path: tuple = ()) -> Any:
+        if name.startswith(matrix.PREFIX):
+            return matrix.reference(name, path, data)
         if name in names:
             return names[name]
         return _lookup_builtin(name, context, names)
@@ -79,8 +83,8 @@ def substitute_document(doc: YamlDoc, context: dict[str, str]) -> None:
         # in (a folder name, an environment value) must arrive as one word, never as code.
         shell = len(path) == 3 and path[0] == "steps" and path[2] in SHELL_FIELDS
         try:
-            return _subst_value(node, lookup_doc, quote=shell)
-        except _VarError as exc:
+            return _subst_value(node, lambda name: lookup_doc(name, path), quote=shell)
+        except (_VarError, matrix.MatrixError) as exc:
             file, line = doc.where(path)
             errors.append(UserError(str(exc), file=file, line=line, field=dotted(path, doc.data)))
             return node

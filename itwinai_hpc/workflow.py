@@ -1,4 +1,4 @@
-"""Load a workflow file: YAML -> --set overrides -> ${var} substitution -> typed, checked Workflow.
+"""Load a workflow file: YAML -> --set overrides -> ${var} substitution -> matrices -> typed, checked Workflow.
 
 Every problem becomes a UserError naming the file, the YAML line and the field; all problems of a
 file are reported at once. Each concern lives in its own module (overrides.py, variables.py,
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import UserErrors
 from .graph import check_graph
+from .matrix import expand_matrices
 from .overrides import apply_override
 from .profiles import LoadedProfile, load_profile
 from .schema import Workflow
@@ -63,6 +64,7 @@ def resolve_workflow(doc: YamlDoc, path: str | Path, overrides: tuple[str, ...] 
     if run_id is not None:
         context["run_id"] = run_id
     substitute_document(doc, context)
+    expand_matrices(doc)
     wf = validate_model(Workflow, doc)
     problems = check_graph(wf, doc)       # the workflow as written: its lines, its fields
     if problems:

@@ -140,7 +140,7 @@ class Runner:
             rec = m.step(s.name)
             if rec.finished or s.running or s.exit_codes:
                 continue
-            broken = [n for n in rec.needs if n in failed]
+            broken = [n for n in rec.plan.needs_ok if n in failed]
             if broken:
                 rec.state = StepState.CANCELLED
                 rec.reason = f"dependency '{broken[0]}' did not complete ({m.step(broken[0]).state})"
@@ -162,7 +162,9 @@ class Runner:
                 return
             if rec.finished or not s.todo:
                 continue
-            if not all(m.step(n).state in SUCCEEDED for n in rec.needs):
+            # needs that must succeed; needs with `any` (and a sweep's throttle) only end
+            if not all(m.step(n).state in SUCCEEDED for n in rec.plan.needs_ok) or \
+                    not all(m.step(n).finished for n in rec.plan.waits_for):
                 continue
             while s.todo and free > 0 and (s.limit is None or len(s.running) < s.limit):
                 task = s.todo.pop(0)

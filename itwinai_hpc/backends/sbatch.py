@@ -23,6 +23,15 @@ BACKOFF_S = (1, 2, 4, 8, 16)
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
+def dependency_option(ok: list[str], ended: list[str]) -> list[str]:
+    """sbatch options to start after the jobs `ok` succeeded and the jobs `ended` ended in any
+    state (a comma: both must hold); a dependency that can no longer be met cancels the job
+    instead of leaving it pending forever. submit.sh passes shell variables as the ids."""
+    parts = [f"{kind}:{':'.join(ids)}" for kind, ids in (("afterok", ok), ("afterany", ended))
+             if ids]
+    return ["--kill-on-invalid-dep=yes", "--dependency=" + ",".join(parts)] if parts else []
+
+
 @dataclass(frozen=True)
 class Preflight:
     step: str

@@ -15,7 +15,7 @@ from .. import layout
 from ..runs import RunManifest, StepRecord
 from ..states import SUCCEEDED, StepState
 from . import Backend, SubmitError
-from .sbatch import submit_with_retry
+from .sbatch import dependency_option, submit_with_retry
 from .slurm_env import submit_environment
 from .slurm_exit_status import (KILLED_WITHOUT_STATUS, array_task_ids, complete_array,
                                 describe_exit, read_exit_status, read_task_exit_statuses,
@@ -23,12 +23,13 @@ from .slurm_exit_status import (KILLED_WITHOUT_STATUS, array_task_ids, complete_
 from .slurm_query import SlurmQueryError, detect_accounting, query_jobs
 
 
-def sbatch_command(run_dir: str, step: StepRecord, parent_ids: list[str]) -> list[str]:
+def sbatch_command(run_dir: str, step: StepRecord, job_ids: dict[str, str]) -> list[str]:
     """The sbatch line for one step, exactly as submit.sh writes it: the log goes to the run
-    folder the job is submitted from (which may be a copy of the one it was rendered in)."""
+    folder the job is submitted from (which may be a copy of the one it was rendered in); it
+    runs after the jobs in `job_ids` (step -> job id) that it needs."""
     cmd = ["sbatch", "--parsable", f"--output={run_dir}/{layout.LOGS}/{step.plan.log_pattern}"]
-    if parent_ids:
-        cmd += ["--kill-on-invalid-dep=yes", "--dependency=afterok:" + ":".join(parent_ids)]
+    cmd += dependency_option([job_ids[n] for n in step.plan.needs_ok if n in job_ids],
+                             [job_ids[n] for n in step.plan.waits_for if n in job_ids])
     return cmd + [step.script]
 
 
@@ -50,8 +51,8 @@ class SlurmBackend(Backend):
         submitted: list[tuple[str, str]] = []
         order = sorted((manifest.step(n) for n in steps), key=lambda s: s.index)
         for step in order:
-            parents = [job_ids[n] for n in step.needs if n in steps]
-            cmd = sbatch_command(manifest.run_dir, step, parents)
+            cmd = sbatch_command(manifest.run_dir, step,
+                                 {n: j for n, j in job_ids.items() if n in steps})
             try:
                 # transient errors retried; a job queued before a lost answer is found again
                 p = submit_with_retry(cmd, cwd=manifest.run_dir, env=env,
@@ -137,7 +138,7 @@ class SlurmBackend(Backend):
         if mode != "dbd" and step.log and Path(step.log).is_file():
             step.state, step.reason = StepState.CANCELLED, KILLED_WITHOUT_STATUS
             return
-        parents = [manifest.step(n) for n in step.needs]
+        parents = [manifest.step(n) for n in step.plan.needs_ok]
         if any(p.finished and p.state not in SUCCEEDED for p in parents):
             step.state = StepState.CANCELLED
             step.reason = "its dependency did not complete (the job has left the queue)"
@@ -182,7 +183,7 @@ def _ended(manifest: RunManifest, left: dict) -> set[str]:
             bad = any(status.values())
         else:
             done, bad = status is not None, bool(status)
-        if done or unsuccessful & set(s.needs):
+        if done or unsuccessful & set(s.plan.needs_ok):
             ended.add(s.job_id)
             if bad or not done:
                 unsuccessful.add(s.name)

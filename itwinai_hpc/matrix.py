@@ -1,0 +1,257 @@
+"""Sweeps: a step's `matrix:` becomes one task per combination of its values.
+
+    - name: train
+      matrix: {lr: [0.01, 0.05], batch-size: [64, 128]}    # 4 tasks, the first key slowest
+      max-parallel: 2                                     # at most 2 at a time (optional)
+      args: [--lr, "${matrix.lr}", --batch-size, "${matrix.batch-size}"]
+
+`${matrix.KEY}` may appear in the step's args, env and resources. Substitution (variables.py)
+turns each into a marker; `expand_matrices` then, on the raw document, before validation:
+  - where the values change only args/env, keeps one step: plan.py makes it a job array whose
+    task N runs combination N, and the templates turn each marker into "$MATRIX_KEY", set per
+    task (render.shell_quote);
+  - where they change resources (nodes, time, ...), which one job array cannot vary, replaces
+    the step by one step per combination (`train-0`, `train-1`, ...) with the values filled in
+    and `sweep:` saying which task of which sweep it is; the steps that needed `train` need
+    every one of them.
+Every problem is a located UserError. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from .errors import UserError, UserErrors
+
+if TYPE_CHECKING:
+    from .yamlsrc import YamlDoc
+
+PREFIX = "matrix."
+# What `${matrix.KEY}` becomes until the values are known: NUL cannot reach a shell line (no
+# argument or variable can hold it), so a marker is never mistaken for text a user wrote.
+MARKER = re.compile("\x00matrix\\.([^\x00]*)\x00")
+FIELDS = ("args", "env", "resources")        # where ${matrix.KEY} may appear
+MAX_TASKS = 1000                              # SLURM's default MaxArraySize is 1001
+
+
+class MatrixError(Exception):
+    pass
+
+
+def marker(key: str) -> str:
+    return f"\x00{PREFIX}{key}\x00"
+
+
+def variable(key: str) -> str:
+    """The shell variable a task's value of `key` is in: batch-size -> MATRIX_BATCH_SIZE."""
+    return "MATRIX_" + key.upper().replace("-", "_")
+
+
+def display(text: str) -> str:
+    """Markers back as the ${matrix.KEY} the user wrote (run.json, the resolved workflow)."""
+    return MARKER.sub(lambda m: "${" + PREFIX + m.group(1) + "}", text)
+
+
+def reference(name: str, path: tuple, data: Any) -> str:
+    """What substitution puts for `${matrix.KEY}` at `path`: a marker, where a matrix step's
+    args, env or resources hold it; else the reason it cannot be there."""
+    step = None
+    if len(path) >= 3 and path[0] == "steps" and isinstance(data.get("steps"), list):
+        steps = data["steps"]
+        step = steps[path[1]] if isinstance(path[1], int) and path[1] < len(steps) else None
+    if not isinstance(step, dict) or "matrix" not in step:
+        raise MatrixError(f"${{{name}}} refers to a matrix, and this is not a step with one "
+                          "(write matrix: {KEY: [values]} on the step)")
+    if path[2] not in FIELDS:
+        raise MatrixError(f"${{{name}}} may be used in the step's {', '.join(FIELDS)}, not in "
+                          f"its {path[2]}")
+    return marker(name[len(PREFIX):])
+
+
+def expand_matrices(doc: YamlDoc) -> None:
+    """Check every step's matrix and expand those that vary resources (see the module doc).
+    Changes doc.data and doc.lines in place; raises UserErrors with every problem found."""
+    # Here, not at the top: run.json readers (planned.py, the backends) import this module for
+    # its markers, and need not load pydantic for them.
+    from .validation import by_line, dotted
+
+    steps = doc.data.get("steps") if isinstance(doc.data, dict) else None
+    if not isinstance(steps, list):
+        return
+    errors: list[UserError] = []
+
+    def err(path: tuple, message: str) -> None:
+        file, line = doc.where(path)
+        errors.append(UserError(message, file=file, line=line, field=dotted(path, doc.data)))
+
+    expanded: dict[int, list[dict]] = {}
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict) or "matrix" not in step:
+            continue
+        combos = _combinations(step.get("matrix"), ("steps", i, "matrix"), err)
+        if combos is None:
+            continue
+        if step.get("array") is not None:
+            err(("steps", i, "array"), "a step with a matrix is a job array already (one task "
+                "per combination); remove array:")
+            continue
+        if not _known_references(step, ("steps", i), combos[0], err):
+            continue
+        per_task = [_fill(step.get("resources"), c) for c in combos]
+        if all(r == per_task[0] for r in per_task):
+            if "resources" in step:
+                step["resources"] = per_task[0]
+        else:
+            expanded[i] = _expand(step, combos)
+    if errors:
+        raise UserErrors(by_line(errors))
+    if expanded:
+        _replace_steps(doc, expanded)
+
+
+def _combinations(matrix: Any, path: tuple, err) -> list[dict[str, Any]] | None:
+    if not isinstance(matrix, dict) or not matrix:
+        err(path, "expected a mapping of names to lists of values, e.g. "
+            "{lr: [0.01, 0.1], batch-size: [64, 128]}")
+        return None
+    ok, names = True, {}
+    for key, values in matrix.items():
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,62}", key):
+            err(path + (key,), f"'{key}' is not a matrix name (a letter, then letters, digits, "
+                "_ or -)")
+            ok = False
+            continue
+        other = names.setdefault(variable(key), key)
+        if other != key:
+            err(path + (key,), f"'{key}' and '{other}' would share the variable "
+                f"{variable(key)}; rename one")
+            ok = False
+        if not isinstance(values, list) or not values or \
+                not all(isinstance(v, (str, int, float, bool)) for v in values):
+            err(path + (key,), "expected a non-empty list of plain values (numbers, strings, "
+                "true/false)")
+            ok = False
+        elif len({json.dumps(v) for v in values}) != len(values):
+            err(path + (key,), "a value is listed twice (each combination would run twice)")
+            ok = False
+    if not ok:
+        return None
+    n = 1
+    for values in matrix.values():
+        n *= len(values)
+    if n > MAX_TASKS:
+        err(path, f"{n} combinations; at most {MAX_TASKS} (SLURM's usual limit for one job "
+            "array): split the sweep, or sample the values")
+        return None
+    return combinations(matrix)
+
+
+def combinations(matrix: dict[str, list]) -> list[dict[str, Any]]:
+    """Every combination of the values, the first key varying slowest: task N is the Nth."""
+    keys = list(matrix)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*matrix.values())]
+
+
+def _known_references(step: dict, path: tuple, combo: dict, err) -> bool:
+    ok = True
+
+    def walk(node: Any, at: tuple) -> None:
+        nonlocal ok
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, at + (k,))
+        elif isinstance(node, list):
+            for j, v in enumerate(node):
+                walk(v, at + (j,))
+        elif isinstance(node, str):
+            for key in MARKER.findall(node):
+                if key not in combo:
+                    err(at, f"${{matrix.{key}}}: the matrix has no '{key}'; it has "
+                        f"{', '.join(combo)}")
+                    ok = False
+
+    for field in FIELDS:
+        walk(step.get(field), path + (field,))
+    return ok
+
+
+def value_text(value: Any) -> str:
+    """A matrix value as it reaches a command line or a variable (YAML's true, not True)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _fill(node: Any, combo: dict[str, Any]) -> Any:
+    """`node` with the markers replaced by one combination's values; a value that is one whole
+    marker keeps its type (nodes: ${matrix.nodes} stays an int)."""
+    if isinstance(node, dict):
+        return {k: _fill(v, combo) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill(v, combo) for v in node]
+    if isinstance(node, str) and "\x00" in node:
+        whole = MARKER.fullmatch(node)
+        if whole:
+            return combo[whole.group(1)]
+        return MARKER.sub(lambda m: value_text(combo[m.group(1)]), node)
+    return node
+
+
+def _expand(step: dict, combos: list[dict[str, Any]]) -> list[dict]:
+    out = []
+    for task, combo in enumerate(combos):
+        one = {k: _fill(v, combo) for k, v in step.items() if k != "matrix"}
+        one["name"] = task_name(step["name"], task)
+        one["sweep"] = {"name": step["name"], "task": task, "tasks": len(combos),
+                        "values": combo}
+        out.append(one)
+    return out
+
+
+def task_name(sweep: str, task: int) -> str:
+    return f"{sweep}-{task}"
+
+
+def _replace_steps(doc: YamlDoc, expanded: dict[int, list[dict]]) -> None:
+    """Put the expanded steps in place of theirs, keep the lines of everything (an expanded
+    step's fields point at the sweep's), and make needs of a sweep name all its tasks."""
+    steps = doc.data["steps"]
+    new_steps: list[Any] = []
+    position: dict[int, list[int]] = {}          # old index -> new indexes
+    for i, step in enumerate(steps):
+        tasks = expanded.get(i, [step])
+        position[i] = list(range(len(new_steps), len(new_steps) + len(tasks)))
+        new_steps.extend(tasks)
+    doc.lines = _moved(doc.lines, position)
+    doc.overridden = _moved(doc.overridden, position)
+    renamed = {steps[i]["name"]: [t["name"] for t in tasks] for i, tasks in expanded.items()}
+    for step in new_steps:
+        if isinstance(step, dict) and "needs" in step:
+            step["needs"] = _renamed_needs(step["needs"], renamed)
+    doc.data["steps"] = new_steps
+
+
+def _moved(by_path: dict[tuple, Any], position: dict[int, list[int]]) -> dict[tuple, Any]:
+    """Lines (or --set texts) keyed by path, with ("steps", i, ...) at the new index(es)."""
+    out: dict[tuple, Any] = {}
+    for path, value in by_path.items():
+        if len(path) >= 2 and path[0] == "steps" and path[1] in position:
+            for j in position[path[1]]:
+                out[("steps", j) + path[2:]] = value
+        else:
+            out[path] = value
+    return out
+
+
+def _renamed_needs(needs: Any, renamed: dict[str, list[str]]) -> Any:
+    if isinstance(needs, str):
+        return renamed.get(needs, needs)
+    if isinstance(needs, list):
+        return [n for need in needs for n in (renamed.get(need, [need]) if isinstance(need, str)
+                                              else [need])]
+    if isinstance(needs, dict):
+        return {n: cond for need, cond in needs.items() for n in renamed.get(need, [need])}
+    return needs
