@@ -57,16 +57,19 @@ class Registration:
 
 
 def log_and_register(reg: Registration) -> tuple[str, bool]:
-    """Log `reg.model` (pt2 format) to the active run and register it as a new version of
-    `reg.name`; move the alias to it when its metric beats the current holder's (higher is
-    better; a tie keeps the current one). Returns (version, became_alias_holder).
+    """Log `reg.model` to the active run and register it (register_version). Returns (version,
+    became_alias_holder)."""
+    return register_version(reg, log_served_model(reg))
+
+
+def log_served_model(reg: Registration) -> str:
+    """Log `reg.model` (pt2 format, pyfunc pinned to the CPU) to the active run; returns its
+    model URI.
 
     The model is logged at step 0, where the trainer logs no metrics: MLflow 3 copies a run's
     metrics of the model's step into the history again (with the model id, which the file store
     does not return), and per-epoch metrics must appear once per epoch."""
-    import mlflow
     import mlflow.pytorch.pickle_module
-    from mlflow import MlflowClient
     from mlflow.models import Model
 
     # What mlflow.pytorch.log_model does, through the flavor that pins pyfunc to the CPU.
@@ -75,7 +78,17 @@ def log_and_register(reg: Registration) -> tuple[str, bool]:
                      pip_requirements=PIP_REQUIREMENTS, step=0, metadata=reg.metadata or None,
                      extra_files=reg.extra_files or None,
                      pickle_module=mlflow.pytorch.pickle_module, serialization_format="pt2")
-    version = str(mlflow.register_model(info.model_uri, reg.name).version)
+    return info.model_uri
+
+
+def register_version(reg: Registration, model_uri: str) -> tuple[str, bool]:
+    """Register `model_uri` (a logged model) as a new version of `reg.name` with `reg`'s tags
+    and description; move `reg.alias` to it when `reg.value` beats the holder's `reg.metric`.
+    Returns (version, became_alias_holder)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    version = str(mlflow.register_model(model_uri, reg.name).version)
     client = MlflowClient()
     for key, val in {reg.metric: repr(float(reg.value)), **reg.tags}.items():
         client.set_model_version_tag(reg.name, version, key, val)
