@@ -45,6 +45,13 @@ def cmd_validate(args) -> int:
         r = job.resources
         print(f"  {job.index:>2}. {job.name:<16} {job.launcher:<9} nodes={r.nodes}"
               f" gpus-per-node={r.gpus_per_node}{after}")
+        if job.sweep and job.sweep_task is None:
+            print(f"      sweep: {job.sweep_size} tasks over {', '.join(job.matrix_keys)}, "
+                  f"one job array ({job.array})")
+        elif job.sweep:
+            values = " ".join(f"{k}={v}" for k, v in job.matrix[0].items())
+            print(f"      sweep: task {job.sweep_task} of '{job.sweep}' ({values}), a job of "
+                  "its own: the tasks' resources differ")
         # Lists after defaults < step (they extend unless the step says {replace: [...]}).
         merged = {"setup": job.setup, "node-setup": job.node_setup,
                   "extra-sbatch": r.extra_sbatch,

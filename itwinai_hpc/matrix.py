@@ -88,6 +88,7 @@ def expand_matrices(doc: YamlDoc) -> None:
         errors.append(UserError(message, file=file, line=line, field=dotted(path, doc.data)))
 
     expanded: dict[int, list[dict]] = {}
+    names = {step.get("name") for step in steps if isinstance(step, dict)}
     for i, step in enumerate(steps):
         if not isinstance(step, dict) or "matrix" not in step:
             continue
@@ -104,12 +105,35 @@ def expand_matrices(doc: YamlDoc) -> None:
         if all(r == per_task[0] for r in per_task):
             if "resources" in step:
                 step["resources"] = per_task[0]
-        else:
+        elif _valid_per_task(per_task, combos, ("steps", i, "resources"), err):
             expanded[i] = _expand(step, combos)
+            taken = names & {task["name"] for task in expanded[i]}
+            if taken:
+                err(("steps", i, "matrix"), f"its resources differ per task, so each task is a "
+                    f"step of its own ({task_name(step['name'], 0)}, ...), and step "
+                    f"'{sorted(taken)[0]}' exists already: rename one")
     if errors:
         raise UserErrors(by_line(errors))
     if expanded:
         _replace_steps(doc, expanded)
+
+
+def _valid_per_task(per_task: list, combos: list[dict], path: tuple, err) -> bool:
+    """Each task's resources are valid resources: else say which task, with which values."""
+    from pydantic import ValidationError
+
+    from .sbatch_fields import Resources
+
+    for task, (resources, combo) in enumerate(zip(per_task, combos)):
+        try:
+            Resources.model_validate(resources or {})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = path + tuple(first["loc"][:1])
+            err(where, f"task {task} ({', '.join(f'{k}={value_text(v)}' for k, v in combo.items())}"
+                f"): {first['msg']} (got {first.get('input')!r})")
+            return False
+    return True
 
 
 def _combinations(matrix: Any, path: tuple, err) -> list[dict[str, Any]] | None:

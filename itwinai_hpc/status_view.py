@@ -6,7 +6,10 @@ import json
 import os
 from pathlib import Path
 
+from . import layout
+from .backends.slurm_exit_status import read_task_exit_statuses
 from .runs import RunManifest
+from .states import SUCCEEDED
 
 COLUMNS = ("STEP", "JOB ID", "STATE", "ELAPSED", "EXIT", "NODES", "LOG")
 
@@ -35,7 +38,71 @@ def rows(manifest: RunManifest) -> list[tuple[str, ...]]:
         out.append((s.name, s.job_id or "-", state, format_elapsed(s.elapsed),
                     "-" if s.exit_code is None else str(s.exit_code), s.nodes or "-",
                     _log(s.log, manifest.run_dir, s.finished)))
+        if s.plan.sweep and s.plan.sweep_task is None:
+            out.extend(_task_rows(manifest, s))
     return out
+
+
+def _task_rows(manifest: RunManifest, s) -> list[tuple[str, ...]]:
+    """One row per task of a sweep's job array: its values, and how it ended (the exit status
+    its script left), else whether it started (its log exists)."""
+    codes = read_task_exit_statuses(manifest.run_dir, s.job_id) if s.job_id else {}
+    out = []
+    for task, values in enumerate(s.plan.matrix):
+        code = codes.get(str(task))
+        log = layout.log_file(manifest.run_dir, s.plan.job_name, s.job_id, str(task)) \
+            if s.job_id else None
+        if code is not None:
+            state = "COMPLETED" if code == 0 else "FAILED"
+        elif s.finished:
+            state = "-" if s.state in SUCCEEDED else s.state
+        else:
+            state = "RUNNING" if log and Path(log).exists() else "PENDING"
+        out.append((f"  [{task}] {_values(values)}", "", state, "", "-" if code is None
+                    else str(code), "", _log(log, manifest.run_dir, code is not None)))
+    return out
+
+
+def _values(values: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items())
+
+
+def sweeps(manifest: RunManifest) -> dict[str, dict]:
+    """Per sweep: its size and what its finished tasks achieved (the files their code leaves,
+    layout.sweep_result), best first."""
+    out: dict[str, dict] = {}
+    for s in manifest.steps:
+        if s.plan.sweep and s.plan.sweep not in out:
+            out[s.plan.sweep] = {"tasks": s.plan.sweep_size, "results": []}
+    for name, sweep in out.items():
+        folder = Path(layout.sweep_result(manifest.run_dir, name, "0")).parent
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            try:
+                result = json.loads(path.read_text())
+                float(result["value"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue                # being written, or not ours: not a result
+            sweep["results"].append(result)
+        sweep["results"].sort(key=lambda r: float(r["value"]),
+                              reverse=all(r.get("higher_is_better", True)
+                                          for r in sweep["results"]))
+    return out
+
+
+def sweep_lines(manifest: RunManifest) -> list[str]:
+    lines = []
+    for name, sweep in sweeps(manifest).items():
+        results = sweep["results"]
+        line = f"sweep {name}: {len(results)} of {sweep['tasks']} task(s) reported"
+        if results:
+            best = results[0]
+            model = best.get("model_name")
+            line += (f"; best so far: task {best.get('task')} ({_values(best.get('matrix') or {})})"
+                     f" {best.get('metric', 'metric')}={float(best['value']):.4f}")
+            if model and best.get("model_version"):
+                line += f", model {model} version {best['model_version']}"
+        lines.append(line)
+    return lines
 
 
 def format_table(manifest: RunManifest) -> str:
@@ -44,6 +111,7 @@ def format_table(manifest: RunManifest) -> str:
     lines = [f"run {manifest.run_id} ({manifest.backend or 'not submitted'}): {manifest.run_dir}"]
     for r in [COLUMNS, *body]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    lines.extend(sweep_lines(manifest))
     if manifest.note:
         lines.append(f"note: {manifest.note}")
     return "\n".join(lines)
@@ -55,4 +123,5 @@ def to_json(manifest: RunManifest) -> str:
     steps = [{"name": s.name, "job_id": s.job_id, "state": s.state, "exit_code": s.exit_code,
               "elapsed": s.elapsed, "nodes": s.nodes, "log": s.log, "needs": s.needs,
               "reason": s.reason, "history": s.history} for s in manifest.steps]
-    return json.dumps({"run": run, "steps": steps, "note": manifest.note}, indent=2)
+    return json.dumps({"run": run, "steps": steps, "sweeps": sweeps(manifest),
+                       "note": manifest.note}, indent=2)
