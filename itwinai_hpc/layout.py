@@ -70,6 +70,12 @@ def stop_file(run_dir: str, step: str) -> str:
 SWEEPS = "sweeps"               # sweeps/<sweep>/<task>.json: what each task of a sweep achieved
 
 
+def checkpoint_dir(run_dir: str, sweep: str | None = None, task: str | None = None) -> str:
+    """Where a step's code keeps its checkpoints by default: checkpoints/, and a sweep's task
+    its own checkpoints/<sweep>.<task> (a task must never resume from another's)."""
+    return f"{run_dir}/{CHECKPOINTS}" + (f"/{sweep}.{task}" if sweep and task else "")
+
+
 def ok_marker(run_dir: str, group: str, task: str | None = None) -> str:
     """Left by a step (a sweep's task: group is the sweep, task its index) that succeeded, for
     the steps that need it with `any`: they run once it ended, and check that one succeeded."""

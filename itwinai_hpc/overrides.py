@@ -17,8 +17,9 @@ from .validation import did_you_mean
 from .yamlsrc import YamlDoc, parse_value
 
 
-def apply_override(doc: YamlDoc, item: str) -> None:
-    """Apply one `--set dotted.path=value` (value parsed as YAML) to the raw document."""
+def apply_override(doc: YamlDoc, item: str, keep_number_text: bool = True) -> None:
+    """Apply one `--set dotted.path=value` (value parsed as YAML) to the raw document; a
+    number keeps its text as written (3.10) unless keep_number_text is False (typed configs)."""
     if "=" not in item:
         raise UserError(f"'--set {item}' needs the form dotted.path=value, e.g. "
                         "steps.train.resources.nodes=4 or vars.data_dir=/scratch/x")
@@ -27,7 +28,7 @@ def apply_override(doc: YamlDoc, item: str) -> None:
         raise UserError(f"'--set {item!r}': the path {dotted!r} may hold letters, digits, "
                         "'-', '_' and dots only")
     try:
-        value = parse_value(raw) if raw.strip() else ""
+        value = parse_value(raw, keep_number_text) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     keys = [k for k in dotted.strip().split(".")]

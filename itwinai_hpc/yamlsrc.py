@@ -54,13 +54,13 @@ Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 Yaml12Loader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
 
 
-def parse_value(text: str):
+def parse_value(text: str, keep_number_text: bool = True):
     """One YAML value (a --set VALUE) with the same YAML 1.2 rules; aliases are refused."""
     node = yaml.compose(text, Loader=Yaml12Loader)
     if node is None:
         return None
     doc = YamlDoc(file="--set", data=None)
-    return _build(node, (), doc, Yaml12Loader(""), keep_number_text=True)
+    return _build(node, (), doc, Yaml12Loader(""), keep_number_text=keep_number_text)
 
 
 @dataclass

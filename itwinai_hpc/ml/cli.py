@@ -32,6 +32,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="train YAML (sections: dataset, model, trainer, tracking, registry); "
                         "defaults when absent")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="override a key of the config, e.g. trainer.max_lr=0.02 (repeatable; "
+                        "VALUE is read as YAML): what a sweep's ${matrix.KEY} feeds")
     p.add_argument("--data", "--train-dataset", dest="data", required=True,
                    metavar="SHARDS_DIR",
                    help="folder with manifest.json written by `itwinai-hpc preprocess`")
@@ -103,7 +107,7 @@ def run_train(args: argparse.Namespace) -> int:
     from itwinai_hpc.ml.config import TrainConfig, load_config
     from itwinai_hpc.ml.trainer import TrainOptions, get_trainer
 
-    config = load_config(TrainConfig, args.config)
+    config = load_config(TrainConfig, args.config, args.overrides)
     for flag in ("epochs", "batch_size", "seed"):
         value = getattr(args, flag, None)
         if value is not None:
@@ -113,8 +117,9 @@ def run_train(args: argparse.Namespace) -> int:
             setattr(config.trainer, flag, value)
     trainer = get_trainer(config.trainer.name)
     run_dir = os.environ.get("ITWINAI_HPC_RUN_DIR")
-    checkpoint_dir = args.checkpoint_dir or (str(Path(run_dir) / layout.CHECKPOINTS)
-                                             if run_dir else None)
+    checkpoint_dir = args.checkpoint_dir or (
+        layout.checkpoint_dir(run_dir, os.environ.get("ITWINAI_HPC_SWEEP"),
+                              os.environ.get("ITWINAI_HPC_SWEEP_TASK")) if run_dir else None)
     stop = stop_file()
     opts = TrainOptions(data=args.data, checkpoint_dir=checkpoint_dir, run_dir=run_dir,
                         register_as=args.register_as, tracking_uri=args.tracking_uri,

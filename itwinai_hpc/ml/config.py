@@ -99,10 +99,16 @@ class InferenceConfig(Section):
 C = TypeVar("C", bound=BaseModel)
 
 
-def load_config(kind: type[C], path: str | os.PathLike | None) -> C:
-    """`kind` from a YAML file (the defaults when `path` is None); every problem is a
-    UserError naming file, line and key."""
-    return kind() if path is None else validate_model(kind, load_yaml(path))
+def load_config(kind: type[C], path: str | os.PathLike | None,
+                overrides: list[str] | tuple[str, ...] = ()) -> C:
+    """`kind` from a YAML file (the defaults when `path` is None) with `--set KEY=VALUE`
+    overrides applied; every problem is a UserError naming file, line and key (or the flag)."""
+    from itwinai_hpc.overrides import apply_override
+
+    doc = load_yaml(path) if path is not None else YamlDoc(file="<defaults>", data={})
+    for item in overrides:
+        apply_override(doc, item, keep_number_text=False)
+    return validate_model(kind, doc)
 
 
 def make_config(kind: type[C], values: dict[str, Any] | None = None) -> C:
