@@ -1,20 +1,31 @@
 """The MLflow model registry as the ML steps use it: log and register the served model with its
-contract, move the champion alias only to a better version, resolve what `--model` names, and
-record the model an inference run used as that run's input.
+contract, move the champion alias only to a better version (one writer at a time per store,
+whatever process or node it runs on), resolve what `--model` names, and record the model an
+inference run used as that run's input.
 
 Rank 0 only. Imports mlflow lazily; knows nothing about training loops or schedulers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from itwinai_hpc.errors import UserError
 
 # Explicit: inferring them costs ~10 s per log_model.
 PIP_REQUIREMENTS = ["torch", "numpy"]
 MODEL_SCHEMES = ("models:/", "runs:/", "best:")
+# flock'ed around each registration: inside a file store's folder, beside a sqlite database.
+REGISTRY_LOCK = ".itwinai-hpc-registry.lock"
+LOCK_WAIT_S = 600.0
 # Where mlflow.pyfunc runs the model: the pt2 export holds CPU weights, which MLflow refuses to
 # load onto a GPU, and by default its pyfunc loader picks the GPU wherever CUDA is present.
 PYFUNC_DEVICE = "cpu"
@@ -84,23 +95,84 @@ def log_served_model(reg: Registration) -> str:
 def register_version(reg: Registration, model_uri: str) -> tuple[str, bool]:
     """Register `model_uri` (a logged model) as a new version of `reg.name` with `reg`'s tags
     and description; move `reg.alias` to it when `reg.value` beats the holder's `reg.metric`.
-    Returns (version, became_alias_holder)."""
+    Returns (version, became_alias_holder).
+
+    All of it runs under the store's registry lock (registry_lock): the tasks of a sweep finish
+    together, and without it two of them both read the old holder's metric, both "win", and
+    the later write leaves the worse one holding the alias; MLflow's file store also fails to
+    create a model, a version number or the alias folder when two processes do it at once."""
     import mlflow
     from mlflow import MlflowClient
 
-    version = str(mlflow.register_model(model_uri, reg.name).version)
-    client = MlflowClient()
-    for key, val in {reg.metric: repr(float(reg.value)), **reg.tags}.items():
-        client.set_model_version_tag(reg.name, version, key, val)
-    if reg.description:
-        client.update_model_version(reg.name, version, description=reg.description)
-        if not client.get_registered_model(reg.name).description:
-            client.update_registered_model(reg.name, description=reg.description)
-    current = champion_metric(reg.name, reg.alias, reg.metric)
-    wins = current is None or float(reg.value) > current
-    if wins:
-        client.set_registered_model_alias(reg.name, reg.alias, version)
+    with registry_lock(mlflow.get_registry_uri()):
+        version = str(mlflow.register_model(model_uri, reg.name).version)
+        client = MlflowClient()
+        for key, val in {reg.metric: repr(float(reg.value)), **reg.tags}.items():
+            client.set_model_version_tag(reg.name, version, key, val)
+        if reg.description:
+            client.update_model_version(reg.name, version, description=reg.description)
+            if not client.get_registered_model(reg.name).description:
+                client.update_registered_model(reg.name, description=reg.description)
+        current = champion_metric(reg.name, reg.alias, reg.metric)
+        wins = current is None or float(reg.value) > current
+        if wins:
+            client.set_registered_model_alias(reg.name, reg.alias, version)
     return version, wins
+
+
+def registry_lock_file(uri: str) -> Path | None:
+    """The lock file of the store at `uri`: inside a file store's folder (file: URI or plain
+    path), beside a sqlite database file; None for a tracking server (http:, https:,
+    databricks...) or an in-memory database, which no file lock can guard."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        # sqlite:///relative.db, sqlite:////absolute.db; sqlite:// alone is in memory.
+        db = uri[len("sqlite:///"):].split("?", 1)[0] if uri.startswith("sqlite:///") else ""
+        return Path(db).parent / REGISTRY_LOCK if db and db != ":memory:" else None
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path)) / REGISTRY_LOCK
+    if "://" not in uri and len(parsed.scheme) <= 1:   # a plain path (C: on Windows)
+        return Path(uri) / REGISTRY_LOCK
+    return None
+
+
+@contextlib.contextmanager
+def registry_lock(uri: str, wait_s: float = LOCK_WAIT_S) -> Iterator[Path | None]:
+    """Hold the registry lock of store `uri` (an exclusive flock, across processes and, on a
+    shared file system with working flock, across nodes); yields the lock file, or None where
+    there is none: a tracking server (last writer wins there), or a file system without
+    flock, which gets a warning on stderr. Waiting longer than `wait_s` is a RuntimeError."""
+    path = registry_lock_file(uri)
+    if path is None:
+        yield None
+        return
+    with contextlib.ExitStack() as stack:
+        locked = None
+        try:
+            f = stack.enter_context(open(path, "a"))
+            locked = _flock(f, path, wait_s)
+        except OSError as e:   # ENOLCK, ENOSYS, EOPNOTSUPP: e.g. Lustre mounted without flock
+            print(f"warning: cannot lock {path} ({e.strerror or e}); registering without the "
+                  "lock: tasks finishing at the same moment may leave a worse version holding "
+                  "the alias", file=sys.stderr, flush=True)
+        try:
+            yield locked
+        finally:
+            if locked is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _flock(f, path: Path, wait_s: float) -> Path:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return path
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"waited {wait_s:.0f} s for the registry lock {path}; the "
+                                   "process holding it is stuck (a hung file system?)") from None
+            time.sleep(0.05)
 
 
 def champion_metric(name: str, alias: str, metric: str) -> float | None:
