@@ -1,35 +1,61 @@
 """submitit backend: each step's rendered script runs as a submitit job, on SLURM or locally.
 
-The submitted callable only runs the step's script (the .sbatch body inside submitit's SLURM
-allocation, the .sh locally) and is Checkpointable, so a preempted step is requeued and resumes
-from its own checkpoint files. States go into run.json like every backend's. No torch here.
+The submitted callable (SubmititStep) only runs the step's script (the .sbatch body inside
+submitit's SLURM allocation, the .sh locally) and is Checkpointable, so a preempted step is
+requeued and resumes from its own checkpoint files. States go into run.json like every
+backend's. No torch here.
+
+Job arrays (`array:`, or a `matrix:` step) run the same tasks on both clusters:
+- SLURM: one sbatch with --array=<the spec as written>, %N throttle included, so SLURM's task ids
+  are the spec's: task 3 of "1,3,5" is job A_3 in squeue, sacct and scancel, sees
+  SLURM_ARRAY_TASK_ID=3, and leaves its exit status and log as A_3, where the slurm backend's
+  refresh reads them. submitit's map_array numbers tasks 0..N-1 whatever the spec, so the array
+  is one submitit submission instead, its pickle copied to each task's name (A_3_submitted.pkl:
+  where submitit's runtime looks for a task's callable, waiting up to 60 s for it).
+- local: one submitit local job per array runs the tasks, at most %N and
+  $ITWINAI_HPC_LOCAL_PARALLEL at once, each with SLURM_ARRAY_JOB_ID=<the job> and
+  SLURM_ARRAY_TASK_ID=<its id>, its own log and exit status (<job>_<task>); the job's own exit
+  status, left once every task ended, is what its dependents wait for. A cancel TERMs the job and
+  every task (they carry its process marker); the job then starts no more tasks.
+Dependencies: the needs that must succeed are afterok, needs `any` and `after` afterany (locally:
+waited for, and only a failed afterok parent skips the step).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import submitit
+from submitit.core.utils import JobPaths
 
-from .. import layout
+from .. import atomic, layout
 from ..errors import UserError
+from ..planned import PlannedStep
 from ..runs import RunManifest, StepRecord
-from ..slurm_syntax import time_minutes
+from ..slurm_syntax import parse_array, time_minutes
 from ..states import StepState
 from . import Backend, SubmitError, sbatch_works
+from .local import parallel_limit
 from .local_procs import MARKER, alive, job_marker, kill_job
 from .local_runner import now_iso
+from .sbatch import dependency_option
 from .slurm import SlurmBackend
+from .slurm_env import submit_environment
+from .slurm_exit_status import complete_array, read_task_exit_statuses
 
 CLUSTER_ENV = "ITWINAI_HPC_SUBMITIT_CLUSTER"
 FOLDER = "submitit"                    # submitit's pickles and its own logs, inside the run
 WEEK_MIN = 7 * 24 * 60
 SKIPPED = "skipped"
+CANCELLED_RC = 128 + signal.SIGTERM    # an array cancelled before all its tasks ran
 
 
 def choose_cluster(environ: dict[str, str] | None = None) -> str:
@@ -46,71 +72,129 @@ def exit_file(run_dir: str, job_id: str) -> Path:
     return Path(layout.exit_marker(run_dir, job_id))
 
 
+def task_job_id(job_id: str, task: int | None) -> str:
+    """An array task's id as SLURM writes it (ARRAYID_TASK); a plain job's own id."""
+    return job_id if task is None else f"{job_id}_{task}"
+
+
+def local_tasks_at_once(array: str) -> int:
+    """How many tasks of an array the local cluster runs at once: its %N, at most
+    $ITWINAI_HPC_LOCAL_PARALLEL (as the local backend)."""
+    spec = parse_array(array)
+    return min(spec.limit or len(spec.ids), parallel_limit())
+
+
 class SubmititStep(submitit.helpers.Checkpointable):
     """A step as submitit runs it: the submitted callable of every step, which runs the step's
-    rendered script with bash.
+    rendered script with bash (a local array: once per task).
 
     On preemption or timeout submitit calls checkpoint(), which (inherited) resubmits this same
     callable: the script runs again and the step's code resumes from its checkpoint files."""
 
     def __init__(self, run_dir: str, workdir: str, run_id: str, step: str, script: str,
-                 job_name: str, parents: list[str] = (), grace: float = 60):
+                 job_name: str, parents: list[str] = (), grace: float = 60,
+                 waits: list[str] = (), tasks: tuple[int, ...] | None = None, limit: int = 1):
         self.run_dir, self.workdir, self.run_id = run_dir, workdir, run_id
         self.step, self.script, self.job_name = step, script, job_name
-        self.parents = list(parents)    # local executor only: job ids to wait for
+        # local executor only (SLURM's --dependency does it there): job ids to wait for
+        self.parents = list(parents)    # ... that must have succeeded, or the step is skipped
+        self.waits = list(waits)        # ... that must only have ended
         self.grace = grace              # seconds the step gets to checkpoint when warned
-        self._proc: subprocess.Popen | None = None
+        self.tasks = tasks              # local array: its task ids, `limit` at once
+        self.limit = limit
+        self._procs: dict[int | None, subprocess.Popen] = {}
+        self._stopping = False
 
     def __call__(self) -> int:
-        job_id = str(submitit.JobEnvironment().job_id)
+        signal.signal(signal.SIGTERM, self._on_term)
+        where = submitit.JobEnvironment()
+        job_id = str(where.job_id)      # a SLURM array task: ARRAYID_TASK
         broken = self._wait_for_parents()
         if broken:
             exit_file(self.run_dir, job_id).write_text(f"{SKIPPED} {broken}\n")
             return 0
         Path(layout.started_marker(self.run_dir, job_id)).write_text(now_iso() + "\n")
-        env = dict(os.environ, ITWINAI_HPC_RUN_DIR=self.run_dir, ITWINAI_HPC_BACKEND="submitit",
-                   **{MARKER: job_marker(self.run_id, job_id)})
-        env.setdefault("SLURM_JOB_ID", job_id)
-        with open(layout.log_file(self.run_dir, self.job_name, job_id), "ab") as log:
-            proc = self._proc = subprocess.Popen(["bash", self.script], cwd=self.workdir,
-                                                 env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                                 stderr=subprocess.STDOUT)
-            # poll, not wait(): a blocking wait() holds the Popen's lock, and checkpoint(),
-            # run by the signal handler in this same thread, could then never see the exit
-            while (rc := proc.poll()) is None:
-                time.sleep(0.2)
-            self._proc = None
-        rc = 128 - rc if rc < 0 else rc
-        exit_file(self.run_dir, job_id).write_text(f"{rc}\n")
+        codes = self._run_tasks(job_id, local=where.cluster == "local")
+        if self.tasks is None:
+            rc = codes[None]
+        else:   # the array's own status, once its tasks ended: its first failed task's
+            rc = next((c for c in codes.values() if c), 0 if len(codes) == len(self.tasks)
+                      else CANCELLED_RC)
+            exit_file(self.run_dir, job_id).write_text(f"{rc}\n")
         if rc:
             raise SystemExit(rc)        # the job's own exit code, so afterok and sacct see it
         return rc
+
+    def _on_term(self, signum, frame) -> None:
+        self._stopping = True           # a cancel: start nothing more, let the running end
+
+    def _run_tasks(self, job_id: str, local: bool) -> dict[int | None, int]:
+        """Run the script once per task (one task, None, for a plain step or a SLURM array's
+        task), `limit` at once; leave each one's exit status. {task: exit status}."""
+        # SLURM's environment in a SLURM job; locally the submitter's, less the SLURM_* of a
+        # job it may have run in (an array task's id must not reach the steps it submitted)
+        env = dict(submit_environment() if local else os.environ,
+                   ITWINAI_HPC_RUN_DIR=self.run_dir, ITWINAI_HPC_BACKEND="submitit")
+        env.setdefault("SLURM_JOB_ID", job_id)
+        todo = [None] if self.tasks is None else list(self.tasks)
+        codes: dict[int | None, int] = {}
+        while (todo and not self._stopping) or self._procs:
+            while todo and not self._stopping and len(self._procs) < self.limit:
+                task = todo.pop(0)
+                self._procs[task] = self._start(job_id, task, env)
+            # poll, not wait(): a blocking wait() holds the Popen's lock, and checkpoint(),
+            # run by the signal handler in this same thread, could then never see the exit
+            for task, proc in list(self._procs.items()):
+                if (rc := proc.poll()) is not None:
+                    del self._procs[task]
+                    codes[task] = 128 - rc if rc < 0 else rc
+                    exit_file(self.run_dir, task_job_id(job_id, task)).write_text(
+                        f"{codes[task]}\n")
+            time.sleep(0.2)
+        return codes
+
+    def _start(self, job_id: str, task: int | None, env: dict[str, str]) -> subprocess.Popen:
+        env = dict(env, **{MARKER: job_marker(self.run_id, job_id, task)})
+        if task is not None:
+            env.update(SLURM_ARRAY_JOB_ID=job_id, SLURM_ARRAY_TASK_ID=str(task))
+        log = layout.log_file(self.run_dir, self.job_name, task_job_id(job_id, task))
+        with open(log, "ab") as out:
+            return subprocess.Popen(["bash", self.script], cwd=self.workdir, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT)
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on the time-limit warning or preemption: ask the step's code to
         checkpoint and stop (the same STOP file as the sbatch requeue trap), give it `grace`
         seconds, then resubmit this callable; the step resumes from its checkpoint."""
         Path(layout.stop_file(self.run_dir, self.step)).touch()
-        proc, self._proc = getattr(self, "_proc", None), None    # a Popen does not pickle
-        if proc is not None:
+        procs, self._procs = getattr(self, "_procs", {}), {}   # a Popen does not pickle
+        deadline = time.monotonic() + self.grace
+        for proc in procs.values():
             try:
-                proc.wait(timeout=self.grace)
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
         return super().checkpoint(*args, **kwargs)
 
     def _wait_for_parents(self) -> str | None:
-        """Block until every parent job ended; the first one that did not succeed, or None."""
+        """Block until every parent and waited-for job ended; why the step must not run (a
+        parent did not succeed, a cancel came), or None."""
+        for job in self.parents + self.waits:
+            done = exit_file(self.run_dir, job)
+            while not done.exists():
+                if self._stopping:
+                    return "cancelled before it started"
+                if not alive(int(job)):
+                    time.sleep(0.5)     # it may have written its file just before ending
+                    break
+                time.sleep(0.5)
         for parent in self.parents:
             done = exit_file(self.run_dir, parent)
-            while not done.exists():
-                if not alive(int(parent)):
-                    time.sleep(0.5)     # it may have written its file just before ending
-                    if not done.exists():
-                        return f"job {parent} ended without a result"
-                time.sleep(0.5)
+            if not done.exists():
+                return f"a dependency (job {parent}) ended without a result"
             if done.read_text().split()[0] != "0":
-                return f"job {parent} did not complete"
+                return f"a dependency (job {parent}) did not complete"
         return None
 
 
@@ -124,10 +208,8 @@ class SubmititBackend(Backend):
     def submit(self, manifest: RunManifest, steps: list[str]) -> None:
         cluster = manifest.extra.get("submitit", {}).get("cluster") or choose_cluster()
         jobs = {s.name: s.plan for s in manifest.steps}
-        arrays = [n for n in steps if jobs[n].array]
-        if arrays:
-            raise UserError(f"step(s) {', '.join(arrays)} are job arrays, which the submitit "
-                            "backend does not run; use --backend slurm or --backend local")
+        if cluster == "local" and any(jobs[n].array for n in steps):
+            parallel_limit()            # a bad value is an error before anything is submitted
         folder = Path(manifest.run_dir) / FOLDER
         folder.mkdir(exist_ok=True)
         with manifest.updating() as m:
@@ -139,24 +221,14 @@ class SubmititBackend(Backend):
         submitted: list[submitit.Job] = []
         for step in sorted((manifest.step(n) for n in steps), key=lambda s: s.index):
             job = jobs[step.name]
-            parents = [job_ids[n] for n in step.needs if n in steps]
-            # seconds between submitit's warning signal and the requeue (60 s of the 90 s
-            # default warning, as the sbatch trap's default grace)
-            grace = job.requeue.grace if job.requeue else 60
-            if cluster == "slurm":
-                executor = self._slurm_executor(folder, manifest, job, parents)
-                script = str(Path(manifest.run_dir) / step.script)
-                callable_ = SubmititStep(manifest.run_dir, manifest.workdir, manifest.run_id,
-                                       step.name, script, job.job_name, grace=grace)
-            else:
-                executor = submitit.LocalExecutor(folder)
-                executor.update_parameters(timeout_min=self._local_minutes(jobs, step.name),
-                                           tasks_per_node=1)
-                script = str(Path(manifest.run_dir) / step.local_script)
-                callable_ = SubmititStep(manifest.run_dir, manifest.workdir, manifest.run_id,
-                                       step.name, script, job.job_name, parents)
+            ok = [job_ids[n] for n in job.needs_ok if n in steps]
+            anyway = [job_ids[n] for n in job.waits_for if n in steps]
             try:
-                sjob = executor.submit(callable_)
+                if cluster == "slurm":
+                    sjob = self._submit_to_slurm(folder, manifest, step,
+                                                 dependency_option(ok, anyway))
+                else:
+                    sjob = self._submit_locally(folder, manifest, step, jobs, ok, anyway)
             except Exception as exc:    # submitit wraps sbatch's refusal in several types
                 for done in submitted:
                     done.cancel(check=False)
@@ -171,18 +243,56 @@ class SubmititBackend(Backend):
                 s.job_id, s.state, s.submitted_at = str(sjob.job_id), StepState.PENDING, now_iso()
                 s.log, s.reason = m.log_path(s, str(sjob.job_id)), None
 
+    def _submit_to_slurm(self, folder: Path, manifest: RunManifest, step: StepRecord,
+                         depends: list[str]) -> submitit.Job:
+        job = step.plan
+        executor = self._slurm_executor(folder, manifest, job, depends)
+        # seconds between submitit's warning signal and the requeue (60 s of the 90 s default
+        # warning, as the sbatch trap's default grace)
+        callable_ = SubmititStep(manifest.run_dir, manifest.workdir, manifest.run_id, step.name,
+                                 str(Path(manifest.run_dir) / step.script), job.job_name,
+                                 grace=job.requeue.grace if job.requeue else 60)
+        sjob = executor.submit(callable_)
+        if job.array:
+            try:
+                share_with_tasks(sjob, parse_array(job.array).ids)
+            except BaseException:
+                sjob.cancel(check=False)
+                raise
+        return sjob
+
+    def _submit_locally(self, folder: Path, manifest: RunManifest, step: StepRecord,
+                        jobs: dict[str, PlannedStep], ok: list[str],
+                        anyway: list[str]) -> submitit.Job:
+        job = step.plan
+        executor = submitit.LocalExecutor(folder)
+        executor.update_parameters(timeout_min=self._local_minutes(jobs, step.name),
+                                   tasks_per_node=1)
+        tasks = parse_array(job.array).ids if job.array else None
+        callable_ = SubmititStep(manifest.run_dir, manifest.workdir, manifest.run_id, step.name,
+                                 str(Path(manifest.run_dir) / step.local_script), job.job_name,
+                                 ok, waits=anyway, tasks=tasks,
+                                 limit=local_tasks_at_once(job.array) if job.array else 1)
+        return executor.submit(callable_)
+
     @staticmethod
-    def _slurm_executor(folder: Path, manifest: RunManifest, job, parents: list[str]):
+    def _slurm_executor(folder: Path, manifest: RunManifest, job: PlannedStep,
+                        depends: list[str]):
+        """`depends`: sbatch's dependency options (sbatch.dependency_option)."""
         r = job.resources
         extra = {"comment": f"itwinai-hpc:{manifest.run_id}", "chdir": manifest.workdir,
                  # B: the batch shell, where submitit's python runs (use_srun=False) and
                  # handles USR2 by checkpointing and requeueing
                  "signal": f"B:USR2@{job.requeue.before_limit if job.requeue else 90}"}
-        if parents:
-            extra.update(dependency="afterok:" + ":".join(parents), kill_on_invalid_dep="yes")
+        if job.array:
+            # submitit's own logs per task, named as its map_array names them
+            logs = JobPaths(folder)
+            extra.update(array=job.array,
+                         output=str(logs.stdout).replace("%j", "%A_%a").replace("%t", "0"),
+                         error=str(logs.stderr).replace("%j", "%A_%a").replace("%t", "0"))
         if r.mem:
             extra["mem"] = r.mem        # submitit's own mem= wants gigabytes as a number
-        for flag in job.extra_sbatch:
+        for flag in (*depends, *job.extra_sbatch):
             key, _, value = flag[2:].partition("=")
             extra[key.replace("-", "_")] = value or True
         params = dict(job_name=job.job_name, nodes=r.nodes, ntasks_per_node=r.ntasks_per_node,
@@ -200,16 +310,22 @@ class SubmititBackend(Backend):
         return executor
 
     @staticmethod
-    def _local_minutes(jobs, name: str) -> int:
+    def _local_minutes(jobs: dict[str, PlannedStep], name: str) -> int:
         """submitit's local limit counts the wait for parents: the step's time plus its
-        ancestors' (a week where any is unknown)."""
+        ancestors' (an array's once per round of tasks; a week where any is unknown)."""
         chain, todo = set(), [name]
         while todo:
             n = todo.pop()
             if n not in chain:
                 chain.add(n)
-                todo.extend(jobs[n].needs)
-        minutes = [time_minutes(jobs[n].resources.time) for n in chain]
+                todo.extend(jobs[n].needs + jobs[n].after)
+        minutes = []
+        for n in chain:
+            job = jobs[n]
+            rounds = math.ceil(len(parse_array(job.array).ids) /
+                               local_tasks_at_once(job.array)) if job.array else 1
+            step_min = time_minutes(job.resources.time)
+            minutes.append(None if step_min is None else step_min * rounds)
         return WEEK_MIN if None in minutes else sum(minutes)
 
     def _cluster(self, manifest: RunManifest) -> str:
@@ -227,25 +343,39 @@ class SubmititBackend(Backend):
 
     @staticmethod
     def _local_state(run_dir: str, s: StepRecord) -> None:
+        # alive first: a job leaves its exit status before it ends, so a job found ended and
+        # without one afterwards never left one
+        running = alive(int(s.job_id))
         done = exit_file(run_dir, s.job_id)
         started = Path(layout.started_marker(run_dir, s.job_id))
-        if done.exists():
-            word, *why = done.read_text().split(maxsplit=1)
-            if word == SKIPPED:
-                s.state, s.reason = StepState.CANCELLED, f"a dependency failed ({' '.join(why).strip()})"
-            else:
-                s.exit_code = int(word)
-                s.state = StepState.COMPLETED if s.exit_code == 0 else StepState.FAILED
+        word, _, why = (done.read_text() if done.exists() else "").strip().partition(" ")
+        if word == SKIPPED:
+            s.state, s.reason = StepState.CANCELLED, why
+            return
+        if not word and running:
             if started.exists():
-                s.elapsed = int(done.stat().st_mtime - started.stat().st_mtime)
-        elif not alive(int(s.job_id)):
+                s.state = StepState.RUNNING
+                s.elapsed = int(time.time() - started.stat().st_mtime)
+            else:
+                s.state, s.reason = StepState.PENDING, "waiting for its dependencies"
+            return
+        if s.array:     # every task's own status; a task that left none never ran to its end
+            info = complete_array(s.job_id, s.array, None,
+                                  read_task_exit_statuses(run_dir, s.job_id))
+            code = None if info is None else info.exit_code
+            state = None if info is None else info.state
+        else:
+            code = int(word) if word.isdigit() else None
+            state = None if code is None else \
+                StepState.COMPLETED if code == 0 else StepState.FAILED
+        if state is None:
             s.state = StepState.FAILED
             s.reason = "submitit's local job ended without a result; see the run's submitit/ folder"
-        elif started.exists():
-            s.state = StepState.RUNNING
-            s.elapsed = int(time.time() - started.stat().st_mtime)
-        else:
-            s.state, s.reason = StepState.PENDING, "waiting for its dependencies"
+            return
+        s.state, s.exit_code = state, code
+        if started.exists():
+            s.elapsed = int((done.stat().st_mtime if done.exists() else time.time())
+                            - started.stat().st_mtime)
 
     # ---- cancel -----------------------------------------------------------------------
     def cancel(self, manifest: RunManifest) -> list[str]:
@@ -253,6 +383,7 @@ class SubmititBackend(Backend):
             return self.slurm.cancel(manifest)
         active = [s for s in manifest.steps if s.job_id and not s.finished]
         for s in active:
+            # the job, its tasks (their markers start with the job's) and their children
             kill_job(job_marker(manifest.run_id, s.job_id), [int(s.job_id)], grace=5)
         with manifest.updating() as m:
             for s in active:
@@ -261,3 +392,13 @@ class SubmititBackend(Backend):
                     rec.state, rec.reason = StepState.CANCELLED, "cancelled by the user"
         return [s.name for s in active]
 
+
+def share_with_tasks(job: submitit.Job, tasks: tuple[int, ...]) -> None:
+    """Give every task of a SLURM array the array's callable: a copy of the submitted pickle
+    under each task's name, where submitit's runtime looks (each its own: a requeued task
+    rewrites its pickle with its checkpointed state)."""
+    for task in tasks:
+        target = JobPaths(job.paths.folder, job_id=f"{job.job_id}_{task}").submitted_pickle
+        tmp = atomic.temporary_name(target)     # renamed: a task never reads half a pickle
+        shutil.copyfile(job.paths.submitted_pickle, tmp)
+        os.replace(tmp, target)
