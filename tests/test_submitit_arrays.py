@@ -207,3 +207,47 @@ steps:
     assert p.returncode == 0, p.stdout
     job_id = RunManifest.load(run).step("one").job_id
     assert (run_folder / "seen.txt").read_text() == f"{job_id} none\n"
+
+
+# Only args vary: one job array, task N with combination N.
+GRID = """
+name: grid
+steps:
+  - name: train
+    matrix: {lr: [0.1, 0.2, 0.3]}
+    max-parallel: 2
+    command: bash -c
+    args: ['echo "$SLURM_ARRAY_TASK_ID ${matrix.lr}" >> grid.txt']
+"""
+
+# The time limit varies: one job per combination, each after the one max-parallel before it.
+SERIAL = """
+name: serial
+steps:
+  - name: fit
+    matrix: {minutes: [1, 2, 3]}
+    max-parallel: 1
+    resources: {time: "${matrix.minutes}"}
+    command: bash -c
+    args: ['start=$(date +%s.%N); sleep 1; echo "${matrix.minutes} $start $(date +%s.%N)" >> fit.txt']
+"""
+
+
+@pytest.mark.parametrize("cluster", CLUSTERS)
+def test_a_matrix_runs_each_combination_once_as_the_task_of_its_index(cluster, run_folder):
+    p, run = submit(run_folder, cluster, GRID, "--wait")
+    assert p.returncode == 0, p.stdout
+    assert RunManifest.load(run).step("train").state == "COMPLETED"
+    assert sorted((run_folder / "grid.txt").read_text().splitlines()) == \
+        ["0 0.1", "1 0.2", "2 0.3"]
+
+
+@pytest.mark.parametrize("cluster", CLUSTERS)
+def test_a_matrix_of_jobs_throttled_to_one_runs_them_one_after_another(cluster, run_folder):
+    p, run = submit(run_folder, cluster, SERIAL, "--wait")
+    assert p.returncode == 0, p.stdout
+    assert {s.name: s.state for s in RunManifest.load(run).steps} == \
+        {"fit-0": "COMPLETED", "fit-1": "COMPLETED", "fit-2": "COMPLETED"}
+    rows = [line.split() for line in (run_folder / "fit.txt").read_text().splitlines()]
+    assert sorted(r[0] for r in rows) == ["1", "2", "3"]
+    assert most_at_once([(float(s), float(e)) for _, s, e in rows]) == 1
