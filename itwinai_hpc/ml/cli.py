@@ -105,8 +105,10 @@ def run_train(args: argparse.Namespace) -> int:
     from itwinai_hpc.errors import UserError
     from itwinai_hpc.ml import distributed
     from itwinai_hpc.ml.config import TrainConfig, load_config
+    from itwinai_hpc.ml.sweep import SweepTask
     from itwinai_hpc.ml.trainer import TrainOptions, get_trainer
 
+    SweepTask.from_env()   # a malformed sweep variable fails here, before any rank starts
     config = load_config(TrainConfig, args.config, args.overrides)
     for flag in ("epochs", "batch_size", "seed"):
         value = getattr(args, flag, None)
@@ -145,7 +147,9 @@ def run_train(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from itwinai_hpc.ml.config import InferenceConfig, load_config
     from itwinai_hpc.ml.predict import predict
+    from itwinai_hpc.ml.sweep import SweepTask
 
+    SweepTask.from_env()   # a malformed sweep variable fails before the model loads
     config = load_config(InferenceConfig, args.config)
     result = predict(config, args.data, args.model or config.model_uri, args.output,
                      tracking_uri=args.tracking_uri)

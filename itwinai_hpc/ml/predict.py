@@ -123,7 +123,7 @@ def _start_run(config: InferenceConfig, about: dict[str, str]) -> str:
     origin = Provenance.from_env()
     tags = {**origin.tags(_slurm_env()), **{f"model.{k}": v for k, v in about.items() if v}}
     tags.setdefault("itwinai_hpc.step", "predict")
-    run_id = tracking.start_run(config.tracking.experiment, run_name=origin.run_id, tags=tags,
+    run_id = tracking.start_run(config.tracking.experiment, run_name=origin.run_name(), tags=tags,
                                 system_metrics_every_s=config.tracking.system_metrics_every_s)
     for key in origin.stale_tags():
         tracking.delete_tag(key)

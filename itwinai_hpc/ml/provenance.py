@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from itwinai_hpc import __version__
+from itwinai_hpc.ml.sweep import SweepTask
 
 RUN_SCRIPT_PATTERNS = ("*.sbatch", "*.sh", "workflow.yml")
 # MLflow previews neither .sh nor .sbatch: these get a .txt twin the UI shows.
@@ -32,6 +33,7 @@ class Provenance:
     step_description: str = ""
     commit: str | None = None
     branch: str | None = None
+    sweep: SweepTask | None = None     # this process is one task of a parameter sweep
 
     @classmethod
     def from_env(cls, env=os.environ) -> "Provenance":
@@ -41,14 +43,17 @@ class Provenance:
                 step=env.get("ITWINAI_HPC_STEP"),
                 backend=env.get("ITWINAI_HPC_BACKEND") or manifest.get("backend") or "none",
                 workflow_file=env.get("ITWINAI_HPC_WORKFLOW_FILE")
-                or manifest.get("workflow_file"))
+                or manifest.get("workflow_file"), sweep=SweepTask.from_env(env))
         resolved = _read_yaml(run_dir / "workflow.yml") if run_dir else {}
         if not resolved and p.workflow_file:
             resolved = _read_yaml(Path(p.workflow_file))
         p.workflow_description = str(resolved.get("description") or "")
-        for step in resolved.get("steps") or []:
-            if isinstance(step, dict) and step.get("name") == p.step:
-                p.step_description = str(step.get("description") or "")
+        # A sweep with one job per combination runs step train-1 of the step train as written.
+        names = [p.step] + ([p.sweep.sweep] if p.sweep else [])
+        for name in reversed(names):
+            for step in resolved.get("steps") or []:
+                if isinstance(step, dict) and step.get("name") == name:
+                    p.step_description = str(step.get("description") or "")
         if p.workflow_file:
             p.commit, p.branch = git_head(Path(p.workflow_file).parent)
         return p
@@ -66,10 +71,19 @@ class Provenance:
                     "mlflow.source.git.commit": self.commit,
                     "mlflow.source.git.branch": self.branch}
         tags.update({k: v for k, v in optional.items() if v})
+        if self.sweep:
+            tags.update(self.sweep.tags())
         if self.backend != "local":
             for key, value in (slurm or {}).items():
                 tags[key.lower().replace("_", ".", 1)] = value   # slurm.job_id, slurm.nnodes
         return tags
+
+    def run_name(self) -> str | None:
+        """The MLflow run's name: the itwinai-hpc run id; a sweep's task adds SWEEP[TASK], so
+        that the sweep's runs are told apart in the UI's list."""
+        if self.sweep:
+            return f"{self.run_id or self.sweep.sweep_id} {self.sweep.sweep}[{self.sweep.task}]"
+        return self.run_id
 
     def stale_tags(self) -> list[str]:
         """MLflow's automatic git tags to delete when the workflow is in no git repository
@@ -83,6 +97,10 @@ class Provenance:
         if self.step:
             lines.append(f"Step **{self.step}**" + (f": {self.step_description}"
                                                     if self.step_description else ""))
+        if self.sweep:
+            values = ", ".join(f"{k}={v}" for k, v in self.sweep.matrix.items())
+            lines.append(f"Task {self.sweep.task} of sweep `{self.sweep.sweep_id}`"
+                         + (f": {values}" if values else ""))
         if self.run_id:
             lines.append(f"itwinai-hpc run `{self.run_id}` ({self.backend}), run folder "
                          f"`{self.run_dir}`")
