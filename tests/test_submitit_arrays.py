@@ -209,21 +209,16 @@ steps:
     assert (run_folder / "seen.txt").read_text() == f"{job_id} none\n"
 
 
-# Only args vary: one job array, task N with combination N.
-GRID = """
-name: grid
+SWEEPS = """
+name: sweeps
 steps:
+  # Only args vary: one job array, task N with combination N.
   - name: train
     matrix: {lr: [0.1, 0.2, 0.3]}
     max-parallel: 2
     command: bash -c
     args: ['echo "$SLURM_ARRAY_TASK_ID ${matrix.lr}" >> grid.txt']
-"""
-
-# The time limit varies: one job per combination, each after the one max-parallel before it.
-SERIAL = """
-name: serial
-steps:
+  # The time limit varies: one job per combination, each after the one max-parallel before it.
   - name: fit
     matrix: {minutes: [1, 2, 3]}
     max-parallel: 1
@@ -233,21 +228,26 @@ steps:
 """
 
 
-@pytest.mark.parametrize("cluster", CLUSTERS)
-def test_a_matrix_runs_each_combination_once_as_the_task_of_its_index(cluster, run_folder):
-    p, run = submit(run_folder, cluster, GRID, "--wait")
+@pytest.fixture(scope="module", params=CLUSTERS)
+def swept(request, tmp_path_factory) -> tuple[Path, RunManifest]:
+    """SWEEPS submitted through each cluster and waited for: (the folder, the run)."""
+    if request.param == "slurm":
+        request.getfixturevalue("slurm_cluster")
+    folder = tmp_path_factory.mktemp(f"sweeps-{request.param}")
+    p, run = submit(folder, request.param, SWEEPS, "--wait")
     assert p.returncode == 0, p.stdout
-    assert RunManifest.load(run).step("train").state == "COMPLETED"
-    assert sorted((run_folder / "grid.txt").read_text().splitlines()) == \
-        ["0 0.1", "1 0.2", "2 0.3"]
+    return folder, RunManifest.load(run)
 
 
-@pytest.mark.parametrize("cluster", CLUSTERS)
-def test_a_matrix_of_jobs_throttled_to_one_runs_them_one_after_another(cluster, run_folder):
-    p, run = submit(run_folder, cluster, SERIAL, "--wait")
-    assert p.returncode == 0, p.stdout
-    assert {s.name: s.state for s in RunManifest.load(run).steps} == \
-        {"fit-0": "COMPLETED", "fit-1": "COMPLETED", "fit-2": "COMPLETED"}
-    rows = [line.split() for line in (run_folder / "fit.txt").read_text().splitlines()]
+def test_a_matrix_runs_each_combination_once_as_the_task_of_its_index(swept):
+    folder, run = swept
+    assert run.step("train").state == "COMPLETED"
+    assert sorted((folder / "grid.txt").read_text().splitlines()) == ["0 0.1", "1 0.2", "2 0.3"]
+
+
+def test_a_matrix_of_jobs_throttled_to_one_runs_them_one_after_another(swept):
+    folder, run = swept
+    assert [run.step(f"fit-{i}").state for i in range(3)] == ["COMPLETED"] * 3
+    rows = [line.split() for line in (folder / "fit.txt").read_text().splitlines()]
     assert sorted(r[0] for r in rows) == ["1", "2", "3"]
     assert most_at_once([(float(s), float(e)) for _, s, e in rows]) == 1
