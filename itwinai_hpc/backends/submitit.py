@@ -114,13 +114,13 @@ class SubmititStep(submitit.helpers.Checkpointable):
             exit_file(self.run_dir, job_id).write_text(f"{SKIPPED} {broken}\n")
             return 0
         Path(layout.started_marker(self.run_dir, job_id)).write_text(now_iso() + "\n")
-        codes = self._run_tasks(job_id, local=where.cluster == "local")
-        if self.tasks is None:
-            rc = codes[None]
-        else:   # the array's own status, once its tasks ended: its first failed task's
-            rc = next((c for c in codes.values() if c), 0 if len(codes) == len(self.tasks)
-                      else CANCELLED_RC)
-            exit_file(self.run_dir, job_id).write_text(f"{rc}\n")
+        tasks = [None] if self.tasks is None else list(self.tasks)
+        codes = self._run_tasks(job_id, tasks, local=where.cluster == "local")
+        # the job's own status (a local array's: its first failed task's), or a cancel's when
+        # a task never ran
+        rc = next((c for c in codes.values() if c), 0 if len(codes) == len(tasks)
+                  else CANCELLED_RC)
+        exit_file(self.run_dir, job_id).write_text(f"{rc}\n")
         if rc:
             raise SystemExit(rc)        # the job's own exit code, so afterok and sacct see it
         return rc
@@ -128,15 +128,17 @@ class SubmititStep(submitit.helpers.Checkpointable):
     def _on_term(self, signum, frame) -> None:
         self._stopping = True           # a cancel: start nothing more, let the running end
 
-    def _run_tasks(self, job_id: str, local: bool) -> dict[int | None, int]:
+    def _run_tasks(self, job_id: str, tasks: list[int | None],
+                   local: bool) -> dict[int | None, int]:
         """Run the script once per task (one task, None, for a plain step or a SLURM array's
-        task), `limit` at once; leave each one's exit status. {task: exit status}."""
+        task), `limit` at once, none after a cancel; leave each one's exit status.
+        {task: exit status} of those that ran."""
         # SLURM's environment in a SLURM job; locally the submitter's, less the SLURM_* of a
         # job it may have run in (an array task's id must not reach the steps it submitted)
         env = dict(submit_environment() if local else os.environ,
                    ITWINAI_HPC_RUN_DIR=self.run_dir, ITWINAI_HPC_BACKEND="submitit")
         env.setdefault("SLURM_JOB_ID", job_id)
-        todo = [None] if self.tasks is None else list(self.tasks)
+        todo = list(tasks)
         codes: dict[int | None, int] = {}
         while (todo and not self._stopping) or self._procs:
             while todo and not self._stopping and len(self._procs) < self.limit:
