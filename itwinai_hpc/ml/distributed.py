@@ -21,6 +21,13 @@ class Context:
     backend: str | None          # None when running alone without a process group
     slurm: dict[str, str] = field(default_factory=dict)
     control: object = None       # a gloo group beside nccl: host-side agreement, no GPU sync
+    local_world_size: int = 1    # processes on this node (torchrun's --nproc-per-node)
+
+    @property
+    def nnodes(self) -> int:
+        """Nodes taking part: what ran, which a scheduler's SLURM_NNODES may not say (a
+        local run, torchrun by hand)."""
+        return -(-self.world_size // max(self.local_world_size, 1))
 
     @property
     def is_main(self) -> bool:
@@ -55,7 +62,8 @@ def setup() -> Context:
         rank, world = dist.get_rank(), dist.get_world_size()
     control = dist.new_group(backend="gloo") if backend == "nccl" else None
     slurm = {k: os.environ[k] for k in SLURM_KEYS if k in os.environ}
-    return Context(rank, world, local_rank, device, backend, slurm, control)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if backend else 1
+    return Context(rank, world, local_rank, device, backend, slurm, control, local_world)
 
 
 def teardown(ctx: Context, *, together: bool = False) -> None:

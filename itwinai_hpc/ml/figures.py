@@ -1,6 +1,6 @@
-"""The evaluation figures a user looks at in MLflow: the confusion matrix and a grid of
-misclassified images. Pure drawing (matplotlib's object API, no pyplot state, no display);
-knows nothing about MLflow, ranks or files.
+"""The figures a user looks at in MLflow: the confusion matrix, a grid of misclassified images,
+and a scaling study's throughput and efficiency. Pure drawing (matplotlib's object API, no
+pyplot state, no display); knows nothing about MLflow, ranks or files.
 """
 
 from __future__ import annotations
@@ -53,5 +53,39 @@ def misclassified_figure(evaluation: Evaluation, title: str, columns: int = 8):
             ax.imshow(e.pixels, cmap="gray_r", vmin=0, vmax=255)
             ax.set_title(f"#{e.index}: {e.label}\u2192{e.predicted} ({e.probability:.2f})",
                          fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def scaling_figure(rows: list[dict], baseline: dict, title: str):
+    """Left: samples/s against world size, with the ideal line (the baseline's throughput
+    times the size ratio). Right: efficiency (speed-up / size ratio), 1.0 is ideal. `rows` and
+    `baseline` as scaling.scaling_report returns them, rows sorted by world size."""
+    from matplotlib.figure import Figure
+
+    sizes = [r["world_size"] for r in rows]
+    nodes = {r["world_size"]: r["nnodes"] for r in rows}
+    ticks = sorted(nodes)
+    labels = [f"{w}\n({nodes[w]} node{'s' if nodes[w] > 1 else ''})" for w in ticks]
+    ideal = [baseline["samples_per_s"] * w / baseline["world_size"] for w in ticks]
+    fig = Figure(figsize=(10, 4), dpi=100)
+    fig.suptitle(title, fontsize=9)
+    left, right = fig.subplots(1, 2)
+    left.plot(ticks, ideal, "--", color="grey", label="ideal")
+    left.plot(sizes, [r["samples_per_s"] for r in rows], "o-", label="measured")
+    left.set_ylabel("samples/s (median epoch)")
+    left.set_ylim(bottom=0)
+    right.axhline(1.0, linestyle="--", color="grey", label="ideal")
+    right.plot(sizes, [r["efficiency"] for r in rows], "o-", label="measured")
+    right.set_ylabel("efficiency (speed-up / size ratio)")
+    right.set_ylim(0, max(1.1, max(r["efficiency"] for r in rows) * 1.1))
+    for ax in (left, right):
+        if len(ticks) > 1 and ticks[-1] / ticks[0] >= 4:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, labels)
+        ax.minorticks_off()
+        ax.set_xlabel("world size (processes)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

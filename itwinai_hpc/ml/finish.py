@@ -43,6 +43,10 @@ def finish(t: Training) -> TrainResult:
             f"{result.model_version}" + (f" as @{alias}" if result.champion else
                                          f" (the current @{alias} is better or equal)"),
             flush=True)
+        written = t.session.write_sweep_result(t.best.metric, result.model_version,
+                                               result.champion)
+        if written:
+            log(f"sweep result -> {written}", flush=True)
     result.model_version = D.broadcast_object(ctx, result.model_version)
     t.checkpoint(t.epochs, 0, (0.0, 0.0), finished=True, model_version=result.model_version)
     if ctx.is_main:

@@ -24,6 +24,7 @@ class TrackingSession:
         self.alias = config.registry.alias
         self.metric = config.registry.select_by
         self.run_id: str | None = None
+        self.origin: Provenance | None = None   # rank 0, once started
 
     def start(self) -> str:
         """Create the experiment (rank 0, before anything else writes), start or resume the run,
@@ -50,11 +51,11 @@ class TrackingSession:
         from itwinai_hpc.ml import tracking
 
         tracking.configure(self.opts.tracking_uri)
-        origin = Provenance.from_env()
-        tags = {**origin.tags(self.ctx.slurm), "itwinai_hpc.world_size": str(self.ctx.world_size)}
+        origin = self.origin = Provenance.from_env()
+        tags = {**origin.tags(self.ctx.slurm), **self.shape_tags()}
         tags.setdefault("itwinai_hpc.step", "train")
         run_id = tracking.start_run(
-            self.config.tracking.experiment, run_id=self.resume_run_id, run_name=origin.run_id,
+            self.config.tracking.experiment, run_id=self.resume_run_id, run_name=origin.run_name(),
             tags=tags, system_metrics_every_s=self.config.tracking.system_metrics_every_s)
         for key in origin.stale_tags():
             tracking.delete_tag(key)
@@ -71,6 +72,17 @@ class TrackingSession:
         if self.opts.run_dir and os.path.isdir(self.opts.run_dir):
             log_run_scripts(self.opts.run_dir)
         return run_id
+
+    def shape_tags(self) -> dict[str, str]:
+        """What ran, as the scaling report reads it: world size, nodes, processes (and GPUs)
+        per node, taken from torchrun's environment, so a local run says 1 node too."""
+        ctx = self.ctx
+        tags = {"itwinai_hpc.kind": "train", "itwinai_hpc.world_size": str(ctx.world_size),
+                "itwinai_hpc.nnodes": str(ctx.nnodes),
+                "itwinai_hpc.procs_per_node": str(ctx.local_world_size)}
+        if ctx.device.type == "cuda":
+            tags["itwinai_hpc.gpus_per_node"] = str(ctx.local_world_size)
+        return tags
 
     def log_steps(self, entries: list[tuple[int, float, float]]) -> None:
         """(step, loss, lr) entries as train_loss_step and lr."""
@@ -100,6 +112,27 @@ class TrackingSession:
         tracking.log_evaluation(test, "test")
         tracking.set_tags({"registered_model": f"{self.model_name}/{registered[0]}"})
         return registered
+
+    def write_sweep_result(self, value: float, model_version: str | None, champion: bool):
+        """Rank 0, after registering: the sweep task's result file (sweep.SweepResult) when
+        this run is a task of a sweep and has a run folder; returns its path, else None."""
+        import mlflow
+
+        from itwinai_hpc.ml.scaling import run_throughput
+        from itwinai_hpc.ml.sweep import SweepResult
+
+        sweep = self.origin.sweep if self.origin else None
+        if sweep is None or not self.opts.run_dir:
+            return None
+        samples_per_s, epoch_time_s = run_throughput(mlflow.MlflowClient(), self.run_id)
+        result = SweepResult(
+            task=sweep.task, step=self.origin.step, matrix=sweep.matrix, metric=self.metric,
+            value=float(value), higher_is_better=True, mlflow_run_id=self.run_id,
+            experiment=self.config.tracking.experiment, tracking_uri=mlflow.get_tracking_uri(),
+            model_name=self.model_name, model_version=model_version, champion=champion,
+            samples_per_s=samples_per_s, epoch_time_s=epoch_time_s, nnodes=self.ctx.nnodes,
+            world_size=self.ctx.world_size)
+        return result.write(sweep.result_file(self.opts.run_dir))
 
     def stopped(self, result, reason: str):
         if self.ctx.is_main:

@@ -15,12 +15,10 @@ from itwinai_hpc.errors import UserError
 from itwinai_hpc.ml.evaluation import Evaluation
 
 
-def configure(tracking_uri: str | None) -> str:
-    """Point MLflow at `tracking_uri` (default: $MLFLOW_TRACKING_URI, else ./mlruns) and return
-    it. A plain path becomes a file: URI; the file store is allowed (MLflow 3 hides it behind
+def store_uri(tracking_uri: str | None) -> str:
+    """The store's URI: `tracking_uri`, else $MLFLOW_TRACKING_URI, else ./mlruns. A plain path
+    becomes a file: URI; the file store is allowed (MLflow 3 hides it behind
     MLFLOW_ALLOW_FILE_STORE), since a folder is this project's default store."""
-    import mlflow
-
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "mlruns"
     if "://" not in uri and not uri.startswith("file:"):
         uri = "file:" + str(Path(uri).resolve())
@@ -28,6 +26,14 @@ def configure(tracking_uri: str | None) -> str:
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     # Progress bars of artifact downloads are noise in a job log.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return uri
+
+
+def configure(tracking_uri: str | None) -> str:
+    """Point MLflow (tracking and registry) at store_uri(`tracking_uri`) and return it."""
+    import mlflow
+
+    uri = store_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri

@@ -84,3 +84,10 @@ def test_rerun_after_finishing_registers_nothing_new(trained, mlflow_client, tra
     assert "already finished" in out.stdout
     versions = mlflow_client.search_model_versions(f"name='{trained.model_name}'")
     assert len(versions) == 1
+
+
+def test_a_training_outside_a_sweep_has_no_sweep_tags_and_leaves_no_result(trained,
+                                                                           training_run):
+    assert not [k for k in training_run.data.tags if "sweep" in k or k.startswith("matrix.")]
+    assert training_run.info.run_name == "run"      # the itwinai-hpc run id, as before
+    assert not (trained.run_dir / "sweeps").exists()
