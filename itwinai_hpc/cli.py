@@ -150,6 +150,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print it as JSON")
     p.set_defaults(func=commands.cmd_report)
 
+    p = sub.add_parser("scaling", help="run one step at several sizes; speed-up, efficiency",
+                       description="A scaling study: run --step (and once, the steps it needs) "
+                                   "at each size, one after the other, wait, and report per "
+                                   "size samples/s, epoch time, speed-up and parallel "
+                                   "efficiency from the step's MLflow runs: a table, --json, "
+                                   "and scaling.png + scaling.json in the run folder and in "
+                                   "MLflow.")
+    workflow_args(p)
+    p.add_argument("--step", required=True, help="the step to scale (e.g. train)")
+    p.add_argument("--nodes", required=True, metavar="N,N,...", help="node counts, e.g. 1,2,4")
+    p.add_argument("--gpus-per-node", metavar="N,N,...",
+                   help="GPUs per node to try too (every combination with --nodes)")
+    p.add_argument("--backend", default="auto", choices=["auto", "slurm", "local", "submitit"],
+                   help="auto (default): slurm where sbatch works, else local")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="where the step's MLflow runs are (default: its MLFLOW_TRACKING_URI)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip `sbatch --test-only` of every step before anything is queued")
+    run_folder_args(p)
+    timeout_arg(p)
+    p.set_defaults(func=commands.cmd_scaling)
+
     p = sub.add_parser("profiles", help="list site profiles; --show one; init one for here",
                        description="List the site profiles (shipped and yours, one name per "
                                    "line), show one with its sources, or write a starting "

@@ -41,7 +41,8 @@ def cmd_validate(args) -> int:
     print(f"{args.workflow}: OK: workflow '{loaded.workflow.name}', {len(jobs)} step(s), "
           f"site profile '{loaded.site.name}'")
     for job in jobs:
-        after = f"  (after {', '.join(job.needs)})" if job.needs else ""
+        after = f"  (after {', '.join(n + (' ended' if n in job.needs_any else '') for n in job.needs)})" \
+            if job.needs else ""
         r = job.resources
         print(f"  {job.index:>2}. {job.name:<16} {job.launcher:<9} nodes={r.nodes}"
               f" gpus-per-node={r.gpus_per_node}{after}")
@@ -130,6 +131,15 @@ def _check_passthrough(manifest) -> None:
                             "and submit again", field="env-passthrough")
 
 
+def _before_queueing(manifest, backend, files: dict[str, str] | None, no_preflight: bool):
+    """What must hold before anything is written or queued: passed-through variables set, the
+    backend usable here, and (SLURM) the controller accepting every step as written."""
+    _check_passthrough(manifest)
+    backend.preflight(manifest)
+    if backend.name == "slurm" and not no_preflight:
+        _sbatch_preflight(manifest, files)
+
+
 def cmd_submit(args) -> int:
     from .backends import get_backend, resolve_backend_name
     from . import operations
@@ -138,17 +148,11 @@ def cmd_submit(args) -> int:
     manifest = _rendered_folder(args)
     if manifest is None:
         run = prepare_run(args)
-        _check_passthrough(run.manifest)
-        backend.preflight(run.manifest)
-        if name == "slurm" and not args.no_preflight:
-            _sbatch_preflight(run.manifest, run.files)
+        _before_queueing(run.manifest, backend, run.files, args.no_preflight)
         run.write(group_share=args.group_share)
         manifest = run.manifest
     else:
-        _check_passthrough(manifest)
-        backend.preflight(manifest)
-        if name == "slurm" and not args.no_preflight:
-            _sbatch_preflight(manifest, None)
+        _before_queueing(manifest, backend, None, args.no_preflight)
     print(f"run {manifest.run_id}")
     print(f"run folder {manifest.run_dir}")
     if args.dry_run:
@@ -168,7 +172,46 @@ def cmd_submit(args) -> int:
     return _wait_and_report(manifest, args.timeout)
 
 
-def _wait_and_report(manifest, timeout: float | None = None) -> int:
+def cmd_scaling(args) -> int:
+    """Render the study (scaling.study), submit it, wait, and report from MLflow."""
+    import json
+    import os
+    from . import layout, operations, scaling
+    from .backends import get_backend, resolve_backend_name
+    from .render import render_workflow
+    sizes = {"nodes": scaling.parse_sizes(args.nodes, "--nodes")}
+    if args.gpus_per_node:
+        sizes["gpus-per-node"] = scaling.parse_sizes(args.gpus_per_node, "--gpus-per-node")
+    run = render_workflow(_workflow_path(args), args.overrides, run_dir=args.output,
+                          runs_dir=args.runs_dir, templates_dir=args.templates,
+                          command_line=command_line(), profile=args.profile,
+                          edit=lambda doc: scaling.study(doc, args.step, sizes))
+    env = dict(next(j for j in run.plan if j.sweep == args.step).env)
+    tracking = args.tracking_uri or env.get("MLFLOW_TRACKING_URI")
+    if not tracking:
+        raise UserError(f"step '{args.step}' sets no MLFLOW_TRACKING_URI in its env, so the "
+                        "study cannot find its runs; set it there or pass --tracking-uri",
+                        field="--tracking-uri")
+    backend = get_backend(resolve_backend_name(args.backend))
+    _before_queueing(run.manifest, backend, run.files, args.no_preflight)
+    run.write(group_share=args.group_share)
+    print(f"scaling study of '{args.step}': run {run.run_id} in {run.run_dir}", file=sys.stderr)
+    operations.submit(run.manifest, backend)
+    rc = _wait_and_report(run.manifest, args.timeout, out=sys.stderr)
+    if rc == operations.EXIT_ACTIVE:
+        return rc
+    # The store as the jobs used it (MLflow 3's file store, for one, is behind a switch).
+    os.environ.update({k: v for k, v in env.items() if k.startswith("MLFLOW_")})
+    from .ml.scaling import format_table, scaling_report
+    report = scaling_report(tracking, layout.sweep_id(run.run_id, args.step), run.run_dir)
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    for skipped in report.get("skipped") or []:     # a size that failed or logged no epoch
+        print(f"not in the report: {skipped}", file=sys.stderr)
+    print(f"scaling.png and scaling.json are in {run.run_dir}", file=sys.stderr)
+    return rc
+
+
+def _wait_and_report(manifest, timeout: float | None = None, out=None) -> int:
     from . import operations
     from .status_view import format_table
     tty = sys.stderr.isatty()
@@ -183,7 +226,7 @@ def _wait_and_report(manifest, timeout: float | None = None) -> int:
     if rc == operations.EXIT_ACTIVE:      # only a timeout ends the wait with work left
         print(f"gave up waiting after --timeout {timeout:g} s; the jobs go on: "
               f"itwinai-hpc status {manifest.run_id}", file=sys.stderr)
-    print(format_table(manifest))
+    print(format_table(manifest), file=out or sys.stdout)
     if rc != 0:
         operations.print_failures(manifest)
     return rc

@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from .planned import PlannedStep
 from .runs import RunManifest, default_runs_dir, new_run_id
 from .schema import _StepSettings
 from .workflow import LoadedWorkflow, read_workflow, resolve_workflow, workflow_name
+from .yamlsrc import YamlDoc
 # Paths end up on #SBATCH lines, which sbatch splits itself: no quoting can protect them there.
 SBATCH_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@%:,=-]+$")
 
@@ -207,11 +209,15 @@ def render_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = (
                     run_dir: str | Path | None = None, runs_dir: str | Path | None = None,
                     templates_dir: str | Path | None = None, command_line: str = "",
                     run_id: str | None = None, workdir: str | Path | None = None,
-                    profile: str | None = None) -> RenderedRun:
+                    profile: str | None = None,
+                    edit: Callable[[YamlDoc], None] | None = None) -> RenderedRun:
     """The one way from a workflow file to a run: parse it once, pick the run id (a new one
     unless given) and folder (`run_dir`, else RUNS/<run id>), resolve ${run_dir}/${run_id}
-    with exactly those, render. `workdir` (default: here) is where the jobs run."""
+    with exactly those, render. `workdir` (default: here) is where the jobs run; `edit`
+    changes the parsed document after the overrides (a scaling study: scaling.study)."""
     doc = read_workflow(path, overrides)
+    if edit is not None:
+        edit(doc)
     run_id = run_id or new_run_id(workflow_name(doc))
     folder = Path(run_dir) if run_dir else Path(runs_dir or default_runs_dir()) / run_id
     loaded = resolve_workflow(doc, path, tuple(overrides), run_dir=folder.absolute(),
