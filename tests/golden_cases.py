@@ -21,6 +21,13 @@ CASES = {
                                                     "defaults.resources.partition=booster",
                                                     "defaults.resources.account=my-project")),
     "mnist-inference": (MNIST_INFER, ()),
+    # a matrix as one throttled job array, its tasks' values, needs {train: any}
+    "mnist-sweep": (ROOT / "use-cases/mnist/sweep-workflow.yml", ()),
+    # a matrix over nodes: one job per size, chained by max-parallel 1
+    "mnist-sweep-nodes": (ROOT / "use-cases/mnist/sweep-workflow.yml",
+                          ("steps.train.matrix={nodes: [1, 2]}", "steps.train.max-parallel=1",
+                           "steps.train.resources.nodes=${matrix.nodes}",
+                           "steps.train.args=[--data, x, --epochs, 1]")),
     # setup, node-setup, runtime-env, launch (torchrun command and args, srun args, rendezvous
     # host), --gres GPUs, file binds, srun DDP
     "site-launch": (Path(__file__).parent / "golden_inputs" / "site-launch.yml", ()),

@@ -15,7 +15,8 @@ from itwinai_hpc.workflow import load_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = sorted((Path(__file__).parent / "bad_workflows").glob("*.yml"))
-MNIST = [ROOT / "use-cases/mnist/training-workflow.yml", ROOT / "use-cases/mnist/inference-workflow.yml"]
+MNIST = [ROOT / "use-cases/mnist/training-workflow.yml", ROOT / "use-cases/mnist/inference-workflow.yml",
+         ROOT / "use-cases/mnist/sweep-workflow.yml"]
 
 
 def expectation(path: Path) -> tuple[str, str]:
