@@ -20,6 +20,11 @@ LOG_PATTERN = "%x-%j.out"
 ARRAY_LOG_PATTERN = "%x-%A_%a.out"
 
 
+def task_job_id(job_id: str, task=None) -> str:
+    """An array task's job id as SLURM writes it, ARRAYID_TASK (a plain job: its id)."""
+    return job_id if task is None else f"{job_id}_{task}"
+
+
 def job_name(workflow: str, step: str) -> str:
     return f"{workflow}.{step}"
 

@@ -12,11 +12,13 @@ import signal
 import time
 from pathlib import Path
 
+from .. import layout
+
 MARKER = "ITWINAI_HPC_LOCAL_JOB"
 
 
 def job_marker(run_id: str, job_id: str, task: int | None = None) -> str:
-    return f"{run_id}/{job_id}" + ("" if task is None else f"_{task}")
+    return f"{run_id}/{layout.task_job_id(job_id, task)}"
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -34,11 +34,11 @@ def read_exit_status(run_dir: str, job_id: str) -> int | None:
 
 def read_task_exit_statuses(run_dir: str, array_job_id: str) -> dict[str, int]:
     """{task id: exit status} of the array tasks that have ended, from one folder listing."""
-    prefix = Path(layout.exit_marker(run_dir, f"{array_job_id}_"))
+    prefix = Path(layout.exit_marker(run_dir, layout.task_job_id(array_job_id, "")))
     found = {}
     for path in prefix.parent.glob(prefix.name + "*"):
         task = path.name[len(prefix.name):]
-        if task.isdigit() and (code := read_exit_status(run_dir, f"{array_job_id}_{task}")) \
+        if task.isdigit() and (code := read_exit_status(run_dir, layout.task_job_id(array_job_id, task))) \
                 is not None:
             found[task] = code
     return found
@@ -82,14 +82,14 @@ def complete_array(job_id: str, array_spec: str, info: JobInfo | None,
     covered = set().union(*(array_task_ids(k) for k in tasks)) if tasks else set()
     for task, code in exit_statuses.items():
         if task not in covered:
-            tasks[task] = info_from_exit_status(f"{job_id}_{task}", code)
+            tasks[task] = info_from_exit_status(layout.task_job_id(job_id, task), code)
             covered.add(task)
     if info is not None and not info.tasks and info.finished:
         tasks["?"] = info                       # the log's record of one (unnamed) task
     if not tasks:
         return None
     for task in sorted(array_task_ids(array_spec) - covered, key=int):
-        tasks[task] = JobInfo(f"{job_id}_{task}", StepState.CANCELLED, reason=NO_STATUS)
+        tasks[task] = JobInfo(layout.task_job_id(job_id, task), StepState.CANCELLED, reason=NO_STATUS)
     return aggregate(job_id, tasks)
 
 

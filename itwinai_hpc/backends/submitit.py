@@ -72,11 +72,6 @@ def exit_file(run_dir: str, job_id: str) -> Path:
     return Path(layout.exit_marker(run_dir, job_id))
 
 
-def task_job_id(job_id: str, task: int | None) -> str:
-    """An array task's id as SLURM writes it (ARRAYID_TASK); a plain job's own id."""
-    return job_id if task is None else f"{job_id}_{task}"
-
-
 def local_tasks_at_once(array: str) -> int:
     """How many tasks of an array the local cluster runs at once: its %N, at most
     $ITWINAI_HPC_LOCAL_PARALLEL (as the local backend)."""
@@ -150,7 +145,7 @@ class SubmititStep(submitit.helpers.Checkpointable):
                 if (rc := proc.poll()) is not None:
                     del self._procs[task]
                     codes[task] = 128 - rc if rc < 0 else rc
-                    exit_file(self.run_dir, task_job_id(job_id, task)).write_text(
+                    exit_file(self.run_dir, layout.task_job_id(job_id, task)).write_text(
                         f"{codes[task]}\n")
             time.sleep(0.2)
         return codes
@@ -159,7 +154,7 @@ class SubmititStep(submitit.helpers.Checkpointable):
         env = dict(env, **{MARKER: job_marker(self.run_id, job_id, task)})
         if task is not None:
             env.update(SLURM_ARRAY_JOB_ID=job_id, SLURM_ARRAY_TASK_ID=str(task))
-        log = layout.log_file(self.run_dir, self.job_name, task_job_id(job_id, task))
+        log = layout.log_file(self.run_dir, self.job_name, layout.task_job_id(job_id, task))
         with open(log, "ab") as out:
             return subprocess.Popen(["bash", self.script], cwd=self.workdir, env=env,
                                     stdin=subprocess.DEVNULL, stdout=out,
@@ -400,7 +395,8 @@ def share_with_tasks(job: submitit.Job, tasks: tuple[int, ...]) -> None:
     under each task's name, where submitit's runtime looks (each its own: a requeued task
     rewrites its pickle with its checkpointed state)."""
     for task in tasks:
-        target = JobPaths(job.paths.folder, job_id=f"{job.job_id}_{task}").submitted_pickle
+        task_id = layout.task_job_id(str(job.job_id), task)
+        target = JobPaths(job.paths.folder, job_id=task_id).submitted_pickle
         tmp = atomic.temporary_name(target)     # renamed: a task never reads half a pickle
         shutil.copyfile(job.paths.submitted_pickle, tmp)
         os.replace(tmp, target)
