@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import submitit
 
-from itwinai_hpc.backends.submitit import SubmititStep, choose_cluster
+from itwinai_hpc.backends.submitit import choose_cluster
+from itwinai_hpc.backends.submitit_step import SubmititStep
 from itwinai_hpc.runs import RunManifest
 
 CHAIN = """
