@@ -88,9 +88,13 @@ def expand_matrices(doc: YamlDoc) -> None:
         errors.append(UserError(message, file=file, line=line, field=dotted(path, doc.data)))
 
     expanded: dict[int, list[dict]] = {}
-    names = {step.get("name") for step in steps if isinstance(step, dict)}
+    names = {step.get("name") for step in steps
+             if isinstance(step, dict) and isinstance(step.get("name"), str)}
     for i, step in enumerate(steps):
-        if not isinstance(step, dict) or "matrix" not in step:
+        # Without a name (the schema says what is wrong with it) there is nothing to name
+        # the tasks after.
+        if not isinstance(step, dict) or "matrix" not in step or \
+                not isinstance(step.get("name"), str):
             continue
         combos = _combinations(step.get("matrix"), ("steps", i, "matrix"), err)
         if combos is None:

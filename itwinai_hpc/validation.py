@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from .errors import UserError, UserErrors
+from .matrix import display
 from .yamlsrc import YamlDoc
 
 M = TypeVar("M", bound=BaseModel)
@@ -101,6 +102,8 @@ def _message(path: tuple, errs: list[dict], data: Any, model: type[BaseModel]) -
     first = errs[0]
     kind = first["type"]
     got = first.get("input")
+    if isinstance(got, str):
+        got = display(got)          # a sweep's ${matrix.KEY} as written, not its marker
     if kind == "extra_forbidden":
         valid = field_names(_model_at(model, path[:-1]))
         return (f"unknown key '{path[-1]}'{did_you_mean(str(path[-1]), valid)}; valid keys: "
