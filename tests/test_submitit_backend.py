@@ -155,3 +155,22 @@ def test_a_step_warned_of_its_time_limit_is_checkpointed_requeued_and_completes(
     log = Path(RunManifest.load(run_folder / "run").step("long").log).read_text()
     assert [l for l in log.splitlines() if l.startswith("start")] == ["start 0", "start 1"]
     assert "stopped" in log                            # the step saw the STOP file in time
+
+
+def test_a_local_step_finds_the_installed_itwinai_hpc_first_even_off_path(tmp_path):
+    """As under the local backend: a step calling `itwinai-hpc` gets the one that submitted the
+    run, even where the submitting shell's PATH lacks its folder."""
+    (tmp_path / "wf.yml").write_text("""
+name: which
+steps:
+  - name: which
+    command: bash -c
+    args: ['command -v itwinai-hpc > which.txt']
+""")
+    env = {**os.environ, "ITWINAI_HPC_SUBMITIT_CLUSTER": "local", "PATH": "/usr/bin:/bin"}
+    p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "submit", "wf.yml", "--backend",
+                        "submitit", "-o", str(tmp_path / "run"), "--wait"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (tmp_path / "which.txt").read_text().strip() == \
+        str(Path(sys.executable).parent / "itwinai-hpc")

@@ -28,6 +28,17 @@ LEFTOVER_GRACE_S = 2.0       # a finished step's background processes, like SLUR
 CANCEL_GRACE_S = 5.0
 
 
+def installed_first(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the folder of this Python's scripts first on PATH: steps call `itwinai-hpc`,
+    `torchrun`, `python`, and on this machine the ones installed beside the itwinai-hpc that
+    submitted the run must be the ones they get (as, on a cluster, the image's)."""
+    venv_bin = os.path.dirname(sys.executable)
+    path = env.get("PATH", "")
+    if venv_bin in path.split(os.pathsep):
+        return env
+    return {**env, "PATH": os.pathsep.join(p for p in (venv_bin, path) if p)}
+
+
 def now_iso() -> str:
     return dt.datetime.now().isoformat(timespec="seconds")
 
@@ -64,12 +75,7 @@ class Runner:
         # found (a copy of a rendered folder runs in the copy).
         self.base_env = dict(submit_environment(), ITWINAI_HPC_RUN_DIR=self.manifest.run_dir,
                              ITWINAI_HPC_BACKEND="local")
-        # Steps call `itwinai-hpc`, `torchrun`, `python`: the ones installed beside the
-        # itwinai-hpc that submitted the run come first, as on a cluster inside the image.
-        venv_bin = os.path.dirname(sys.executable)
-        path = self.base_env.get("PATH", "")
-        if venv_bin not in path.split(os.pathsep):
-            self.base_env["PATH"] = os.pathsep.join(p for p in (venv_bin, path) if p)
+        self.base_env = installed_first(self.base_env)
 
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> None:

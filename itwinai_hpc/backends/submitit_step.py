@@ -16,7 +16,7 @@ import submitit
 
 from .. import layout
 from .local_procs import MARKER, alive, job_marker
-from .local_runner import now_iso
+from .local_runner import installed_first, now_iso
 from .slurm_env import submit_environment
 
 SKIPPED = "skipped"
@@ -78,7 +78,7 @@ class SubmititStep(submitit.helpers.Checkpointable):
         {task: exit status} of those that ran."""
         # SLURM's environment in a SLURM job; locally the submitter's, less the SLURM_* of a
         # job it may have run in (an array task's id must not reach the steps it submitted)
-        env = dict(submit_environment() if local else os.environ,
+        env = dict(installed_first(submit_environment()) if local else os.environ,
                    ITWINAI_HPC_RUN_DIR=self.run_dir, ITWINAI_HPC_BACKEND="submitit")
         env.setdefault("SLURM_JOB_ID", job_id)
         todo = list(tasks)
