@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 PREFIX = "matrix."
 # What `${matrix.KEY}` becomes until the values are known: NUL cannot reach a shell line (no
-# argument or variable can hold it), so a marker is never mistaken for text a user wrote.
+# argument or variable can hold it, and variables.py refuses it in every value written), so a
+# marker is never mistaken for text a user wrote.
 MARKER = re.compile("\x00matrix\\.([^\x00]*)\x00")
 FIELDS = ("args", "env", "resources")        # where ${matrix.KEY} may appear
 MAX_TASKS = 1000                              # SLURM's default MaxArraySize is 1001

@@ -124,6 +124,10 @@ def _lookup_builtin(name: str, context: dict[str, str], defined) -> Any:
 
 
 def _subst_value(value: Any, lookup, quote: bool = False) -> Any:
+    # No argument, variable or script line can hold NUL (and a sweep's markers are made of it).
+    if isinstance(value, str) and "\x00" in value:
+        raise _VarError("contains a NUL character (\\0), which no argument, variable or "
+                        "script line can hold; remove it")
     if not isinstance(value, str) or "${" not in value:
         return value
     whole = VAR_RE.fullmatch(value)
