@@ -20,7 +20,6 @@ Every problem is a located UserError. Pure: no I/O.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -163,8 +162,12 @@ def _combinations(matrix: Any, path: tuple, err) -> list[dict[str, Any]] | None:
             err(path + (key,), "expected a non-empty list of plain values (numbers, strings, "
                 "true/false)")
             ok = False
-        elif len({json.dumps(v) for v in values}) != len(values):
-            err(path + (key,), "a value is listed twice (each combination would run twice)")
+        elif len({value_text(v) for v in values}) != len(values):
+            # as text, as the tasks get them: 1 and "1", true and "true" are one value
+            texts = [value_text(v) for v in values]
+            twice = next(t for t in texts if texts.count(t) > 1)
+            err(path + (key,), f"a value is listed twice ({twice}; each combination would run "
+                "twice)")
             ok = False
     if not ok:
         return None
