@@ -35,6 +35,7 @@ PREFIX = "matrix."
 MARKER = re.compile("\x00matrix\\.([^\x00]*)\x00")
 FIELDS = ("args", "env", "resources")        # where ${matrix.KEY} may appear
 MAX_TASKS = 1000                              # SLURM's default MaxArraySize is 1001
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")   # a matrix key, and a step's (schema.py)
 
 
 class MatrixError(Exception):
@@ -91,10 +92,10 @@ def expand_matrices(doc: YamlDoc) -> None:
     names = {step.get("name") for step in steps
              if isinstance(step, dict) and isinstance(step.get("name"), str)}
     for i, step in enumerate(steps):
-        # Without a name (the schema says what is wrong with it) there is nothing to name
-        # the tasks after.
+        # Without a valid name (the schema says what is wrong with it) there is nothing to
+        # name the tasks after.
         if not isinstance(step, dict) or "matrix" not in step or \
-                not isinstance(step.get("name"), str):
+                not isinstance(step.get("name"), str) or not NAME.fullmatch(step["name"]):
             continue
         combos = _combinations(step.get("matrix"), ("steps", i, "matrix"), err)
         if combos is None:
@@ -109,6 +110,11 @@ def expand_matrices(doc: YamlDoc) -> None:
         if all(r == per_task[0] for r in per_task):
             if "resources" in step:
                 step["resources"] = per_task[0]
+        elif not NAME.fullmatch(task_name(step["name"], len(combos) - 1)):
+            err(("steps", i, "name"), f"its resources differ per task, so each task is a step "
+                f"of its own ({task_name(step['name'], 0)}, ...), and "
+                f"'{task_name(step['name'], len(combos) - 1)}' is longer than a step name may "
+                "be (63 characters): shorten the name")
         elif _valid_per_task(per_task, combos, ("steps", i, "resources"), err):
             expanded[i] = _expand(step, combos)
             taken = names & {task["name"] for task in expanded[i]}
@@ -147,7 +153,7 @@ def _combinations(matrix: Any, path: tuple, err) -> list[dict[str, Any]] | None:
         return None
     ok, names = True, {}
     for key, values in matrix.items():
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,62}", key):
+        if not NAME.fullmatch(key):
             err(path + (key,), f"'{key}' is not a matrix name (a letter, then letters, digits, "
                 "_ or -)")
             ok = False
