@@ -162,11 +162,37 @@ def registry_lock(uri: str, wait_s: float = LOCK_WAIT_S) -> Iterator[Path | None
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _flock(f, path: Path, wait_s: float) -> Path:
+@contextlib.contextmanager
+def registry_read_lock(uri: str, wait_s: float = LOCK_WAIT_S) -> Iterator[Path | None]:
+    """Hold the registry lock shared while reading an alias, so that a registration that is
+    moving it (MLflow's file store rewrites the alias file in place) is never read half done.
+    Only where the lock file exists and can be opened: a reader of a read-only store, or of
+    one no registration has locked yet, reads without it (as MLflow alone would)."""
+    path = registry_lock_file(uri)
+    try:
+        f = open(path, "r") if path is not None else None
+    except OSError:
+        f = None
+    if f is None:
+        yield None
+        return
+    with f:
+        try:
+            locked = _flock(f, path, wait_s, fcntl.LOCK_SH)
+        except OSError:        # no flock on this file system: read as MLflow alone would
+            locked = None
+        try:
+            yield locked
+        finally:
+            if locked is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _flock(f, path: Path, wait_s: float, mode: int = fcntl.LOCK_EX) -> Path:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
             return path
         except BlockingIOError:
             if time.monotonic() > deadline:
@@ -214,7 +240,10 @@ def resolve_model_uri(uri: str) -> tuple[str, dict[str, str]]:
             rest = uri[len("models:/"):]
             if "@" in rest:
                 name, alias = rest.split("@", 1)
-                mv = client.get_model_version_by_alias(name, alias)
+                with registry_read_lock(store):     # not while a registration moves it
+                    mv = client.get_model_version_by_alias(name, alias)
+                # the version the alias named now: loading by alias again could find another
+                uri = f"models:/{mv.name}/{mv.version}"
             elif "/" in rest and rest.rsplit("/", 1)[1].isdigit():
                 name, version = rest.rsplit("/", 1)
                 mv = client.get_model_version(name, version)

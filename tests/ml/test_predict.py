@@ -71,3 +71,34 @@ def test_best_run_by_metric_resolves_to_the_registered_run(trained, monkeypatch)
     champion, champ_about = registry.resolve_model_uri(f"models:/{trained.model_name}@champion")
     assert about["run_id"] == champ_about["run_id"] and uri.startswith("models:/m-")
     assert about["model_id"] == champ_about["model_id"]
+
+
+def test_an_alias_is_read_only_between_registrations_and_pinned_to_the_version_it_named(
+        trained, monkeypatch):
+    """MLflow's file store rewrites an alias in place: a predict resolving @champion while a
+    sweep task moves it must wait for the registration, then load that very version (not look
+    the alias up a second time when loading)."""
+    import threading
+    import time
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow import MlflowClient
+
+    from itwinai_hpc.ml import registry, tracking
+
+    tracking.configure(f"file:{trained.store}")
+    version = MlflowClient().get_model_version_by_alias(trained.model_name, "champion").version
+    done: dict[str, object] = {}
+
+    def resolve():
+        done["uri"] = registry.resolve_model_uri(f"models:/{trained.model_name}@champion")[0]
+        done["at"] = time.monotonic()
+
+    with registry.registry_lock(f"file:{trained.store}"):       # a registration in progress
+        reader = threading.Thread(target=resolve)
+        reader.start()
+        time.sleep(3)
+        released = time.monotonic()
+    reader.join(60)
+    assert done["at"] > released                                 # it waited for the writer
+    assert done["uri"] == f"models:/{trained.model_name}/{version}"
