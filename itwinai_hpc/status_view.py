@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from .backends.slurm_exit_status import read_task_exit_statuses
 from .runs import RunManifest
 from .states import SUCCEEDED
 
+MAX_RESULT_BYTES = 1 << 20      # a task's result is a few hundred bytes
 COLUMNS = ("STEP", "JOB ID", "STATE", "ELAPSED", "EXIT", "NODES", "LOG")
 
 
@@ -64,7 +66,10 @@ def _task_rows(manifest: RunManifest, s) -> list[tuple[str, ...]]:
 
 
 def _values(values: dict[str, str]) -> str:
-    return " ".join(f"{k}={v}" for k, v in values.items())
+    """key=value ...; a newline or a terminal escape in a value shows escaped, one row a task."""
+    def printable(text) -> str:
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return " ".join(f"{printable(k)}={printable(v)}" for k, v in values.items())
 
 
 def sweeps(manifest: RunManifest) -> dict[str, dict]:
@@ -77,16 +82,31 @@ def sweeps(manifest: RunManifest) -> dict[str, dict]:
     for name, sweep in out.items():
         folder = Path(layout.sweep_result(manifest.run_dir, name, "0")).parent
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-            try:
-                result = json.loads(path.read_text())
-                float(result["value"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue                # being written, or not ours: not a result
-            sweep["results"].append(result)
+            result = _read_result(path)
+            if result is not None:
+                sweep["results"].append(result)
         sweep["results"].sort(key=lambda r: float(r["value"]),
                               reverse=all(r.get("higher_is_better", True)
                                           for r in sweep["results"]))
     return out
+
+
+def _read_result(path: Path) -> dict | None:
+    """A task's result file, or None where it is not one: being written, not ours, no regular
+    file (a FIFO would block `status` for good), too big, or not a finite value and a mapping
+    of values (NaN and Infinity are not JSON: `status --json` must stay readable)."""
+    def no_constant(name: str):
+        raise ValueError(name)
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_RESULT_BYTES:
+            return None
+        result = json.loads(path.read_text(), parse_constant=no_constant)
+        value = float(result["value"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not math.isfinite(value) or not isinstance(result.get("matrix") or {}, dict):
+        return None
+    return result
 
 
 def sweep_lines(manifest: RunManifest) -> list[str]:

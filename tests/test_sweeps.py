@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,39 @@ steps:
     assert '--dependency=afterok:"$job_1",afterany:"$job_3" 04-train-2.sbatch' in submit
     assert "#SBATCH --nodes=4" in run.files[by_name["train-2"].script]
     assert "export ITWINAI_HPC_SWEEP_TASK=2" in run.files[by_name["train-2"].script]
+
+
+def test_status_skips_junk_in_the_sweeps_folder_and_shows_each_task_on_one_line(tmp_path):
+    wf = tmp_path / "wf.yml"
+    wf.write_text("""
+name: j
+defaults: {container: none}
+steps:
+  - name: a
+    matrix: {x: ["two\\nlines", "\\e[2Jclear"]}
+    command: echo
+    args: ["${matrix.x}"]
+""")
+    run = render_workflow(wf, run_dir=tmp_path / "run")
+    run.write()
+    folder = tmp_path / "run" / layout.SWEEPS / "a"
+    folder.mkdir(parents=True)
+    junk = ['[1, 2]', '"text"', '{"value": 0.9, "matrix": [1]}', '{"value": "NaN"}',
+            '{"value": 1e999}', '{"value": 0.8, "task": NaN}']
+    for i, text in enumerate(junk):
+        (folder / f"{i}.json").write_text(text)
+    os.mkfifo(folder / "fifo.json")                 # reading it would block for good
+    (folder / "zero.json").symlink_to("/dev/zero")   # reading it would never end
+    (folder / "dir.json").mkdir()
+    (folder / "ok.json").write_text('{"value": 0.5, "task": 1, "matrix": {"x": "y"}}')
+    status = [sys.executable, "-m", "itwinai_hpc.cli", "status", str(tmp_path / "run")]
+    p = subprocess.run(status, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in p.stderr
+    assert "best so far: task 1 (x=y)" in p.stdout
+    assert "[0] x=two\\nlines" in p.stdout and "[1] x=\\x1b[2Jclear" in p.stdout
+    p = subprocess.run(status + ["--json"], capture_output=True, text=True, timeout=60)
+    doc = json.loads(p.stdout, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert doc["sweeps"]["a"]["results"] == [{"value": 0.5, "task": 1, "matrix": {"x": "y"}}]
 
 
 # ---- local backend --------------------------------------------------------------------------
