@@ -186,7 +186,13 @@ def cmd_scaling(args) -> int:
                           runs_dir=args.runs_dir, templates_dir=args.templates,
                           command_line=command_line(), profile=args.profile,
                           edit=lambda doc: scaling.study(doc, args.step, sizes))
-    env = dict(next(j for j in run.plan if j.sweep == args.step).env)
+    job = next(j for j in run.plan if j.sweep == args.step)
+    if job.launcher != "torchrun":
+        raise UserError(f"step '{args.step}' has launcher '{job.launcher}', which does not spread "
+                        "one training over the nodes, so its size cannot change its speed; a "
+                        "scaling study measures a torchrun step (launcher: torchrun)",
+                        file=str(_workflow_path(args)), field=f"steps.{args.step}.launcher")
+    env = dict(job.env)
     tracking = args.tracking_uri or env.get("MLFLOW_TRACKING_URI")
     if not tracking:
         raise UserError(f"step '{args.step}' sets no MLFLOW_TRACKING_URI in its env, so the "

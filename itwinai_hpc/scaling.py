@@ -69,6 +69,9 @@ def _ancestors(by_name: dict, step: str) -> set[str]:
         if name in keep or name not in by_name:
             continue
         keep.add(name)
-        needs = by_name[name].get("needs") or []
-        todo.extend([needs] if isinstance(needs, str) else list(needs))
+        needs = by_name[name].get("needs")
+        if not isinstance(needs, (list, dict)):
+            needs = [needs]
+        # names only: needs of another shape are the schema's to report, after the study
+        todo.extend(n for n in needs if isinstance(n, str))
     return keep

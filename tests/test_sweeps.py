@@ -279,3 +279,40 @@ name: nodes
     lines = sorted((run_folder / "sizes.txt").read_text().splitlines())
     assert lines == ["0 1 0", "1 2 0", "1 2 1"]      # task 1: 2 nodes, one task on each
     assert (run_folder / "after.txt").read_text() == "done\n"
+
+
+# ---- itwinai-hpc scaling: bad input (the study itself runs in test_scaling.py) ---------------
+def scaling_refusal(tmp_path: Path, step: str, capsys) -> str:
+    wf = tmp_path / "wf.yml"
+    wf.write_text(f"""
+name: s
+defaults: {{container: none, env: {{MLFLOW_TRACKING_URI: {tmp_path}/mlruns}}}}
+steps:
+  - name: prep
+    command: echo
+{step}""")
+    capsys.readouterr()
+    rc = main(["scaling", str(wf), "--step", "train", "--nodes", "1,2", "--backend", "local",
+               "-o", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    return err
+
+
+@pytest.mark.parametrize("needs", ["[[prep]]", "5"])
+def test_scaling_a_step_with_malformed_needs_is_a_located_error(tmp_path, capsys, needs):
+    err = scaling_refusal(tmp_path, f"""  - name: train
+    launcher: torchrun
+    command: echo
+    needs: {needs}
+""", capsys)
+    assert f"wf.yml:10: steps[0](train-0).needs: Input should be a valid dictionary" in err
+
+
+def test_scaling_refuses_a_step_that_torchrun_does_not_launch(tmp_path, capsys):
+    err = scaling_refusal(tmp_path, """  - name: train
+    needs: [prep]
+    command: echo
+""", capsys)
+    assert "step 'train' has launcher 'none', which does not spread one training" in err
