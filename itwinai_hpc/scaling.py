@@ -10,6 +10,8 @@ MLflow runs, tagged with the sweep id (ml/scaling.py); this module never imports
 
 from __future__ import annotations
 
+from typing import Any
+
 from .errors import UserError
 from .yamlsrc import YamlDoc
 
@@ -46,8 +48,8 @@ def study(doc: YamlDoc, step: str, sizes: dict[str, list[int]]) -> None:
     kept = [i for i, s in enumerate(steps) if isinstance(s, dict) and s.get("name") in keep]
     doc.data["steps"] = [steps[i] for i in kept]
     position = {old: new for new, old in enumerate(kept)}
-    doc.lines = {(("steps", position[p[1]]) + p[2:] if _in_steps(p) else p): line
-                 for p, line in doc.lines.items() if not _in_steps(p) or p[1] in position}
+    doc.lines = _kept(doc.lines, position)
+    doc.overridden = _kept(doc.overridden, position)
     target["matrix"] = {key: values for key, values in sizes.items()}
     target["max-parallel"] = 1
     resources = target.setdefault("resources", {})
@@ -56,6 +58,12 @@ def study(doc: YamlDoc, step: str, sizes: dict[str, list[int]]) -> None:
                         field=f"steps.{step}.resources")
     for key in sizes:
         resources[key] = "${matrix." + key + "}"
+
+
+def _kept(by_path: dict[tuple, Any], position: dict[int, int]) -> dict[tuple, Any]:
+    """Lines (or --set texts) keyed by path: the kept steps' only, at their new indexes."""
+    return {(("steps", position[p[1]]) + p[2:] if _in_steps(p) else p): value
+            for p, value in by_path.items() if not _in_steps(p) or p[1] in position}
 
 
 def _in_steps(path: tuple) -> bool:

@@ -282,7 +282,7 @@ name: nodes
 
 
 # ---- itwinai-hpc scaling: bad input (the study itself runs in test_scaling.py) ---------------
-def scaling_refusal(tmp_path: Path, step: str, capsys) -> str:
+def scaling_refusal(tmp_path: Path, step: str, capsys, *flags: str) -> str:
     wf = tmp_path / "wf.yml"
     wf.write_text(f"""
 name: s
@@ -293,7 +293,7 @@ steps:
 {step}""")
     capsys.readouterr()
     rc = main(["scaling", str(wf), "--step", "train", "--nodes", "1,2", "--backend", "local",
-               "-o", str(tmp_path / "run")])
+               "-o", str(tmp_path / "run"), *flags])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert not (tmp_path / "run").exists()
@@ -316,3 +316,13 @@ def test_scaling_refuses_a_step_that_torchrun_does_not_launch(tmp_path, capsys):
     command: echo
 """, capsys)
     assert "step 'train' has launcher 'none', which does not spread one training" in err
+
+
+def test_scaling_an_error_in_a_set_value_names_that_flag_after_steps_are_dropped(
+        tmp_path, capsys):
+    err = scaling_refusal(tmp_path, """  - name: train
+    launcher: torchrun
+    command: echo
+""", capsys, "--set", "steps.train.resources.mem=lots", "--set",
+        "steps.prep.resources.mem=alot")
+    assert "error: --set steps.train.resources.mem=lots: steps[0](train).resources.mem" in err
