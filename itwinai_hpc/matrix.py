@@ -104,7 +104,8 @@ def expand_matrices(doc: YamlDoc) -> None:
             err(("steps", i, "array"), "a step with a matrix is a job array already (one task "
                 "per combination); remove array:")
             continue
-        if not _known_references(step, ("steps", i), combos[0], err):
+        if not _known_references(step, ("steps", i), combos[0], err) or \
+                not _unshadowed(doc.data, i, combos[0], err):
             continue
         per_task = [_fill(step.get("resources"), c) for c in combos]
         if all(r == per_task[0] for r in per_task):
@@ -213,6 +214,23 @@ def _known_references(step: dict, path: tuple, combo: dict, err) -> bool:
 
     for field in FIELDS:
         walk(step.get(field), path + (field,))
+    return ok
+
+
+def _unshadowed(data: dict, i: int, combo: dict, err) -> bool:
+    """No env or runtime-env of the step or the defaults sets a task's MATRIX_KEY: exported
+    after the task's values, it would give every task its one value, silently."""
+    ours = {variable(key): key for key in combo}
+    ok = True
+    for section, node in ((("defaults",), data.get("defaults")), (("steps", i), data["steps"][i])):
+        for field in ("env", "runtime-env"):
+            env = node.get(field) if isinstance(node, dict) else None
+            for name in env if isinstance(env, dict) else ():
+                if name in ours:
+                    err(section + (field, name), f"{name} holds each task's value of "
+                        f"${{matrix.{ours[name]}}}; set here, every task would get this one "
+                        "value: use another name")
+                    ok = False
     return ok
 
 
