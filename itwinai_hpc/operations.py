@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import Backend, get_backend
+from .backends.slurm_exit_status import read_task_exit_statuses
 from .errors import RunStateError, UserError
 from . import layout
 from .runs import RunManifest, StepRecord, check_owner, operation_lock
+from .slurm_syntax import parse_array
 from .states import FAILED_ITSELF, SUCCEEDED, StepState
 
 # Exit codes of `status` (and of `submit --wait`, which ends with a status).
@@ -149,12 +151,29 @@ def _resume(manifest: RunManifest) -> list[str]:
     with manifest.updating() as m:
         for s in m.steps:
             if s.name in todo:
+                s.tasks = _unfinished_tasks(m, s, todo)
                 if s.job_id:
                     s.history.append(s.job_id)
                 s.job_id, s.state, s.exit_code = None, StepState.UNSUBMITTED, None
                 s.elapsed = s.nodes = s.reason = s.log = None
     backend_for(manifest).submit(manifest, todo)
     return todo
+
+
+def _unfinished_tasks(manifest: RunManifest, step: StepRecord, todo: list[str]) -> str | None:
+    """An array step whose own needs are all kept re-runs only the tasks that have not
+    succeeded in any attempt (their exit statuses in the run folder), with its %N; None: all.
+    A step re-run because a step it needs is re-run runs every task again, on the new input."""
+    if not step.plan.array or set(step.needs) & set(todo):
+        return None
+    spec = parse_array(step.plan.array)
+    done = {task for job_id in [*step.history, step.job_id] if job_id
+            for task, code in read_task_exit_statuses(manifest.run_dir, job_id).items()
+            if code == 0}
+    left = [i for i in spec.ids if str(i) not in done]
+    if not left or len(left) == len(spec.ids):
+        return None
+    return ",".join(map(str, left)) + (f"%{spec.limit}" if spec.limit else "")
 
 
 @dataclass

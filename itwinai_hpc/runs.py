@@ -56,6 +56,9 @@ class StepRecord:
     log: str | None = None
     submitted_at: str | None = None
     history: list[str] = field(default_factory=list)   # job ids of earlier attempts (resume)
+    # The array tasks of the latest submission where not the plan's all: a resumed sweep
+    # re-runs only its tasks that did not succeed (e.g. "1,4%2").
+    tasks: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -71,7 +74,8 @@ class StepRecord:
 
     @property
     def array(self) -> str | None:
-        return self.plan.array
+        """The array spec of the latest submission: its tasks, else the plan's."""
+        return self.tasks or self.plan.array
 
     @property
     def script(self) -> str:

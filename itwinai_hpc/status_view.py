@@ -10,6 +10,7 @@ from pathlib import Path
 from . import layout
 from .backends.slurm_exit_status import read_task_exit_statuses
 from .runs import RunManifest
+from .slurm_syntax import parse_array
 from .states import SUCCEEDED
 
 MAX_RESULT_BYTES = 1 << 20      # a task's result is a few hundred bytes
@@ -48,12 +49,19 @@ def rows(manifest: RunManifest) -> list[tuple[str, ...]]:
 def _task_rows(manifest: RunManifest, s) -> list[tuple[str, ...]]:
     """One row per task of a sweep's job array: its values, and how it ended (the exit status
     its script left), else whether it started (its log exists)."""
-    codes = read_task_exit_statuses(manifest.run_dir, s.job_id) if s.job_id else {}
+    # A resumed sweep re-ran only some tasks: the others ended in an earlier attempt.
+    current = {str(i) for i in parse_array(s.array).ids} if s.array else set()
+    codes: dict[str, int] = {}
+    job_of: dict[str, str] = {}
+    for job_id in [s.job_id, *reversed(s.history)] if s.job_id else []:
+        for task, code in read_task_exit_statuses(manifest.run_dir, job_id).items():
+            if task not in codes and (job_id == s.job_id or task not in current):
+                codes[task], job_of[task] = code, job_id
     out = []
     for task, values in enumerate(s.plan.matrix):
         code = codes.get(str(task))
-        log = layout.log_file(manifest.run_dir, s.plan.job_name, s.job_id, str(task)) \
-            if s.job_id else None
+        log = layout.log_file(manifest.run_dir, s.plan.job_name, job_of.get(str(task), s.job_id),
+                              str(task)) if s.job_id else None
         if code is not None:
             state = "COMPLETED" if code == 0 else "FAILED"
         elif s.finished:

@@ -30,6 +30,8 @@ def sbatch_command(run_dir: str, step: StepRecord, job_ids: dict[str, str]) -> l
     cmd = ["sbatch", "--parsable", f"--output={run_dir}/{layout.LOGS}/{step.plan.log_pattern}"]
     cmd += dependency_option([job_ids[n] for n in step.plan.needs_ok if n in job_ids],
                              [job_ids[n] for n in step.plan.waits_for if n in job_ids])
+    if step.tasks:          # a resumed sweep: only its tasks that did not succeed
+        cmd.append(f"--array={step.tasks}")
     return cmd + [step.script]
 
 

@@ -119,16 +119,16 @@ class SubmititBackend(Backend):
     def _submit_to_slurm(self, folder: Path, manifest: RunManifest, step: StepRecord,
                          depends: list[str]) -> submitit.Job:
         job = step.plan
-        executor = self._slurm_executor(folder, manifest, job, depends)
+        executor = self._slurm_executor(folder, manifest, job, depends, step.array)
         # seconds between submitit's warning signal and the requeue (60 s of the 90 s default
         # warning, as the sbatch trap's default grace)
         callable_ = SubmititStep(manifest.run_dir, manifest.workdir, manifest.run_id, step.name,
                                  str(Path(manifest.run_dir) / step.script), job.job_name,
                                  grace=job.requeue.grace if job.requeue else 60)
         sjob = executor.submit(callable_)
-        if job.array:
+        if step.array:
             try:
-                share_with_tasks(sjob, parse_array(job.array).ids)
+                share_with_tasks(sjob, parse_array(step.array).ids)
             except BaseException:
                 sjob.cancel(check=False)
                 raise
@@ -141,26 +141,27 @@ class SubmititBackend(Backend):
         executor = submitit.LocalExecutor(folder)
         executor.update_parameters(timeout_min=self._local_minutes(jobs, step.name),
                                    tasks_per_node=1)
-        tasks = parse_array(job.array).ids if job.array else None
+        tasks = parse_array(step.array).ids if step.array else None
         callable_ = SubmititStep(manifest.run_dir, manifest.workdir, manifest.run_id, step.name,
                                  str(Path(manifest.run_dir) / step.local_script), job.job_name,
                                  ok, waits=anyway, tasks=tasks,
-                                 limit=local_tasks_at_once(job.array) if job.array else 1)
+                                 limit=local_tasks_at_once(step.array) if step.array else 1)
         return executor.submit(callable_)
 
     @staticmethod
     def _slurm_executor(folder: Path, manifest: RunManifest, job: PlannedStep,
-                        depends: list[str]):
-        """`depends`: sbatch's dependency options (sbatch.dependency_option)."""
+                        depends: list[str], array: str | None):
+        """`depends`: sbatch's dependency options (sbatch.dependency_option); `array`: the
+        tasks to submit (the plan's, or a resumed sweep's unfinished ones)."""
         r = job.resources
         extra = {"comment": f"itwinai-hpc:{manifest.run_id}", "chdir": manifest.workdir,
                  # B: the batch shell, where submitit's python runs (use_srun=False) and
                  # handles USR2 by checkpointing and requeueing
                  "signal": f"B:USR2@{job.requeue.before_limit if job.requeue else 90}"}
-        if job.array:
+        if array:
             # submitit's own logs per task, named as its map_array names them
             logs = JobPaths(folder)
-            extra.update(array=job.array,
+            extra.update(array=array,
                          output=str(logs.stdout).replace("%j", "%A_%a").replace("%t", "0"),
                          error=str(logs.stderr).replace("%j", "%A_%a").replace("%t", "0"))
         if r.mem:
