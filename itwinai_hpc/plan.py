@@ -53,8 +53,7 @@ def plan(wf: Workflow, site=None) -> list[PlannedStep]:
             env_passthrough=tuple(merge_lists(d.env_passthrough, step.env_passthrough) or ()),
             needs_any=tuple(n for n, cond in step.needs.items() if cond == "any"),
             after=_throttled_after(step, by_name), ok_marker=name in needed_any,
-            any_groups=tuple(dict.fromkeys(
-                _group(by_name[n]) for n, cond in step.needs.items() if cond == "any")),
+            any_groups=_any_groups([by_name[n] for n, c in step.needs.items() if c == "any"]),
             **_sweep(step)))
     return planned
 
@@ -85,11 +84,20 @@ def _sweep(step: Step) -> dict:
     return {}
 
 
-def _group(step: Step) -> tuple[str, bool]:
-    """Whose ok markers a step that needs `step` with `any` looks for: (name, has tasks)."""
-    if step.sweep:
-        return step.sweep.name, True
-    return step.name, bool(step.matrix or step.array)
+def _any_groups(needed: list[Step]) -> tuple[tuple[str, bool], ...]:
+    """Whose ok markers a step that needs `needed` with `any` looks for, one of each group
+    (layout.ok_marker: NAME, or NAME.* where True): a sweep when it needs all its tasks
+    (`needs: {train: any}`), else each task it names by itself (NAME.TASK)."""
+    groups: dict[tuple[str, bool], None] = {}
+    for step in needed:
+        t = step.sweep
+        if t is None:
+            groups[step.name, bool(step.matrix or step.array)] = None
+        elif sum(1 for s in needed if s.sweep and s.sweep.name == t.name) == t.tasks:
+            groups[t.name, True] = None
+        else:
+            groups[f"{t.name}.{t.task}", False] = None
+    return tuple(groups)
 
 
 def _throttled_after(step: Step, by_name: dict[str, Step]) -> tuple[str, ...]:

@@ -31,7 +31,16 @@ def validate_model(model: type[M], doc: YamlDoc, data: Any = None) -> M:
 
 
 def by_line(errors: list[UserError]) -> list[UserError]:
-    return sorted(errors, key=lambda e: (e.file or "", e.line or 0))
+    """In file order; one error per line and message (a sweep expanded into one step per task
+    would otherwise say the same about the same line once per task)."""
+    seen: set[tuple] = set()
+    unique = []
+    for e in errors:
+        key = (e.file, e.line, e.message)
+        if e.line is None or key not in seen:
+            seen.add(key)
+            unique.append(e)
+    return sorted(unique, key=lambda e: (e.file or "", e.line or 0))
 
 
 def explain(exc: ValidationError, doc: YamlDoc, model: type[BaseModel]) -> list[UserError]:

@@ -326,3 +326,45 @@ def test_scaling_an_error_in_a_set_value_names_that_flag_after_steps_are_dropped
 """, capsys, "--set", "steps.train.resources.mem=lots", "--set",
         "steps.prep.resources.mem=alot")
     assert "error: --set steps.train.resources.mem=lots: steps[0](train).resources.mem" in err
+
+
+def test_a_mistake_in_a_resource_sweep_is_reported_once_not_once_per_task(tmp_path, capsys):
+    wf = tmp_path / "wf.yml"
+    wf.write_text("""
+name: once
+steps:
+  - name: a
+    matrix: {nodes: [1, 2, 3, 4]}
+    launcher: bogus
+    command: echo
+    resources: {nodes: "${matrix.nodes}"}
+""")
+    assert main(["validate", str(wf)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{wf}:6:" in errors[0] and "launcher" in errors[0], errors
+
+
+def test_needing_one_task_of_a_sweep_with_any_checks_that_task_alone(tmp_path):
+    wf = tmp_path / "wf.yml"
+    wf.write_text("""
+name: one
+defaults: {container: none}
+steps:
+  - name: a
+    matrix: {nodes: [1, 2]}
+    command: echo
+    resources: {nodes: "${matrix.nodes}"}
+  - name: b
+    needs: {a-1: any}
+    command: echo
+  - name: c
+    needs: {a: any}
+    command: echo
+""")
+    run = render_workflow(wf, run_dir=tmp_path / "run")
+    scripts = {j.name: run.files[j.script] for j in run.plan}
+    assert 'compgen -G "$ITWINAI_HPC_RUN_DIR/logs/.ok-a.1"' in scripts["b"]
+    assert ".ok-a.*" not in scripts["b"]
+    assert 'compgen -G "$ITWINAI_HPC_RUN_DIR/logs/.ok-a.*"' in scripts["c"]
+    # and task 1 leaves exactly the mark b looks for
+    assert ': >"$ITWINAI_HPC_RUN_DIR/logs/.ok-a.1"' in scripts["a-1"]
