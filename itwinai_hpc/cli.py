@@ -13,7 +13,6 @@ from pathlib import Path
 
 from . import __version__
 from . import commands
-from .backends import SubmitError
 from .errors import RunStateError, UserError
 
 # Commands the job scripts run (inside a job, on a compute node); every other command is typed
@@ -221,11 +220,16 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc.format()}".replace("\n", "\nerror: "), file=sys.stderr)
         return exc.exit_code
-    except (SubmitError, RunStateError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # Imported only here: train and predict (inside jobs) never load the orchestration
+        # modules; a SubmitError comes from a command that has imported them already.
+        from .backends import SubmitError
+        if not isinstance(exc, (SubmitError, RunStateError)):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

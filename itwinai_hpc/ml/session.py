@@ -116,14 +116,14 @@ class TrackingSession:
     def write_sweep_result(self, value: float, model_version: str | None, champion: bool):
         """Rank 0, after registering: the sweep task's result file (sweep.SweepResult) when
         this run is a task of a sweep and has a run folder; returns its path, else None."""
+        sweep = self.origin.sweep if self.origin else None
+        if sweep is None or not self.opts.run_dir:
+            return None
         import mlflow
 
         from itwinai_hpc.ml.scaling import run_throughput
         from itwinai_hpc.ml.sweep import SweepResult
 
-        sweep = self.origin.sweep if self.origin else None
-        if sweep is None or not self.opts.run_dir:
-            return None
         samples_per_s, epoch_time_s = run_throughput(mlflow.MlflowClient(), self.run_id)
         result = SweepResult(
             task=sweep.task, step=self.origin.step, matrix=sweep.matrix, metric=self.metric,
