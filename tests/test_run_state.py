@@ -193,7 +193,7 @@ def test_a_daemon_that_double_forked_out_of_a_step_does_not_survive_it(here):
     wf = workflow(here, """name: daemon
 steps:
   - name: a
-    command: setsid bash -c 'sleep 300 & disown' & sleep 1
+    command: setsid bash -c 'sleep 300 & echo $! > daemon.pid; disown' & until test -s daemon.pid; do sleep 0.1; done
 """)
     assert main(["submit", str(wf), "--backend", "local", "-o", "run", "--wait"]) == 0
     manifest = RunManifest.load(here / "run")

@@ -30,11 +30,10 @@ def test_the_mnist_sweep_trains_three_learning_rates_and_predicts_with_the_best(
     manifest = RunManifest.load(run_dir)
     assert rc == 0, {s.name: (s.state, s.reason) for s in manifest.steps}
 
-    import mlflow
     from mlflow import MlflowClient
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    mlflow.set_tracking_uri(f"file:{tmp_path / 'mlruns'}")
-    client = MlflowClient()
+    store = f"file:{tmp_path / 'mlruns'}"       # the registry too: an earlier test may have
+    client = MlflowClient(tracking_uri=store, registry_uri=store)   # set another one globally
     sweep_id = layout.sweep_id(manifest.run_id, "train")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               f"tags.`itwinai_hpc.sweep_id` = '{sweep_id}'")
