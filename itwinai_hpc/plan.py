@@ -42,7 +42,7 @@ def plan(wf: Workflow, site=None) -> list[PlannedStep]:
             index=i, name=name, job_name=layout.job_name(wf.name, name),
             script=layout.sbatch_script(i, name, width), needs=tuple(step.needs),
             launcher=step.launcher, command=step.command,
-            args=tuple(_str(a) for a in step.args), resources=res, container=container,
+            args=tuple(value_text(a) for a in step.args), resources=res, container=container,
             env=tuple(env.items()), array=_array(step),
             nproc_per_node=nproc, requeue=requeue, description=step.description,
             launch=_launch(merge(d.launch, step.launch)),
@@ -153,11 +153,5 @@ def _resolve_container(default, step, gpus: int, vendor: str) -> PlannedContaine
                             entry=c.entry or "exec")
 
 
-def _str(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
-
-
 def _strs(d: dict | None) -> dict[str, str]:
-    return {k: _str(v) for k, v in (d or {}).items()}
+    return {k: value_text(v) for k, v in (d or {}).items()}
