@@ -56,7 +56,7 @@ class Registration:
     """What to register: the model, an input example (batch >= 2) and what to write on it."""
 
     model: object                    # the torch module to export (eval mode, CPU)
-    input_example: object            # numpy array the signature is inferred from
+    input_example: object            # numpy array: the signature's input dtype and shape
     name: str
     alias: str
     metric: str
@@ -86,10 +86,28 @@ def log_served_model(reg: Registration) -> str:
     # What mlflow.pytorch.log_model does, through the flavor that pins pyfunc to the CPU.
     info = Model.log(artifact_path=None, name="model", flavor=_PortablePytorchFlavor,
                      pytorch_model=reg.model, input_example=reg.input_example,
+                     signature=tensor_signature(reg.model, reg.input_example),
                      pip_requirements=PIP_REQUIREMENTS, step=0, metadata=reg.metadata or None,
                      extra_files=reg.extra_files or None,
                      pickle_module=mlflow.pytorch.pickle_module, serialization_format="pt2")
     return info.model_uri
+
+
+def tensor_signature(model, example):
+    """The model's signature, from one forward pass of `example`: one tensor in, one out, the
+    batch dimension free (-1). MLflow would infer the same from the input example, but its
+    inference imports scipy, which mlflow-skinny does not install; without it the signature
+    was lost and the pt2 export refused."""
+    import numpy as np
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    with torch.inference_mode():
+        out = model(torch.from_numpy(example)).numpy()
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(example.dtype), (-1, *example.shape[1:]))]),
+        outputs=Schema([TensorSpec(np.dtype(out.dtype), (-1, *out.shape[1:]))]))
 
 
 def register_version(reg: Registration, model_uri: str) -> tuple[str, bool]:

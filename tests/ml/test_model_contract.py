@@ -6,6 +6,8 @@ simulated here; benchmarks/gpu_check.sh does it on a real GPU)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -188,3 +190,35 @@ def test_predict_moves_the_registered_graph_and_its_input_checks_to_the_device(t
     on_cpu = registry.load_model(uri, torch.device("cpu"))
     expected = registry.load_model(uri)(torch.from_numpy(digits[0]))
     assert torch.equal(on_cpu(torch.from_numpy(digits[0])), expected)
+
+
+@pytest.fixture
+def without_scipy(monkeypatch):
+    """This process has no scipy, as with mlflow-skinny (what a GPU image that lacks MLflow
+    gets from the carried wheels, benchmarks/gpu_check.sh)."""
+    import sys
+
+    for name in [n for n in sys.modules if n == "scipy" or n.startswith("scipy.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "scipy", None)   # `import scipy` raises ImportError
+
+
+def test_registration_needs_no_scipy_and_keeps_the_tensor_signature(tmp_path, monkeypatch,
+                                                                    capfd, without_scipy,
+                                                                    digits):
+    """MLflow infers a signature from the input example through scipy; without it the model
+    lost its signature and the pt2 export refused to save (every training failed to register
+    under mlflow-skinny). The signature is built from one forward pass instead."""
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = register_untrained(f"file:{tmp_path / 'mlruns'}", digits)
+    logged = capfd.readouterr()
+    assert "Failed to infer" not in logged.err + logged.out
+    signature = mlflow.models.Model.load(uri).signature
+    assert json.loads(signature.inputs.to_json()) == [
+        {"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, 28, 28]}}]
+    assert json.loads(signature.outputs.to_json()) == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 10]}}]
+    probs = mlflow.pyfunc.load_model(uri).predict(digits[0])
+    assert probs.shape == (64, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
