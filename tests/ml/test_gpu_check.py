@@ -1,0 +1,48 @@
+"""benchmarks/gpu_check.sh, the one prepared check for a GPU machine, rehearsed here end to end
+on the CPU (`rehearse`): in a venv that holds only what the GPU image's Python has, with MLflow
+and the rest installed from the wheels the script carries. A GPU session has 15 minutes; a
+script that fails there for want of a package (as registration did without scipy) wastes them.
+
+Needs PyPI (the carry's wheels are downloaded, as `prepare` does for a GPU session)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from ml_helpers import REPO
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_gpu_script_runs_every_step_where_only_the_gpu_images_packages_are(
+        tmp_path, mnist_shards):
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHONPATH"))}
+    env.update(PYTHON=sys.executable, CARRY=str(tmp_path / "carry"), OUT=str(out),
+               DATA=str(mnist_shards), REHEARSAL_VENV=str(tmp_path / "venv"))
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "rehearse"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=850)
+    summary = (out / "summary.txt").read_text() if (out / "summary.txt").exists() else ""
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # MLflow and the rest came from the carried wheels, not from this environment.
+    installed = int(re.search(r"installed (\d+) wheel\(s\)", done.stdout)[1])
+    assert installed >= 20 and (out / "site" / "mlflow").is_dir()
+    assert "carry" in done.stdout and "of 67108864" in done.stdout
+    steps = re.findall(r"^== (\w+):", summary, re.M)
+    assert steps == ["bench_train", "recipe_3_seeds", "torchrun_train", "predict", "loaders",
+                     "bench_predict", "importtime"]
+    assert summary.count("\n   ok\n") == len(steps) and "steps failed: 0" in summary
+    assert "FAILED" not in summary and "printed an error" not in summary
+    # What a user of the numbers reads: both loops measured, the model served three ways.
+    bench = json.loads((out / "bench_train.json").read_text())
+    assert bench["summary"]["median_training_time_ratio"] > 0
+    assert re.search(r"\[predict\] 1000 predictions -> .*accuracy 0\.\d+", summary)
+    for loader in ("pyfunc", "pytorch", "graph on cpu"):
+        assert re.search(rf"\[loaders\] {loader}: .* same as the CPU graph", summary), loader
+    assert re.search(r"imports: [\d.]+ s in all", summary)
