@@ -37,23 +37,28 @@ def confusion_figure(evaluation: Evaluation, title: str):
 
 
 def misclassified_figure(evaluation: Evaluation, title: str, columns: int = 8):
-    """The first misclassified images: "true -> predicted (probability)" over each."""
+    """The first misclassified images: "true -> predicted (probability)" over each.
+
+    One image of all of them (a mosaic with white gutters) on one axes, captions as text:
+    a subplot per digit drew the same picture 5-10x slower (about 1 s per train and predict)."""
     from matplotlib.figure import Figure
 
     examples = evaluation.examples
     rows = max(1, -(-len(examples) // columns))
+    h, w = examples[0].pixels.shape if examples else (28, 28)
+    gap_x, gap_y = max(2, w // 4), max(4, h // 2)          # room between digits, for captions
+    mosaic = np.zeros((rows * (h + gap_y), columns * (w + gap_x)), dtype=np.uint8)
     fig = Figure(figsize=(columns * 1.1, rows * 1.3 + 0.4), dpi=100)
     fig.suptitle(f"{title}: {evaluation.num_samples - int(np.trace(evaluation.confusion))} "
                  f"misclassified, first {len(examples)} by index", fontsize=9)
-    for i in range(rows * columns):
-        ax = fig.add_subplot(rows, columns, i + 1)
-        ax.axis("off")
-        if i < len(examples):
-            e = examples[i]
-            ax.imshow(e.pixels, cmap="gray_r", vmin=0, vmax=255)
-            ax.set_title(f"#{e.index}: {e.label}\u2192{e.predicted} ({e.probability:.2f})",
-                         fontsize=7)
-    fig.tight_layout()
+    ax = fig.add_axes((0.01, 0.01, 0.98, 0.98 - 0.4 / (rows * 1.3 + 0.4)))
+    ax.axis("off")
+    for i, e in enumerate(examples):
+        top, left = (i // columns) * (h + gap_y) + gap_y, (i % columns) * (w + gap_x)
+        mosaic[top:top + h, left:left + w] = e.pixels
+        ax.text(left + w / 2, top - 1, f"#{e.index}: {e.label}\u2192{e.predicted} "
+                f"({e.probability:.2f})", ha="center", va="bottom", fontsize=7)
+    ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
     return fig
 
 
