@@ -221,6 +221,25 @@ def test_local_an_any_dependent_fails_clearly_when_no_task_succeeded(tmp_path, m
     assert "no task of 'train' succeeded: 'predict' does not run" in log[0].read_text()
 
 
+def test_local_an_any_dependent_finds_the_marks_of_a_folder_moved_under_glob_characters(
+        tmp_path, monkeypatch):
+    """A rendered folder may be moved before it is submitted; the `any` check must read the
+    folder's path as it is, not as a pattern ("run[1]" would look for "run1")."""
+    wf = sweep_workflow(tmp_path, fail="0.2", sleep=0, parallel=3)
+    monkeypatch.chdir(tmp_path)
+    assert main(["render", str(wf), "-o", str(tmp_path / "run")]) == 0
+    moved = tmp_path / "moved[1] *"
+    (tmp_path / "run").rename(moved)
+    (tmp_path / "moved1 x").mkdir()    # what the pattern would match instead
+    assert main(["submit", str(moved), "--backend", "local"]) == 0
+    rc = operations.wait(RunManifest.load(moved), interval=0.2, timeout=120)
+    assert rc != operations.EXIT_ACTIVE
+    manifest = RunManifest.load(moved)
+    assert {s.name: s.state for s in manifest.steps} == {"train": "FAILED",
+                                                        "predict": "COMPLETED"}
+    assert (tmp_path / "predict.txt").read_text() == "predicted\n"
+
+
 def test_local_a_plain_need_on_a_sweep_waits_for_every_task_to_succeed(tmp_path, monkeypatch):
     wf = sweep_workflow(tmp_path, fail="0.3", sleep=0, parallel=3, needs="[train]")
     manifest = local_submit(wf, tmp_path, monkeypatch)
@@ -363,8 +382,8 @@ steps:
 """)
     run = render_workflow(wf, run_dir=tmp_path / "run")
     scripts = {j.name: run.files[j.script] for j in run.plan}
-    assert 'compgen -G "$ITWINAI_HPC_RUN_DIR/logs/.ok-a.1"' in scripts["b"]
-    assert ".ok-a.*" not in scripts["b"]
-    assert 'compgen -G "$ITWINAI_HPC_RUN_DIR/logs/.ok-a.*"' in scripts["c"]
+    assert 'for mark in "$ITWINAI_HPC_RUN_DIR/logs/.ok-a.1"; do' in scripts["b"]
+    assert ".ok-a\".*" not in scripts["b"]
+    assert 'for mark in "$ITWINAI_HPC_RUN_DIR/logs/.ok-a".*; do' in scripts["c"]
     # and task 1 leaves exactly the mark b looks for
     assert ': >"$ITWINAI_HPC_RUN_DIR/logs/.ok-a.1"' in scripts["a-1"]

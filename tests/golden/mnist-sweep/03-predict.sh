@@ -42,7 +42,12 @@ trap 'exit 143' TERM
 
 # needs {train: any}: runs once they ended, in whatever state, if at least
 # one task of each succeeded (the marks their scripts leave).
-if ! compgen -G "$ITWINAI_HPC_RUN_DIR/logs/.ok-train.*" >/dev/null; then
+# The folder's path is quoted: only the task number is a pattern.
+succeeded=""
+for mark in "$ITWINAI_HPC_RUN_DIR/logs/.ok-train".*; do
+  if [[ -e $mark ]]; then succeeded=1; fi
+done
+if [[ -z $succeeded ]]; then
   echo "[itwinai-hpc] no task of 'train' succeeded: 'predict' does not run" >&2
   exit 1
 fi
