@@ -35,6 +35,7 @@ PREFIX = "matrix."
 MARKER = re.compile("\x00matrix\\.([^\x00]*)\x00")
 FIELDS = ("args", "env", "resources")        # where ${matrix.KEY} may appear
 MAX_TASKS = 1000                              # SLURM's default MaxArraySize is 1001
+MAX_VALUE_BYTES = 4096                        # a value as text, reaching argv and env
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")   # a matrix key, and a step's (schema.py)
 
 
@@ -175,6 +176,12 @@ def _combinations(matrix: Any, path: tuple, err) -> list[dict[str, Any]] | None:
             twice = next(t for t in texts if texts.count(t) > 1)
             err(path + (key,), f"a value is listed twice ({twice}; each combination would run "
                 "twice)")
+            ok = False
+        elif (size := max(len(value_text(v).encode()) for v in values)) > MAX_VALUE_BYTES:
+            # past Linux's 128 KiB per argument or variable, exec fails ("Argument list too
+            # long"); a task's ITWINAI_HPC_MATRIX holds all its values at once
+            err(path + (key,), f"a value is {size} bytes; at most {MAX_VALUE_BYTES}: put long "
+                "text in a file and sweep over its name")
             ok = False
     if not ok:
         return None
