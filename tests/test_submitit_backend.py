@@ -4,6 +4,7 @@ and its local executor, dependencies honoured, failures stop dependents, requeue
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import submitit
 
+from itwinai_hpc import operations
 from itwinai_hpc.backends.submitit import choose_cluster
 from itwinai_hpc.backends.submitit_step import SubmititStep
 from itwinai_hpc.runs import RunManifest
@@ -174,3 +176,44 @@ steps:
     assert p.returncode == 0, p.stdout + p.stderr
     assert (tmp_path / "which.txt").read_text().strip() == \
         str(Path(sys.executable).parent / "itwinai-hpc")
+
+
+SLOW_STEP = """
+name: detached
+steps:
+  - name: long
+    command: bash -c
+    args: ['touch started; sleep 6; touch ended']
+"""
+
+
+def test_a_local_submission_returns_while_its_job_runs_and_ctrl_c_leaves_the_job_alone(tmp_path):
+    """submit through a pipe returns once the job is queued, not once it ended (the job's
+    controller held the pipe: `submit | tee` hung); Ctrl-C during `submit --wait` (SIGINT to
+    the terminal's process group) stops the waiting, never the job, as with every backend."""
+    env = {**os.environ, "ITWINAI_HPC_SUBMITIT_CLUSTER": "local"}
+    for folder in ("piped", "interrupted"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "wf.yml").write_text(SLOW_STEP)
+    submit_ = [sys.executable, "-m", "itwinai_hpc.cli", "submit", "wf.yml", "--backend",
+               "submitit", "-o", "run"]
+    piped = tmp_path / "piped"
+    p = subprocess.run(submit_, cwd=piped, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert not (piped / "ended").exists()         # returned (pipes closed) while it runs
+
+    interrupted = tmp_path / "interrupted"
+    waiting = subprocess.Popen(submit_ + ["--wait"], cwd=interrupted, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (interrupted / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (interrupted / "started").exists()
+    os.killpg(waiting.pid, signal.SIGINT)         # what Ctrl-C does: the foreground group
+    assert waiting.wait(timeout=30) == 130
+    for folder in (piped, interrupted):
+        manifest = RunManifest.load(folder / "run")
+        assert operations.wait(manifest, interval=0.2, timeout=60) == 0
+        assert RunManifest.load(folder / "run").step("long").state == "COMPLETED"
+        assert (folder / "ended").exists()

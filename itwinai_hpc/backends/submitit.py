@@ -19,6 +19,9 @@ Job arrays (`array:`, or a `matrix:` step) run the same tasks on both clusters:
   every task (they carry its process marker); the job then starts no more tasks.
 Dependencies: the needs that must succeed are afterok, needs `any` and `after` afterany (locally:
 waited for, and only a failed afterok parent skips the step).
+A local job's controller starts in a session of its own, with no terminal and no shared pipes
+(_DetachedPopen), as the local backend's runner: the job goes on after `submit` returns or is
+interrupted.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ import math
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import submitit
+import submitit.local.local
 from submitit.core.utils import JobPaths
 
 from .. import atomic, layout
@@ -52,6 +58,29 @@ from .submitit_step import SKIPPED, SubmititStep, exit_file
 CLUSTER_ENV = "ITWINAI_HPC_SUBMITIT_CLUSTER"
 FOLDER = "submitit"                    # submitit's pickles and its own logs, inside the run
 WEEK_MIN = 7 * 24 * 60
+CONTROLLER_LOG = "local-controllers.log"   # in FOLDER: what local controllers print themselves
+
+
+class _DetachedPopen(subprocess.Popen):
+    """How submitit's local executor starts a job's controller, detached. submitit uses a
+    plain Popen, so the controller kept this process's stdout, stderr and process group:
+    `submit --backend submitit | tee` waited for the jobs to end, and Ctrl-C during `--wait`
+    killed them. Its last argument is the executor's folder (submitit.local.start_controller)."""
+
+    def __init__(self, args, *rest, **kwargs):
+        folder = Path(shlex.split(args)[-1] if isinstance(args, str) else args[-1])
+        with open(folder / CONTROLLER_LOG, "ab") as log:
+            kwargs.update(stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                          start_new_session=True)
+            super().__init__(args, *rest, **kwargs)
+
+
+# submitit.local.local's view of subprocess (only start_controller calls Popen in this process;
+# the controller's own Popens run in the controller).
+_local_subprocess = types.ModuleType("subprocess")
+_local_subprocess.__dict__.update(vars(subprocess))
+_local_subprocess.Popen = _DetachedPopen
+submitit.local.local.subprocess = _local_subprocess
 
 
 def choose_cluster(environ: dict[str, str] | None = None) -> str:
