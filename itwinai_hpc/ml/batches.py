@@ -77,10 +77,11 @@ class DeviceBatches:
         from itwinai_hpc.data.prefetch import prefetched
 
         source = islice(iter(self.loader), start, None)
-        if self.loader.device == self.device and (self.prefetch == 0 or
-                                                  self.device.type == "cuda"):
+        if self.loader.device.type == "cuda" or (self.device.type == "cpu" and
+                                                 self.prefetch == 0):
             # Resident on the GPU (indexing and normalising are kernels queued there), or a
-            # CPU step that builds its own batch.
+            # CPU step that builds its own batch. (By type: torch.device("cuda") is not equal
+            # to torch.device("cuda:0"), and rows on a GPU must never reach pin_memory.)
             yield from map(self._ready, source)
             return
         ahead = prefetched(self._gathered, source, self.prefetch) if self.prefetch \

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class _LossOf(torch.nn.Module):
@@ -49,7 +50,8 @@ class TrainStep:
         if compile:
             mode = compile_mode(compile)
             forward = torch.compile(forward, mode=mode)
-            self.graphs = mode == "reduce-overhead" and self.device.type == "cuda"
+            # both modes record CUDA graphs (inductor's triton.cudagraphs)
+            self.graphs = mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
         self.forward = forward
 
     def __call__(self, images, labels):

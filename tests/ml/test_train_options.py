@@ -108,3 +108,23 @@ def test_the_gpu_recipe_loads_and_trains_on_the_cpu(mnist_shards, tmp_path, monk
         log=lambda *a, **k: lines.append(a[0]))
     assert result.status == "finished" and result.model_version == "1"
     assert "held on the CPU, bf16" in lines[0]
+
+
+@pytest.mark.parametrize("mode", [True, "default", "reduce-overhead", "max-autotune",
+                                  "max-autotune-no-cudagraphs"])
+def test_a_step_marks_each_iteration_exactly_when_its_compile_mode_records_cuda_graphs(mode):
+    """Outputs of a CUDA graph replay are overwritten by the next one unless each iteration is
+    marked (torch.compiler.cudagraph_mark_step_begin); which modes record graphs is inductor's
+    own rule. Built for a GPU (compiled lazily, nothing runs), and for the CPU: never."""
+    from torch._inductor import list_mode_options
+
+    from itwinai_hpc.ml.step import compile_mode
+
+    model = build_model("mnist-cnn", 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    records = bool(list_mode_options(compile_mode(mode)).get("triton.cudagraphs"))
+    on_gpu = TrainStep(model, torch.nn.CrossEntropyLoss(), opt, sched, "cuda", compile=mode)
+    assert on_gpu.graphs is records
+    on_cpu = TrainStep(model, torch.nn.CrossEntropyLoss(), opt, sched, "cpu", compile=mode)
+    assert on_cpu.graphs is False
