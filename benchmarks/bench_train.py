@@ -192,8 +192,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         data = args.data or str(make_shards(tmp / "shards"))
+        if device.type == "cuda":
+            # As the trainer sets it for its process; on from the start, so that cudnn's
+            # autotuning happens in the warm-ups (both loops share its cache), not in one
+            # loop's measured epoch.
+            torch.backends.cudnn.benchmark = True
         if not args.ours_only:
-            plain_loop(data, config, device, max_steps=20)
+            # On a GPU a whole epoch, so that the last, smaller batch is tuned too.
+            n = read_manifest(data).splits["train"].num_samples
+            plain_loop(data, config, device, max_steps=20 if device.type == "cpu" else
+                       -(-n // config.trainer.batch_size))
         ours(data, config, device, tmp, "warmup", stop_early=True)
         for r, seed in enumerate(seeds):
             config.trainer.seed = seed

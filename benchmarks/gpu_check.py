@@ -56,17 +56,25 @@ def loaders(shards: str, uri: str) -> None:
     with torch.inference_mode():
         out = torch.cat([on_device(torch.from_numpy(images[i:i + 1000]).to(device)).cpu()
                          for i in range(0, len(images), 1000)]).numpy()
-    report(f"graph on {device}", out, reference, labels, time.perf_counter() - t0)
+    # On a GPU, convolutions run in TF32 by default (cudnn.allow_tf32): probabilities move by
+    # up to ~1e-3 (emulated on a CPU with a trained mnist-cnn), the classes hardly at all.
+    report(f"graph on {device}", out, reference, labels, time.perf_counter() - t0,
+           atol=1e-4 if device.type == "cpu" else 1e-2)
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
 
 
-def report(name: str, probs, reference, labels, seconds: float) -> None:
+def report(name: str, probs, reference, labels, seconds: float, *, atol: float = 1e-4) -> None:
+    """One loader's result beside the CPU graph's: the same probabilities within `atol` and the
+    same classes for all but 0.1% of the images, or exit 1."""
     import numpy as np
 
-    same = np.allclose(probs, reference, atol=1e-4)
+    diff = float(np.abs(probs - reference).max())
+    agree = float((probs.argmax(axis=1) == reference.argmax(axis=1)).mean())
     acc = float((probs.argmax(axis=1) == labels).mean())
+    same = diff <= atol and agree >= 0.999
     print(f"{name}: loaded and predicted {len(labels)} in {seconds:.2f} s, accuracy {acc:.4f}, "
-          f"{'same as' if same else 'DIFFERENT from'} the CPU graph")
+          f"{'same as' if same else 'DIFFERENT from'} the CPU graph (largest probability "
+          f"difference {diff:.1e}, classes agree on {agree:.2%})")
     if not same:
         raise SystemExit(1)
 
