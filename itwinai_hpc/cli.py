@@ -8,6 +8,7 @@ by the commands that need them, never by validate, render, status or --help.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -216,16 +217,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()             # here, where a closed pipe is caught below
+        return rc
     except UserError as exc:
         print(f"error: {exc.format()}".replace("\n", "\nerror: "), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:            # `itwinai-hpc status | head`: the reader has enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141                     # 128 + SIGPIPE, as a shell tool killed by it
     except Exception as exc:
         # Imported only here: train and predict (inside jobs) never load the orchestration
         # modules; a SubmitError comes from a command that has imported them already.
         from .backends import SubmitError
+        from .backends.slurm_query import SlurmQueryError
+        if isinstance(exc, SlurmQueryError):   # scontrol/sacct missing, or the controller down
+            print(f"error: cannot ask SLURM about the run's jobs: {exc}", file=sys.stderr)
+            return 1
         if not isinstance(exc, (SubmitError, RunStateError)):
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -6,16 +6,18 @@ code of `status`); what a scheduler means by "a job" lives in backends/. No torc
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import Backend, get_backend
 from .backends.slurm_exit_status import read_task_exit_statuses
 from .errors import RunStateError, UserError
-from . import layout
-from .runs import RunManifest, StepRecord, check_owner, operation_lock
+from . import atomic, layout
+from .runs import RunManifest, StepRecord, check_owner, lock, operation_lock
 from .slurm_syntax import parse_array
 from .states import FAILED_ITSELF, SUCCEEDED, StepState
 
@@ -47,9 +49,31 @@ def _submit(manifest: RunManifest, backend: Backend, steps: list[str] | None) ->
                             f"{f' (backend {m.backend})' if m.backend else ''}; follow it with "
                             f"`itwinai-hpc status {m.run_dir}`, or re-submit what did not "
                             f"complete with `itwinai-hpc resume {m.run_dir}`")
+        before = m.to_json(), {s.name: s.job_id for s in m.steps}
         m.backend = backend.name
     names = steps if steps is not None else [s.name for s in manifest.steps]
-    backend.submit(manifest, names)
+    with _unchanged_unless_queued(manifest, *before):
+        backend.submit(manifest, names)
+
+
+@contextlib.contextmanager
+def _unchanged_unless_queued(manifest: RunManifest, before: str, ids: dict[str, str | None]
+                             ) -> Iterator[None]:
+    """run.json as `before` again when the block fails before any job was queued (sbatch
+    missing, a script deleted, Ctrl-C): a refused submit or resume changes nothing, so the same
+    command works once the cause is fixed. Once a job was queued, what happened stays recorded
+    (the backends cancel what they queued and mark the refused step)."""
+    tsv = Path(manifest.run_dir) / layout.JOBS_TSV
+    tsv_before = tsv.read_bytes() if tsv.exists() else None
+    try:
+        yield
+    except BaseException:
+        with lock(Path(manifest.run_dir)):
+            fresh = RunManifest.load(manifest.run_dir)
+            queued = any(s.job_id and s.job_id != ids.get(s.name) for s in fresh.steps)
+            if not queued and (tsv.read_bytes() if tsv.exists() else None) == tsv_before:
+                atomic.write_text(Path(manifest.run_dir) / layout.MANIFEST, before)
+        raise
 
 
 def exit_code(manifest: RunManifest) -> int:
@@ -149,6 +173,7 @@ def _resume(manifest: RunManifest) -> list[str]:
     if not todo:
         return []
     with manifest.updating() as m:
+        before = m.to_json(), {s.name: s.job_id for s in m.steps}
         for s in m.steps:
             if s.name in todo:
                 s.tasks = _unfinished_tasks(m, s, todo)
@@ -156,7 +181,8 @@ def _resume(manifest: RunManifest) -> list[str]:
                     s.history.append(s.job_id)
                 s.job_id, s.state, s.exit_code = None, StepState.UNSUBMITTED, None
                 s.elapsed = s.nodes = s.reason = s.log = None
-    backend_for(manifest).submit(manifest, todo)
+    with _unchanged_unless_queued(manifest, *before):
+        backend_for(manifest).submit(manifest, todo)
     return todo
 
 

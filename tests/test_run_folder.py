@@ -224,3 +224,49 @@ def test_a_manifest_from_another_version_or_corrupt_is_a_clean_error(tmp_path, c
     assert main(["status", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and str(out / "run.json") in err and "Traceback" not in err
+
+
+REFUSABLE = """
+name: refusable
+defaults: {container: none}
+steps:
+  - name: a
+    command: echo a
+  - name: b
+    needs: [a]
+    command: bash -c 'test -e ok || exit 3'
+"""
+
+
+def test_a_refused_submit_or_resume_changes_nothing_and_can_be_run_again(tmp_path, monkeypatch,
+                                                                        capsys):
+    """A submit or resume refused before any job was queued (here: a step's script deleted;
+    elsewhere sbatch missing) left run.json saying `backend: local` (so the folder could never
+    be submitted again) or every step UNSUBMITTED (the failures and their job ids gone)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "wf.yml").write_text(REFUSABLE)
+    run = tmp_path / "run"
+    assert main(["render", "wf.yml", "-o", str(run)]) == 0
+    script = next(run.glob("02-b.sh"))
+    saved = script.read_bytes()
+    manifest_file = run / "run.json"
+
+    script.unlink()
+    before = manifest_file.read_bytes()
+    assert main(["submit", str(run), "--backend", "local"]) == 2
+    assert "no local script" in capsys.readouterr().err
+    assert manifest_file.read_bytes() == before
+    script.write_bytes(saved)
+    assert main(["submit", str(run), "--backend", "local"]) == 0
+    assert operations.wait(RunManifest.load(run), interval=0.2, timeout=60) == 1
+    assert RunManifest.load(run).step("b").state == "FAILED"
+
+    script.unlink()
+    before = manifest_file.read_bytes()
+    assert main(["resume", str(run)]) == 2
+    assert manifest_file.read_bytes() == before       # b still FAILED, with its job and exit
+    script.write_bytes(saved)
+    (tmp_path / "ok").touch()
+    assert main(["resume", str(run)]) == 0
+    assert operations.wait(RunManifest.load(run), interval=0.2, timeout=60) == 0
+    assert [s.state for s in RunManifest.load(run).steps] == ["COMPLETED", "COMPLETED"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -477,3 +478,52 @@ steps:
     assert steps == [str(i) for i in range(1, 41)]            # every step once, in order
     log = Path(manifest.step("work").log).read_text()
     assert "requeue (restart 1)" in log and "start at 0, restart 0" in log
+
+
+@pytest.mark.slurm
+def test_without_the_slurm_commands_every_command_says_so_without_a_traceback(
+        slurm_cluster, run_folder):
+    """On a machine or PATH without SLURM's commands (a compute node's container, a laptop)
+    status, cancel and submit print one error line; a refused submit changes nothing."""
+    (run_folder / "wf.yml").write_text("name: noslurm\ndefaults: {container: none}\nsteps:\n"
+                                       "  - name: a\n    command: sleep 30\n")
+    cli = [sys.executable, "-m", "itwinai_hpc.cli"]
+    env = dict(os.environ)
+    p = subprocess.run(cli + ["submit", "wf.yml", "--backend", "slurm", "-o", "run"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    bare = {**env, "PATH": str(Path(sys.executable).parent) + ":/usr/bin/nonexistent"}
+    try:
+        for command, code in ((["status", "run"], 1), (["cancel", "run"], 1)):
+            p = subprocess.run(cli + command, env=bare, capture_output=True, text=True,
+                               timeout=120)
+            assert (p.returncode, "Traceback" in p.stderr) == (code, False), p.stderr
+            assert "error: cannot ask SLURM about the run's jobs:" in p.stderr
+            assert "not found: is this a SLURM cluster?" in p.stderr
+        p = subprocess.run(cli + ["submit", "wf.yml", "--backend", "slurm", "-o", "run2"],
+                           env=bare, capture_output=True, text=True, timeout=120)
+        assert (p.returncode, "Traceback" in p.stderr) == (2, False), p.stderr
+        assert "sbatch is not on PATH" in p.stderr and not (run_folder / "run2").exists()
+        p = subprocess.run(cli + ["render", "wf.yml", "-o", "run3"], env=bare,
+                           capture_output=True, text=True, timeout=120)
+        before = (run_folder / "run3" / "run.json").read_bytes()
+        p = subprocess.run(cli + ["submit", "run3", "--backend", "slurm", "--no-preflight"],
+                           env=bare, capture_output=True, text=True, timeout=120)
+        assert (p.returncode, "Traceback" in p.stderr) == (1, False), p.stderr
+        assert (run_folder / "run3" / "run.json").read_bytes() == before   # submittable again
+    finally:
+        subprocess.run(cli + ["cancel", "run"], env=env, capture_output=True, timeout=120)
+
+
+def test_status_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`itwinai-hpc status | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    (tmp_path / "wf.yml").write_text("name: piped\nsteps:\n" + "".join(
+        f"  - name: s{i}\n    command: echo\n" for i in range(300)))
+    cli = [sys.executable, "-m", "itwinai_hpc.cli"]
+    assert subprocess.run(cli + ["render", "wf.yml", "-o", "run"], cwd=tmp_path,
+                          capture_output=True, timeout=120).returncode == 0
+    p = subprocess.Popen(cli + ["status", "run"], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()                              # what `head` does once it has its line
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and "Traceback" not in err and "Broken" not in err, err

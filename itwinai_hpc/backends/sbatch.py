@@ -48,8 +48,13 @@ def preflight(scripts: dict[str, str], env: dict[str, str], run: Runner = subpro
         for step, (name, text) in scripts.items():
             path = Path(tmp) / name
             path.write_text(text)
-            p = run(["sbatch", "--test-only", str(path)], capture_output=True, text=True,
-                    env=env, cwd=tmp, timeout=120)
+            try:
+                p = run(["sbatch", "--test-only", str(path)], capture_output=True, text=True,
+                        env=env, cwd=tmp, timeout=120)
+            except FileNotFoundError:
+                raise UserError("sbatch is not on PATH: is this a SLURM login node? "
+                                "(--backend local runs the workflow without SLURM)",
+                                field="--backend") from None
             said = (p.stderr.strip() or p.stdout.strip()).replace(f"{path}", name)
             if p.returncode != 0:
                 raise UserError(f"SLURM refuses step '{step}' ({name}): {said}; nothing was "
