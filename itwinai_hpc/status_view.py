@@ -47,8 +47,16 @@ def rows(manifest: RunManifest) -> list[tuple[str, ...]]:
 
 
 def _task_rows(manifest: RunManifest, s) -> list[tuple[str, ...]]:
-    """One row per task of a sweep's job array: its values, and how it ended (the exit status
-    its script left), else whether it started (its log exists)."""
+    """One row per task of a sweep's job array (see `_tasks`)."""
+    return [(f"  [{t['task']}] {_values(t['matrix'])}", "", t["state"], "",
+             "-" if t["exit_code"] is None else str(t["exit_code"]), "",
+             "-" if t["log"] is None else _log(t["log"], manifest.run_dir, False))
+            for t in _tasks(manifest, s)]
+
+
+def _tasks(manifest: RunManifest, s) -> list[dict]:
+    """Per task of a sweep's job array: its index, values, and how it ended (the exit status
+    its script left), else whether it started (its log exists); its log (None: none to show)."""
     # A resumed sweep re-ran only some tasks: the others ended in an earlier attempt.
     current = {str(i) for i in parse_array(s.array).ids} if s.array else set()
     codes: dict[str, int] = {}
@@ -60,7 +68,8 @@ def _task_rows(manifest: RunManifest, s) -> list[tuple[str, ...]]:
     out = []
     for task, values in enumerate(s.plan.matrix):
         code = codes.get(str(task))
-        log = layout.log_file(manifest.run_dir, s.plan.job_name, job_of.get(str(task), s.job_id),
+        job_id = job_of.get(str(task), s.job_id)
+        log = layout.log_file(manifest.run_dir, s.plan.job_name, job_id,
                               str(task)) if s.job_id else None
         if code is not None:
             state = "COMPLETED" if code == 0 else "FAILED"
@@ -68,25 +77,48 @@ def _task_rows(manifest: RunManifest, s) -> list[tuple[str, ...]]:
             state = "-" if s.state in SUCCEEDED else s.state
         else:
             state = "RUNNING" if log and Path(log).exists() else "PENDING"
-        out.append((f"  [{task}] {_values(values)}", "", state, "", "-" if code is None
-                    else str(code), "", _log(log, manifest.run_dir, code is not None)))
+        out.append({"task": task, "matrix": values, "state": state, "exit_code": code,
+                    "job_id": job_id, "log": None if _log(log, manifest.run_dir,
+                                                          code is not None) == "-" else log})
     return out
 
 
+def _step_task(manifest: RunManifest, s) -> dict:
+    """A sweep task that is a job of its own (a resource matrix): the step's own record."""
+    return {"task": s.plan.sweep_task, "matrix": s.plan.matrix[0] if s.plan.matrix else {},
+            "state": s.state, "exit_code": s.exit_code, "job_id": s.job_id, "step": s.name,
+            "log": None if _log(s.log, manifest.run_dir, s.finished) == "-" else s.log}
+
+
+MAX_VALUE_CHARS = 40    # a value as the table shows it; `--json` has it whole
+MAX_VALUES_CHARS = 120  # all of a task's values, as the table shows them
+
+
 def _values(values: dict[str, str]) -> str:
-    """key=value ...; a newline or a terminal escape in a value shows escaped, one row a task."""
+    """key=value ...; a newline or a terminal escape in a value shows escaped, one row a task;
+    a long value (up to 4096 bytes each) is cut short with an ellipsis."""
     def printable(text) -> str:
         return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-    return " ".join(f"{printable(k)}={printable(v)}" for k, v in values.items())
+    text = " ".join(f"{_cut(printable(k), MAX_VALUE_CHARS)}={_cut(printable(v), MAX_VALUE_CHARS)}"
+                    for k, v in values.items())
+    return _cut(text, MAX_VALUES_CHARS)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def sweeps(manifest: RunManifest) -> dict[str, dict]:
-    """Per sweep: its size and what its finished tasks achieved (the files their code leaves,
+    """Per sweep: its size, each task's state, exit code and log (`task_states`, in task
+    order), and what its finished tasks achieved (the files their code leaves,
     layout.sweep_result), best first."""
     out: dict[str, dict] = {}
-    for s in manifest.steps:
+    for s in sorted(manifest.steps, key=lambda s: (s.index, s.plan.sweep_task or 0)):
         if s.plan.sweep and s.plan.sweep not in out:
-            out[s.plan.sweep] = {"tasks": s.plan.sweep_size, "results": []}
+            out[s.plan.sweep] = {"tasks": s.plan.sweep_size, "results": [], "task_states": []}
+        if s.plan.sweep:        # what the table shows per task: state, exit code, log
+            out[s.plan.sweep]["task_states"].extend(
+                _tasks(manifest, s) if s.plan.sweep_task is None else [_step_task(manifest, s)])
     for name, sweep in out.items():
         folder = Path(layout.sweep_result(manifest.run_dir, name, "0")).parent
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():

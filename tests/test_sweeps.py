@@ -212,6 +212,48 @@ def test_local_a_failed_task_fails_the_sweep_and_an_any_dependent_still_runs(
         "score=0.3000, model m version 2" in out
 
 
+def test_status_json_has_a_row_per_task_of_a_sweep_with_its_state_exit_code_and_log(
+        tmp_path, monkeypatch, capsys):
+    wf = sweep_workflow(tmp_path, fail="0.2", sleep=0, parallel=3)
+    local_submit(wf, tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "run"), "--json"]) == 1
+    train = json.loads(capsys.readouterr().out)["sweeps"]["train"]
+    assert train["tasks"] == 3 and len(train["results"]) == 3       # as before
+    rows = train["task_states"]
+    assert [(r["task"], r["matrix"], r["state"], r["exit_code"]) for r in rows] == [
+        (0, {"lr": "0.1", "bs": "8"}, "COMPLETED", 0),
+        (1, {"lr": "0.2", "bs": "8"}, "FAILED", 1),
+        (2, {"lr": "0.3", "bs": "8"}, "COMPLETED", 0)]
+    for r in rows:      # each task's own log, in the run folder
+        assert Path(r["log"]).is_relative_to(tmp_path / "run") and Path(r["log"]).is_file()
+    assert len({r["log"] for r in rows}) == 3
+
+
+def test_status_table_shortens_long_matrix_values_but_json_keeps_them_whole(tmp_path, capsys):
+    long = "x" * 4000
+    wf = tmp_path / "wf.yml"
+    wf.write_text(f"""
+name: long
+defaults: {{container: none}}
+steps:
+  - name: a
+    matrix: {{v: ["{long}", short]}}
+    command: echo
+    args: ["${{matrix.v}}"]
+""")
+    render_workflow(wf, run_dir=tmp_path / "run").write()
+    capsys.readouterr()
+    main(["status", str(tmp_path / "run")])
+    table = capsys.readouterr().out
+    assert max(len(line) for line in table.splitlines()) < 200, "table far wider than a screen"
+    assert "[0] v=xxxxxxxx" in table and "x... " in table and "[1] v=short" in table
+    main(["status", str(tmp_path / "run"), "--json"])
+    rows = json.loads(capsys.readouterr().out)["sweeps"]["a"]["task_states"]
+    assert [r["matrix"] for r in rows] == [{"v": long}, {"v": "short"}]
+    assert [r["state"] for r in rows] == ["PENDING", "PENDING"]
+
+
 def test_local_an_any_dependent_fails_clearly_when_no_task_succeeded(tmp_path, monkeypatch):
     wf = sweep_workflow(tmp_path, fail="0.*", sleep=0, parallel=3)     # every lr matches
     manifest = local_submit(wf, tmp_path, monkeypatch)
