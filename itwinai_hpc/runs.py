@@ -163,6 +163,8 @@ class RunManifest:
         values = {k: v for k, v in data.items() if k in known}
         values["steps"] = [StepRecord.from_dict(s) for s in data["steps"]]
         values["run_dir"] = str(folder)
+        for step in values["steps"]:
+            step.log = _moved(step.log, data.get("run_dir"), folder)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -215,6 +217,19 @@ class RunManifest:
                     out.add(s.name)
                     changed = True
         return out
+
+
+def _moved(log: str | None, recorded: Any, folder: Path) -> str | None:
+    """A log path as recorded (absolute, under the folder run.json named as the run's) read
+    where the folder is now: a run folder moved after its jobs ran still finds its logs. A
+    path outside the recorded folder stays as it is."""
+    if not log or not isinstance(recorded, str) or not recorded or Path(recorded) == folder:
+        return log
+    try:
+        inside = Path(log).relative_to(recorded)
+    except ValueError:
+        return log
+    return str(folder / inside)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import pytest
 
 from itwinai_hpc import operations
 from itwinai_hpc.backends.local_procs import alive
+from itwinai_hpc.cli import main
 from itwinai_hpc.data.idx import write_idx
 from itwinai_hpc.data.mnist import IDX_FILES
 from itwinai_hpc.render import render_workflow
@@ -466,3 +467,42 @@ steps:
     assert "could not be started" in manifest.step("b").reason
     assert "Too many levels of symbolic links" in manifest.step("b").reason   # O_NOFOLLOW
     assert "echo b" not in Path("/etc/passwd").read_text()
+
+
+def test_a_finished_run_moved_elsewhere_still_shows_and_prints_its_logs(tmp_path, monkeypatch,
+                                                                        capsys):
+    """run.json records where each log went; after `mv runs/odd runs/oddB` the logs are in
+    oddB/logs, and status, `logs` and the failure summary must find them there."""
+    monkeypatch.chdir(tmp_path)
+    workflow = tmp_path / "wf.yml"
+    workflow.write_text("""\
+name: moved
+defaults: {container: none, resources: {time: "00:05:00"}}
+steps:
+  - name: a
+    command: echo
+    args: [hello from a]
+  - name: b
+    needs: {a: any}
+    command: bash -c 'echo b was here; exit 3'
+""")
+    old = tmp_path / "runs" / "odd"
+    assert main(["submit", str(workflow), "--backend", "local", "-o", str(old), "--wait"]) == 1
+    new = tmp_path / "runs" / "oddB"
+    old.rename(new)
+    capsys.readouterr()
+
+    assert main(["status", str(new)]) == 1
+    table = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[2:] if line.strip()}
+    assert rows["a"][-1].startswith("logs/") and rows["b"][-1].startswith("logs/"), table
+    assert main(["status", str(new), "--json"]) == 1
+    steps = json.loads(capsys.readouterr().out)["steps"]
+    assert all(Path(s["log"]).is_relative_to(new) and Path(s["log"]).exists() for s in steps)
+
+    assert main(["logs", str(new), "a"]) == 0
+    assert capsys.readouterr().out.endswith("\nhello from a\n")
+    assert main(["logs", str(new)]) == 0          # the failed step
+    assert "b was here" in capsys.readouterr().out
+    [failed] = operations.failures(RunManifest.load(new))
+    assert failed.log and failed.log.is_relative_to(new) and "b was here" in failed.tail
