@@ -36,6 +36,7 @@ MARKER = re.compile("\x00matrix\\.([^\x00]*)\x00")
 FIELDS = ("args", "env", "resources")        # where ${matrix.KEY} may appear
 MAX_TASKS = 1000                              # SLURM's default MaxArraySize is 1001
 MAX_VALUE_BYTES = 4096                        # a value as text, reaching argv and env
+MAX_TASK_BYTES = 32768                        # a task's values together (ITWINAI_HPC_MATRIX)
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")   # a matrix key, and a step's (schema.py)
 
 
@@ -124,10 +125,25 @@ def expand_matrices(doc: YamlDoc) -> None:
                 err(("steps", i, "matrix"), f"its resources differ per task, so each task is a "
                     f"step of its own ({task_name(step['name'], 0)}, ...), and step "
                     f"'{sorted(taken)[0]}' exists already: rename one")
+    for j, step in enumerate(steps):
+        needed = _needed_names(step.get("needs") if isinstance(step, dict) else None)
+        for i, tasks in expanded.items():
+            both = sorted(needed & {task["name"] for task in tasks})
+            if steps[i]["name"] in needed and both:
+                err(("steps", j, "needs"), f"names sweep '{steps[i]['name']}' (all its tasks) "
+                    f"and its task '{both[0]}' too: keep one of them")
     if errors:
         raise UserErrors(by_line(errors))
     if expanded:
         _replace_steps(doc, expanded)
+
+
+def _needed_names(needs: Any) -> set[str]:
+    """The step names in a needs value (a name, a list of names or a {name: condition})."""
+    if isinstance(needs, str):
+        return {needs}
+    return {n for n in needs if isinstance(n, str)} if isinstance(needs, (list, dict)) \
+        else set()
 
 
 def _valid_per_task(per_task: list, combos: list[dict], path: tuple, err) -> bool:
@@ -184,6 +200,13 @@ def _combinations(matrix: Any, path: tuple, err) -> list[dict[str, Any]] | None:
                 "text in a file and sweep over its name")
             ok = False
     if not ok:
+        return None
+    total = sum(len(key) + max(len(value_text(v).encode()) for v in values)
+                for key, values in matrix.items())
+    if total > MAX_TASK_BYTES:
+        err(path, f"a task's values together take up to {total} bytes; at most "
+            f"{MAX_TASK_BYTES} (each task's ITWINAI_HPC_MATRIX holds them all, and one "
+            "environment variable holds at most 128 KiB): put long text in files")
         return None
     n = 1
     for values in matrix.values():
