@@ -25,7 +25,8 @@ import yaml
 from . import __version__
 from .errors import UserError
 from . import layout, matrix
-from .backends.sbatch import dependency_option
+from .backends.sbatch import (BINDING_RUNTIMES, bind_problem, check_run_folder,
+                              dependency_option, sbatch_folder)
 from .backends.slurm_env import KEEP_SLURM_ENV
 from .plan import plan
 from .planned import PlannedStep
@@ -35,6 +36,30 @@ from .workflow import LoadedWorkflow, read_workflow, resolve_workflow, workflow_
 from .yamlsrc import YamlDoc
 # Paths end up on #SBATCH lines, which sbatch splits itself: no quoting can protect them there.
 SBATCH_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@%:,=-]+$")
+
+
+def check_binds(steps, workflow_dir: str, workflow_bind, workflow_file: str) -> None:
+    """Every bind that a container runtime reads as SRC[:DST[:OPTS]] must split back into the
+    paths meant: the workflow's own folder (bound as a path) may hold no ':' or ',', and a
+    bind (after ${...} substitution) no ',', at most two ':', and a DST that is absolute, so
+    that a ':' in a substituted path is not taken for SRC:DST. UserError, located."""
+    for job in steps:
+        c = job.container
+        if c is None or c.runtime not in BINDING_RUNTIMES:
+            continue
+        folder = workflow_dir if workflow_bind(c.binds) else None
+        if folder and bind_problem(folder):
+            raise UserError(f"the workflow's folder {folder!r} {bind_problem(folder)} (step "
+                            f"'{job.name}' runs in a container ({c.runtime}), which binds it)",
+                            file=workflow_file)
+        for bind in c.binds:
+            parts = bind.split(":")
+            if "," in bind or len(parts) > 3 or (len(parts) > 1 and not parts[1].startswith("/")):
+                raise UserError(f"bind {bind!r} does not read as SRC[:DST[:OPTIONS]] with an "
+                                "absolute DST: a path with ':' or ',' cannot be bound into a "
+                                f"container ({c.runtime}): they separate SRC:DST and binds; use "
+                                "a path without them", file=workflow_file,
+                                field=f"steps.{job.name}.container.binds")
 
 
 def builtin_templates() -> Path:
@@ -80,6 +105,7 @@ def template_env(templates_dir: str | Path | None = None) -> jinja2.Environment:
     env.filters["shq"] = shell_quote
     env.filters["comment"] = comment_safe
     env.filters["matrix_variable"] = matrix.variable
+    env.filters["sbatch_folder"] = sbatch_folder
     env.globals.update(layout=layout, runtime_exports=runtime_exports, task_setup=task_setup,
                        bind_pair=bind_pair, matrix_json=matrix_json)
     return env
@@ -241,6 +267,11 @@ def render_run(loaded: LoadedWorkflow, *, templates_dir: str | Path | None = Non
                             "path")
     wf = loaded.workflow
     steps = plan(wf, loaded.site.profile if loaded.site else None)
+    where = str(loaded.run_dir)
+    check_run_folder(str(run_dir), steps, file=where)
+    workflow_dir = str(loaded.path.resolve().parent)
+    check_binds(steps, workflow_dir, workflow_bind_for(workflow_dir, str(run_dir), str(workdir)),
+                str(loaded.path))
     env = template_env(templates_dir)
     env.globals["bind_sources"] = bind_sources_for(str(run_dir), str(workdir))
     env.globals["workflow_bind"] = workflow_bind_for(str(loaded.path.resolve().parent),
@@ -258,6 +289,8 @@ def render_run(loaded: LoadedWorkflow, *, templates_dir: str | Path | None = Non
                 job=job, default_backend="local", **common)
         files[layout.SUBMIT_SCRIPT] = env.get_template("submit.sh.j2").render(
             jobs=steps, keep_env=KEEP_SLURM_ENV, dependency=submit_dependency(steps),
+            binds_run_dir=any(j.container is not None and j.container.runtime in
+                              BINDING_RUNTIMES for j in steps),
             **common)
     except jinja2.TemplateError as exc:
         where = f"{exc.filename}:{exc.lineno}: " if getattr(exc, "lineno", None) else ""

@@ -108,7 +108,7 @@ def test_torchrun_launch_follows_the_tested_recipe():
 
 def test_submit_sh_chains_the_steps_with_afterok_and_kill_on_invalid_dep():
     text = render_fixed(MNIST_TRAIN).files["submit.sh"]
-    log = '--output="$ITWINAI_HPC_RUN_DIR/logs/%x-%j.out"'
+    log = '--output="$log_dir/logs/%x-%j.out"'
     assert f"job_1=$(sbatch --parsable {log} 01-preprocess.sbatch)" in text
     assert (f'job_2=$(sbatch --parsable {log} --kill-on-invalid-dep=yes '
             '--dependency=afterok:"$job_1" 02-train.sbatch)') in text

@@ -32,6 +32,51 @@ def dependency_option(ok: list[str], ended: list[str]) -> list[str]:
     return ["--kill-on-invalid-dep=yes", "--dependency=" + ",".join(parts)] if parts else []
 
 
+# Container runtimes whose bind options list paths as SRC[:DST[:OPTS]], several joined by
+# commas (apptainer/singularity --bind, shifter --volume, podman -v, pyxis --container-mounts):
+# a ':' or ',' inside a path cannot be written there, and no quoting helps.
+BINDING_RUNTIMES = ("apptainer", "singularity", "shifter", "podman-hpc", "pyxis")
+
+
+def sbatch_folder(path: str, *, file: str | None = None) -> str:
+    """A folder as it must appear in an sbatch --output/--error filename pattern: sbatch
+    replaces %j, %A, %a ... there, and reads %% as a literal %, so each % is doubled. A
+    backslash makes sbatch ignore every replacement symbol (our %j and %A_%a included), and
+    cannot be escaped: such a folder is refused (UserError, located at `file`)."""
+    path = str(path)
+    if "\\" in path:
+        raise UserError(f"the run folder {path!r} contains a backslash, which sbatch reads in a "
+                        "log file name as 'replace nothing' (so %j, %A_%a stay literal and the "
+                        "jobs cannot write their logs); use a path without one",
+                        file=file or path)
+    return path.replace("%", "%%")
+
+
+def bind_problem(path: str) -> str | None:
+    """Why `path` cannot be one side of a container bind, or None."""
+    bad = [c for c in (":", ",") if c in str(path)]
+    if not bad:
+        return None
+    return (f"contains {' and '.join(repr(c) for c in bad)}, which container runtimes read in "
+            "a bind as separators (SRC:DST, one bind per comma), so it cannot be bound into the "
+            "step's container; use a path without them")
+
+
+def check_run_folder(run_dir: str, steps, *, file: str | None = None) -> None:
+    """What a run folder's path must allow before anything is submitted from it: sbatch's
+    log file names (sbatch_folder), and binding it into the containers of `steps` (planned
+    steps). UserError otherwise, located at `file` (default: the folder)."""
+    sbatch_folder(run_dir, file=file)
+    for job in steps:
+        c = job.container
+        if c is not None and c.runtime in BINDING_RUNTIMES:
+            why = bind_problem(run_dir)
+            if why:
+                raise UserError(f"the run folder {str(run_dir)!r} {why} (step '{job.name}' runs "
+                                f"in a container ({c.runtime}), which binds the run folder)",
+                                file=file or str(run_dir))
+
+
 @dataclass(frozen=True)
 class Preflight:
     step: str

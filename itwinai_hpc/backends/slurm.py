@@ -27,7 +27,9 @@ def sbatch_command(run_dir: str, step: StepRecord, job_ids: dict[str, str]) -> l
     """The sbatch line for one step, exactly as submit.sh writes it: the log goes to the run
     folder the job is submitted from (which may be a copy of the one it was rendered in); it
     runs after the jobs in `job_ids` (step -> job id) that it needs."""
-    cmd = ["sbatch", "--parsable", f"--output={run_dir}/{layout.LOGS}/{step.plan.log_pattern}"]
+    from .sbatch import sbatch_folder
+    folder = sbatch_folder(run_dir)       # % doubled: sbatch reads it as a pattern there
+    cmd = ["sbatch", "--parsable", f"--output={folder}/{layout.LOGS}/{step.plan.log_pattern}"]
     cmd += dependency_option([job_ids[n] for n in step.plan.needs_ok if n in job_ids],
                              [job_ids[n] for n in step.plan.waits_for if n in job_ids])
     if step.tasks:          # a resumed sweep: only its tasks that did not succeed
@@ -40,6 +42,12 @@ class SlurmBackend(Backend):
 
     def __init__(self, poll_after_cancel_s: float = 15.0):
         self.poll_after_cancel_s = poll_after_cancel_s
+
+    def preflight(self, manifest: RunManifest) -> None:
+        """The run folder's current path (it may have been moved since render) must be
+        writable in sbatch's log file names and bindable into the steps' containers."""
+        from .sbatch import check_run_folder
+        check_run_folder(manifest.run_dir, [s.plan for s in manifest.steps])
 
     # ---- submit -----------------------------------------------------------------------
     def submit(self, manifest: RunManifest, steps: list[str]) -> None:

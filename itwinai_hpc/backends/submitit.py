@@ -107,6 +107,18 @@ class SubmititBackend(Backend):
         self.slurm = SlurmBackend()
 
     # ---- submit -----------------------------------------------------------------------
+    def preflight(self, manifest: RunManifest) -> None:
+        """The run folder's current path (it may have been moved since render): submitit
+        reads %j, %t, %A and %a in its folder (run folder/submitit) as the job's ids, and hands
+        it to sbatch as a log file name pattern, so a '%' cannot be written there; and it must
+        be bindable into the steps' containers (render.check_run_folder)."""
+        from .sbatch import check_run_folder
+        if "%" in manifest.run_dir:
+            raise UserError(f"the run folder {manifest.run_dir!r} contains '%', which submitit "
+                            "reads in its job folder as a job id pattern (%j, %A, %a, %t); "
+                            "use --backend slurm, or a path without '%'", file=manifest.run_dir)
+        check_run_folder(manifest.run_dir, [s.plan for s in manifest.steps])
+
     def submit(self, manifest: RunManifest, steps: list[str]) -> None:
         cluster = manifest.extra.get("submitit", {}).get("cluster") or choose_cluster()
         jobs = {s.name: s.plan for s in manifest.steps}

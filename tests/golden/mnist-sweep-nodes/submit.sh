@@ -9,6 +9,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 # The jobs' run folder is this one, wherever it was rendered (it may have been copied or moved).
 export ITWINAI_HPC_RUN_DIR=$PWD ITWINAI_HPC_BACKEND=slurm
+# sbatch reads % in a log file name as a pattern (%j: the job id): a literal one is written %%;
+# a backslash would turn every pattern off, and cannot be written.
+escape_pct() {
+  printf '%s' "${1//%/%%}"
+}
+case $PWD in *\\*) echo "submit.sh: the run folder $PWD contains a backslash, which sbatch cannot take in a log file name; move it to a path without one" >&2; exit 2 ;; esac
+case $PWD in *[:,]*) echo "submit.sh: the run folder $PWD contains ':' or ',', which the steps' container runtime reads in a bind as separators; move it to a path without them" >&2; exit 2 ;; esac
+log_dir=$(escape_pct "$PWD")
 
 # Inside a SLURM job, sbatch would pass that job's settings (SLURM_* variables) on to these jobs.
 # Forget the job-specific ones; keep those that say which cluster to talk to.
@@ -35,25 +43,25 @@ cancel_submitted() {
 trap cancel_submitted ERR
 
 # 01-preprocess.sbatch
-job_1=$(sbatch --parsable --output="$ITWINAI_HPC_RUN_DIR/logs/%x-%j.out" 01-preprocess.sbatch)
+job_1=$(sbatch --parsable --output="$log_dir/logs/%x-%j.out" 01-preprocess.sbatch)
 job_1=${job_1%%;*}
 submitted+=("$job_1")
 printf '%s\t%s\n' preprocess "$job_1" | tee -a jobs.tsv
 
 # 02-train-0.sbatch: after preprocess
-job_2=$(sbatch --parsable --output="$ITWINAI_HPC_RUN_DIR/logs/%x-%j.out" --kill-on-invalid-dep=yes --dependency=afterok:"$job_1" 02-train-0.sbatch)
+job_2=$(sbatch --parsable --output="$log_dir/logs/%x-%j.out" --kill-on-invalid-dep=yes --dependency=afterok:"$job_1" 02-train-0.sbatch)
 job_2=${job_2%%;*}
 submitted+=("$job_2")
 printf '%s\t%s\n' train-0 "$job_2" | tee -a jobs.tsv
 
 # 03-train-1.sbatch: after preprocess, once train-0 ended
-job_3=$(sbatch --parsable --output="$ITWINAI_HPC_RUN_DIR/logs/%x-%j.out" --kill-on-invalid-dep=yes --dependency=afterok:"$job_1",afterany:"$job_2" 03-train-1.sbatch)
+job_3=$(sbatch --parsable --output="$log_dir/logs/%x-%j.out" --kill-on-invalid-dep=yes --dependency=afterok:"$job_1",afterany:"$job_2" 03-train-1.sbatch)
 job_3=${job_3%%;*}
 submitted+=("$job_3")
 printf '%s\t%s\n' train-1 "$job_3" | tee -a jobs.tsv
 
 # 04-predict.sbatch: once train-0, train-1 ended
-job_4=$(sbatch --parsable --output="$ITWINAI_HPC_RUN_DIR/logs/%x-%j.out" --kill-on-invalid-dep=yes --dependency=afterany:"$job_2":"$job_3" 04-predict.sbatch)
+job_4=$(sbatch --parsable --output="$log_dir/logs/%x-%j.out" --kill-on-invalid-dep=yes --dependency=afterany:"$job_2":"$job_3" 04-predict.sbatch)
 job_4=${job_4%%;*}
 submitted+=("$job_4")
 printf '%s\t%s\n' predict "$job_4" | tee -a jobs.tsv
