@@ -217,3 +217,14 @@ def test_a_local_submission_returns_while_its_job_runs_and_ctrl_c_leaves_the_job
         assert operations.wait(manifest, interval=0.2, timeout=60) == 0
         assert RunManifest.load(folder / "run").step("long").state == "COMPLETED"
         assert (folder / "ended").exists()
+
+
+@pytest.mark.parametrize("value", ["bogus", ""])
+def test_a_bad_cluster_choice_is_refused_before_the_run_folder_is_written(tmp_path, value):
+    (tmp_path / "wf.yml").write_text(SLOW_STEP)
+    env = {**os.environ, "ITWINAI_HPC_SUBMITIT_CLUSTER": value}
+    p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "submit", "wf.yml", "--backend",
+                        "submitit", "-o", "run"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert (p.returncode, "Traceback" in p.stderr) == (2, False), p.stderr
+    assert "ITWINAI_HPC_SUBMITIT_CLUSTER" in p.stderr and not (tmp_path / "run").exists()

@@ -118,6 +118,8 @@ class SubmititBackend(Backend):
                             "reads in its job folder as a job id pattern (%j, %A, %a, %t); "
                             "use --backend slurm, or a path without '%'", file=manifest.run_dir)
         check_run_folder(manifest.run_dir, [s.plan for s in manifest.steps])
+        if not manifest.extra.get("submitit", {}).get("cluster"):
+            choose_cluster()            # a bad $ITWINAI_HPC_SUBMITIT_CLUSTER: before writing
 
     def submit(self, manifest: RunManifest, steps: list[str]) -> None:
         cluster = manifest.extra.get("submitit", {}).get("cluster") or choose_cluster()
