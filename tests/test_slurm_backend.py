@@ -253,6 +253,9 @@ def test_cancel_during_a_running_step_leaves_nothing_of_the_run_queued(
     assert slurm_cluster.active_jobs(ids) == set()
     rc, doc = status_json(capsys)
     assert rc == 1 and set(states(doc).values()) == {"CANCELLED"}
+    # the running step was killed by SIGTERM: 143, as its own exit status file says (was 0)
+    left = (Path(manifest.run_dir) / "logs" / f".exit-{ids[0]}").read_text().strip()
+    assert doc["steps"][0]["exit_code"] == int(left) == 143
 
 
 def test_resume_after_a_failure_reruns_only_the_failed_step_and_its_dependents(

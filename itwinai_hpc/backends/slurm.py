@@ -130,7 +130,14 @@ class SlurmBackend(Backend):
                     self._gone(m, s, left.get(s.name), mode)
                     continue
                 s.state = info.state
-                s.exit_code = info.exit_code
+                # Killed by a signal (scontrol's ExitCode 0:15 after scancel): 128 + N, as the
+                # shell and the job's exit status file say it. The job completion log records
+                # a cancelled job as 0:0; then the status the script left is the one to show.
+                code = 128 + info.signal if info.signal else info.exit_code
+                own = None if s.array else left.get(s.name)
+                if not code and isinstance(own, int) and info.state not in SUCCEEDED:
+                    code = own
+                s.exit_code = code
                 s.elapsed = info.elapsed
                 s.nodes = info.nodes or s.nodes
                 s.reason = info.reason or None
