@@ -40,6 +40,12 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get("ITWINAI_HPC_RUNS", "runs"))
 
 
+# What the fields of a step's record in run.json hold (besides null).
+_RECORD_TYPES = {"name": (str,), "job_id": (str,), "exit_code": (int,), "elapsed": (int,),
+                 "nodes": (str,), "reason": (str,), "log": (str,), "submitted_at": (str,),
+                 "tasks": (str,)}
+
+
 @dataclass
 class StepRecord:
     """A step as recorded in run.json: its plan (fixed at render time) and what became of its
@@ -94,6 +100,13 @@ class StepRecord:
     def from_dict(cls, d: dict[str, Any]) -> "StepRecord":
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in d.items() if k in known}
+        for key, types in _RECORD_TYPES.items():    # a hand-edited run.json fails here, named
+            value = values.get(key)
+            if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+                raise TypeError(f"step {d.get('name')!r}: {key} is {value!r}, expected "
+                                f"{' or '.join(t.__name__ for t in types)} or null")
+        if not all(isinstance(j, str) for j in values.get("history") or []):
+            raise TypeError(f"step {d.get('name')!r}: history must list job ids as text")
         values["plan"] = PlannedStep.from_dict(d["plan"])
         values["state"] = StepState.parse(values.get("state", StepState.UNSUBMITTED))
         return cls(**values)

@@ -226,6 +226,24 @@ def test_a_manifest_from_another_version_or_corrupt_is_a_clean_error(tmp_path, c
     assert message in err and str(out / "run.json") in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("job_id", 5, "step 'a': job_id is 5, expected str or null"),
+    ("exit_code", "3", "step 'a': exit_code is '3', expected int or null"),
+    ("exit_code", True, "step 'a': exit_code is True, expected int or null"),
+    ("history", [12], "step 'a': history must list job ids as text"),
+])
+def test_a_hand_edited_step_record_of_the_wrong_type_is_named_not_a_traceback(
+        tmp_path, capsys, field, value, message):
+    out = rendered(tmp_path)
+    data = json.loads((out / "run.json").read_text())
+    data["steps"][0][field] = value
+    (out / "run.json").write_text(json.dumps(data))
+    for command in (["status", str(out)], ["status", "--json", str(out)], ["logs", str(out)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert message in err and str(out / "run.json") in err and "Traceback" not in err
+
+
 REFUSABLE = """
 name: refusable
 defaults: {container: none}
