@@ -66,6 +66,12 @@ class Resources(_Model):
     # How GPUs are asked for: --gpus-per-node=N (default) or --gres=gpu:N (sites that want it)
     gpu_flag: Literal["gpus-per-node", "gres"] | None = None
 
+    @field_validator("mem", mode="before")
+    @classmethod
+    def _mem(cls, v):
+        """YAML reads `mem: 1024` as a number; SLURM reads it as megabytes, as if written."""
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else v
+
     @field_validator("time")
     @classmethod
     def _time(cls, v: str | int | None) -> str | None:

@@ -236,3 +236,18 @@ def test_version(capsys):
 def test_a_run_folder_path_that_sbatch_cannot_read_is_refused(tmp_path):
     with pytest.raises(UserError, match="cannot appear on an #SBATCH line"):
         render_fixed(MNIST_TRAIN, run_dir=str(tmp_path / "my run"))
+
+
+@pytest.mark.parametrize("where", ["yaml", "--set"])
+def test_memory_written_as_a_plain_number_means_megabytes_as_sbatch_reads_it(tmp_path, where):
+    """`mem: 1024` (YAML reads a number) was refused as "not a string" while `time: 30` was
+    taken; sbatch reads --mem=1024 as 1024 MB."""
+    wf = tmp_path / "wf.yml"
+    mem = "1024" if where == "yaml" else "2G"
+    wf.write_text(f"name: m\nsteps:\n  - name: a\n    command: echo\n    resources: {{mem: {mem}}}\n")
+    overrides = [] if where == "yaml" else ["steps.a.resources.mem=1024"]
+    run = render_workflow(wf, overrides, run_dir=tmp_path / "run")
+    script = run.files[run.plan[0].script]
+    assert "#SBATCH --mem=1024\n" in script
+    with pytest.raises(UserError, match="mem"):
+        render_workflow(wf, ["steps.a.resources.mem=-5"], run_dir=tmp_path / "run2")
