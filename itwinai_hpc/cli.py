@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_arg(p, required=True)
     p.add_argument("--wait", action="store_true", help="wait with live progress")
     timeout_arg(p)
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip `sbatch --test-only` of the steps to re-submit")
     p.set_defaults(func=commands.cmd_resume)
 
     p = sub.add_parser("report", help="usage vs requests per job, with advice",

@@ -106,12 +106,16 @@ def _rendered_folder(args):
     return RunManifest.load(path)
 
 
-def _sbatch_preflight(manifest, files: dict[str, str] | None) -> None:
-    """Ask the controller about every step before anything is written or queued."""
+def _sbatch_preflight(manifest, files: dict[str, str] | None,
+                      steps: list[str] | None = None) -> None:
+    """Ask the controller about every step (or `steps`) before anything is written or
+    queued."""
     from .backends.sbatch import preflight
     from .backends.slurm_env import submit_environment
     scripts = {}
     for step in manifest.steps:
+        if steps is not None and step.name not in steps:
+            continue
         text = files[step.script] if files is not None else \
             (Path(manifest.run_dir) / step.script).read_text()
         scripts[step.name] = (step.script, text)
@@ -282,7 +286,17 @@ def cmd_cancel(args) -> int:
 def cmd_resume(args) -> int:
     from . import operations
     manifest = _load_run(args)
-    todo = operations.resume(manifest)
+
+    def before_queueing(todo: list[str]) -> None:
+        """As for submit, on the steps resume is about to queue (a script edited since, a
+        partition gone): refused here, nothing is queued and run.json stays as it is."""
+        backend = operations.backend_for(manifest)
+        _check_passthrough(manifest)
+        backend.preflight(manifest)
+        if backend.name == "slurm" and not args.no_preflight:
+            _sbatch_preflight(manifest, None, todo)
+
+    todo = operations.resume(manifest, before_queueing)
     if not todo:
         print(f"nothing to resume: every step of run {manifest.run_id} completed")
         return 0

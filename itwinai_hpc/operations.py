@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,15 +153,17 @@ def steps_to_resume(manifest: RunManifest) -> list[str]:
     return [s.name for s in sorted(manifest.steps, key=lambda s: s.index) if s.name in todo]
 
 
-def resume(manifest: RunManifest) -> list[str]:
+def resume(manifest: RunManifest, check: Callable[[list[str]], None] | None = None
+           ) -> list[str]:
     """Re-submit what did not complete (and its dependents); completed steps are kept. The
-    check of what is still active and the re-submission happen under one operation lock."""
+    check of what is still active and the re-submission happen under one operation lock.
+    `check(steps)` may refuse (raise) before anything changes (the CLI's preflight)."""
     check_owner(manifest)
     with operation_lock(manifest.run_dir, "resume"):
-        return _resume(manifest)
+        return _resume(manifest, check)
 
 
-def _resume(manifest: RunManifest) -> list[str]:
+def _resume(manifest: RunManifest, check: Callable[[list[str]], None] | None) -> list[str]:
     refresh(manifest)
     active = [s.name for s in manifest.steps if _active(s)]
     if active:
@@ -172,6 +174,8 @@ def _resume(manifest: RunManifest) -> list[str]:
     todo = steps_to_resume(manifest)
     if not todo:
         return []
+    if check is not None:
+        check(todo)
     with manifest.updating() as m:
         before = m.to_json(), {s.name: s.job_id for s in m.steps}
         for s in m.steps:

@@ -258,6 +258,26 @@ def test_cancel_during_a_running_step_leaves_nothing_of_the_run_queued(
     assert doc["steps"][0]["exit_code"] == int(left) == 143
 
 
+@pytest.mark.slurm
+def test_resume_asks_slurm_first_and_a_refusal_queues_nothing_and_changes_nothing(
+        slurm_cluster, run_folder, capsys):
+    """A script edited since (here: a partition that does not exist) made resume queue b,
+    then cancel it when c was refused; now `sbatch --test-only` refuses first, exit 2."""
+    wf = chain_workflow(run_folder, fail_step="b")
+    assert main(["submit", str(wf), "--backend", "slurm", "--wait"]) == 1
+    manifest = RunManifest.load(find_run(None))
+    script = Path(manifest.run_dir) / manifest.step("c").script
+    script.write_text(script.read_text().replace("#SBATCH --job-name",
+                                                 "#SBATCH --partition=nope\n#SBATCH --job-name"))
+    before = (Path(manifest.run_dir) / "run.json").read_bytes()
+    capsys.readouterr()
+    assert main(["resume", manifest.run_id]) == 2
+    err = capsys.readouterr().err
+    assert "SLURM refuses step 'c'" in err and "nothing was queued" in err
+    assert (Path(manifest.run_dir) / "run.json").read_bytes() == before
+    assert slurm_cluster.active_jobs([s.job_id for s in manifest.steps]) == set()
+
+
 def test_resume_after_a_failure_reruns_only_the_failed_step_and_its_dependents(
         slurm_cluster, run_folder, capsys):
     wf = chain_workflow(run_folder, fail_step="b")
