@@ -278,8 +278,12 @@ def cmd_cancel(args) -> int:
     from . import operations
     manifest = _load_run(args)
     cancelled = operations.cancel(manifest)
-    print(f"cancelled: {', '.join(cancelled)}" if cancelled else
-          f"nothing to cancel: every step of run {manifest.run_id} has finished")
+    if cancelled:
+        print(f"cancelled: {', '.join(cancelled)}")
+    elif not manifest.backend:
+        print(f"nothing to cancel: run {manifest.run_id} was never submitted")
+    else:
+        print(f"nothing to cancel: no step of run {manifest.run_id} is pending or running")
     return 0
 
 

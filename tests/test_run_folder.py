@@ -288,3 +288,18 @@ def test_a_refused_submit_or_resume_changes_nothing_and_can_be_run_again(tmp_pat
     assert main(["resume", str(run)]) == 0
     assert operations.wait(RunManifest.load(run), interval=0.2, timeout=60) == 0
     assert [s.state for s in RunManifest.load(run).steps] == ["COMPLETED", "COMPLETED"]
+
+
+def test_cancel_says_what_it_found_instead_of_claiming_every_step_finished(tmp_path, monkeypatch,
+                                                                         capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "wf.yml").write_text(REFUSABLE)
+    assert main(["render", "wf.yml", "-o", "run"]) == 0
+    capsys.readouterr()
+    assert main(["cancel", "run"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to cancel: run refusable-" in out and "was never submitted" in out
+    assert main(["submit", "run", "--backend", "local", "--wait"]) == 1
+    capsys.readouterr()
+    assert main(["cancel", "run"]) == 0
+    assert "no step of run refusable-" in capsys.readouterr().out
