@@ -37,7 +37,8 @@ def new_run_id(workflow_name: str, now: dt.datetime | None = None) -> str:
 
 
 def default_runs_dir() -> Path:
-    return Path(os.environ.get("ITWINAI_HPC_RUNS", "runs"))
+    """$ITWINAI_HPC_RUNS, or ./runs where it is unset or empty (an empty one is not `./`)."""
+    return Path(os.environ.get("ITWINAI_HPC_RUNS") or "runs")
 
 
 # What the fields of a step's record in run.json hold (besides null).

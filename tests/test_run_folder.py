@@ -303,3 +303,12 @@ def test_cancel_says_what_it_found_instead_of_claiming_every_step_finished(tmp_p
     capsys.readouterr()
     assert main(["cancel", "run"]) == 0
     assert "no step of run refusable-" in capsys.readouterr().out
+
+
+def test_an_empty_runs_variable_means_the_default_runs_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ITWINAI_HPC_RUNS", "")
+    (tmp_path / "wf.yml").write_text(REFUSABLE)
+    assert main(["render", "wf.yml"]) == 0
+    assert [p.parent.name for p in tmp_path.glob("*/run.json")] == []
+    assert len(list((tmp_path / "runs").glob("refusable-*/run.json"))) == 1
