@@ -27,9 +27,18 @@ def apply_override(doc: YamlDoc, item: str, keep_number_text: bool = True) -> No
     if not re.fullmatch(r" *[A-Za-z0-9_.-]+ *", dotted):
         raise UserError(f"'--set {item!r}': the path {dotted!r} may hold letters, digits, "
                         "'-', '_' and dots only")
+    flow = raw.lstrip().startswith(("[", "{"))
     try:
-        value = parse_value(raw, keep_number_text) if raw.strip() else ""
-    except yaml.YAMLError:
+        # A newline stays one (YAML would fold it into a space, hiding it from the checks a
+        # workflow file's value gets); anything else is read as YAML.
+        value = raw if "\n" in raw and not flow else \
+            parse_value(raw, keep_number_text) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        if flow:    # meant as a list or mapping: say why it is not one, not "expected a list"
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise UserError(f"'--set {item}': the value is not a YAML list or mapping "
+                            f"({problem}); quote items that hold ${{...}}, ':' or ',', e.g. "
+                            "[--data, \"${data}/x\"]") from None
         value = raw
     keys = [k for k in dotted.strip().split(".")]
     if not all(keys):

@@ -87,6 +87,21 @@ def test_a_bad_override_names_the_flag(capsys):
         capsys.readouterr().err
 
 
+def test_a_set_value_is_checked_as_the_same_value_in_the_file_would_be(capsys):
+    """A list with an unquoted ${var} is not YAML: it became a string and the error said
+    "expected a list (got '[--data, /x/y]')"; a newline was folded into a space by YAML, so a
+    two-line command passed where the file's would be refused."""
+    flags = ["--set", "steps.train.args=[--data, ${data_dir}/y]"]
+    assert main(["validate", str(MNIST[0]), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "the value is not a YAML list or mapping" in err and "quote items" in err
+    flags = ["--set", 'steps.train.args=[--data, "${data_dir}/y"]']
+    assert main(["validate", str(MNIST[0]), *flags]) == 0
+    capsys.readouterr()
+    assert main(["validate", str(MNIST[0]), "--set", "steps.train.command=echo a\necho b"]) == 2
+    assert "command must be one line" in capsys.readouterr().err
+
+
 def test_variables_substitute_with_types_env_defaults_and_escapes(tmp_path, monkeypatch):
     monkeypatch.setenv("ITWINAI_HPC_TEST_SCRATCH", "/scratch/me")
     wf = tmp_path / "wf.yml"
