@@ -177,7 +177,7 @@ def test_render_refuses_a_bind_whose_substituted_path_holds_a_colon(tmp_path, mo
     assert "w:x/data" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("backend", ["slurm", "submitit"])
+@pytest.mark.parametrize("backend", ["slurm", "submitit", "local"])
 def test_submit_refuses_a_container_run_folder_moved_to_a_path_with_a_colon(run_folder, capsys,
                                                                            backend):
     moved, err = submit_moved(run_folder, capsys, CONTAINER, "m:v", backend)

@@ -60,7 +60,11 @@ class LocalBackend(Backend):
     name = "local"
 
     def preflight(self, manifest: RunManifest) -> None:
+        from .sbatch import check_bindable
+
         parallel_limit()                # a bad value is an error before anything is written
+        # the folder may have been moved since render, to a path no bind option can name
+        check_bindable(manifest.run_dir, [s.plan for s in manifest.steps])
         check_container_runtimes(s.plan for s in manifest.steps)
 
     # ---- submit -----------------------------------------------------------------------

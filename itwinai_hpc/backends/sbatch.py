@@ -67,6 +67,12 @@ def check_run_folder(run_dir: str, steps, *, file: str | None = None) -> None:
     log file names (sbatch_folder), and binding it into the containers of `steps` (planned
     steps). UserError otherwise, located at `file` (default: the folder)."""
     sbatch_folder(run_dir, file=file)
+    check_bindable(run_dir, steps, file=file)
+
+
+def check_bindable(run_dir: str, steps, *, file: str | None = None) -> None:
+    """The run folder's path can be bound into the containers of `steps` (planned steps):
+    UserError otherwise, located at `file` (default: the folder)."""
     for job in steps:
         c = job.container
         if c is not None and c.runtime in BINDING_RUNTIMES:
