@@ -179,11 +179,17 @@ def log_shards(manifest, contexts: dict[str, str]) -> None:
         source = resolve_dataset_source(folder)
     schema = Schema([TensorSpec(np.dtype(np.uint8), (-1, *manifest.image_shape), "images"),
                      TensorSpec(np.dtype(np.int64), (-1,), "labels")])
-    for split, context in contexts.items():
-        dataset = MetaDataset(source, name=f"{manifest.dataset}-{split}",
-                              digest=manifest.plan_id[:32], schema=schema)
-        mlflow.log_input(dataset, context=context,
-                         tags={"num_samples": str(manifest.splits[split].num_samples)})
+    # The tasks of a sweep start together and log the same datasets: MLflow's file store
+    # creates each dataset's record once per experiment and fails the second process that
+    # finds it half made ("Yaml file ... exists"), so one at a time, under the store's lock.
+    from itwinai_hpc.ml.registry import registry_lock
+
+    with registry_lock(mlflow.get_tracking_uri()):
+        for split, context in contexts.items():
+            dataset = MetaDataset(source, name=f"{manifest.dataset}-{split}",
+                                  digest=manifest.plan_id[:32], schema=schema)
+            mlflow.log_input(dataset, context=context,
+                             tags={"num_samples": str(manifest.splits[split].num_samples)})
     mlflow.log_artifact(str(manifest.path), artifact_path="dataset")
 
 
