@@ -35,6 +35,21 @@ def register_at_once(store_uri: str, model_uri: str, barrier, index: int,
             results.put((round_, index, None, f"{type(e).__name__}: {e}"))
 
 
+def at_once(target, before, after, rounds: int) -> list:
+    """WORKERS processes of target(*before(i), barrier, *after(i), results), each putting one
+    outcome per round on `results`; returns them all."""
+    mp = multiprocessing.get_context("spawn")
+    barrier, results = mp.Barrier(WORKERS), mp.Queue()
+    procs = [mp.Process(target=target, args=(*before(i), barrier, *after(i), results))
+             for i in range(WORKERS)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=200) for _ in range(WORKERS * rounds)]
+    for p in procs:
+        p.join(timeout=60)
+    return outcomes
+
+
 def log_shards_at_once(store_uri: str, shards: str, barrier, rounds: int, results) -> None:
     """One sweep task starting: per round, a run in a new experiment, then (with every other
     task at once) the shards as its dataset inputs, as the trainer does first."""
@@ -67,17 +82,9 @@ def test_tasks_starting_at_the_same_moment_all_log_their_datasets(tmp_path, mnis
     and 2 of 20 starts in a script here). Without the lock this test fails in about 1 of 3
     runs: a race, not a certainty."""
     store_uri = f"file:{tmp_path / 'mlruns'}"
-    mp = multiprocessing.get_context("spawn")
-    barrier, results = mp.Barrier(WORKERS), mp.Queue()
     rounds = 20          # a round takes ~0.2 s
-    procs = [mp.Process(target=log_shards_at_once,
-                        args=(store_uri, str(mnist_shards), barrier, rounds, results))
-             for _ in range(WORKERS)]
-    for p in procs:
-        p.start()
-    outcomes = [results.get(timeout=200) for _ in range(WORKERS * rounds)]
-    for p in procs:
-        p.join(timeout=60)
+    outcomes = at_once(log_shards_at_once, lambda i: (store_uri, str(mnist_shards)),
+                       lambda i: (rounds,), rounds)
     errors = [o for o in outcomes if o[1]]
     assert not errors, errors
 
@@ -111,16 +118,8 @@ def test_champion_ends_on_the_best_of_tasks_registering_at_the_same_moment(store
     # Distinct values in a new order each round, so the best task is a different one.
     values = [rng.sample([0.90, 0.91, 0.92, 0.93, 0.94, 0.95][:WORKERS], WORKERS)
               for _ in range(ROUNDS)]
-    mp = multiprocessing.get_context("spawn")
-    barrier, results = mp.Barrier(WORKERS), mp.Queue()
-    procs = [mp.Process(target=register_at_once,
-                        args=(store_uri, model_uri, barrier, i, values, results))
-             for i in range(WORKERS)]
-    for p in procs:
-        p.start()
-    outcomes = [results.get(timeout=200) for _ in range(WORKERS * ROUNDS)]
-    for p in procs:
-        p.join(timeout=60)
+    outcomes = at_once(register_at_once, lambda i: (store_uri, model_uri),
+                       lambda i: (i, values), ROUNDS)
     errors = [o for o in outcomes if o[3]]
     assert not errors, errors
 
