@@ -135,13 +135,15 @@ def _check_passthrough(manifest) -> None:
                             "and submit again", field="env-passthrough")
 
 
-def _before_queueing(manifest, backend, files: dict[str, str] | None, no_preflight: bool):
+def _before_queueing(manifest, backend, files: dict[str, str] | None, no_preflight: bool,
+                     steps: list[str] | None = None):
     """What must hold before anything is written or queued: passed-through variables set, the
-    backend usable here, and (SLURM) the controller accepting every step as written."""
+    backend usable here, and (SLURM) the controller accepting every step (or `steps`) as
+    written."""
     _check_passthrough(manifest)
     backend.preflight(manifest)
     if backend.name == "slurm" and not no_preflight:
-        _sbatch_preflight(manifest, files)
+        _sbatch_preflight(manifest, files, steps)
 
 
 def cmd_submit(args) -> int:
@@ -291,16 +293,10 @@ def cmd_resume(args) -> int:
     from . import operations
     manifest = _load_run(args)
 
-    def before_queueing(todo: list[str]) -> None:
-        """As for submit, on the steps resume is about to queue (a script edited since, a
-        partition gone): refused here, nothing is queued and run.json stays as it is."""
-        backend = operations.backend_for(manifest)
-        _check_passthrough(manifest)
-        backend.preflight(manifest)
-        if backend.name == "slurm" and not args.no_preflight:
-            _sbatch_preflight(manifest, None, todo)
-
-    todo = operations.resume(manifest, before_queueing)
+    # As for submit, on the steps resume is about to queue (a script edited since, a partition
+    # gone): refused there, nothing is queued and run.json stays as it is.
+    todo = operations.resume(manifest, lambda steps: _before_queueing(
+        manifest, operations.backend_for(manifest), None, args.no_preflight, steps))
     if not todo:
         print(f"nothing to resume: every step of run {manifest.run_id} completed")
         return 0
