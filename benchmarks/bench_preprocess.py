@@ -14,8 +14,8 @@ import numpy as np
 
 from itwinai_hpc.data.config import make_config
 from itwinai_hpc.data.preprocess import preprocess
-from itwinai_hpc.data.shard_plan import split_data
 from itwinai_hpc.data.registry import DatasetSpec, RawData, register_dataset
+from itwinai_hpc.data.shard_plan import split_data
 
 
 def mnist_arrays() -> RawData:

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import jinja2
 
-from itwinai_hpc.plan import plan
-from itwinai_hpc.render import render_run, render_workflow
-from itwinai_hpc.workflow import read_workflow, resolve_workflow
+from itwinai_hpc.render.folder import render_run, render_workflow
+from itwinai_hpc.render.plan import plan
+from itwinai_hpc.workflow.load import read_workflow, resolve_workflow
 
 CLI = [sys.executable, "-m", "itwinai_hpc.cli"]
 BASELINE_TEMPLATE = ("#!/bin/bash\n#SBATCH --job-name={{ n }}\n#SBATCH --time=01:00:00\n"
@@ -77,7 +77,8 @@ def seconds(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
 def bench_local_submit(tmp: Path, repeat: int = 5) -> tuple[float, float]:
     """Medians of `submit --backend local` (a 1-step workflow) and of `--version`."""
     wf = tmp / "one.yml"
-    wf.write_text("name: one\ndefaults: {container: none}\nsteps:\n  - {name: s, command: 'true'}\n")
+    wf.write_text("name: one\ndefaults: {container: none}\n"
+                  "steps:\n  - {name: s, command: 'true'}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     submits, starts = [], []
     for i in range(repeat):                     # alternate, so both see the same machine load

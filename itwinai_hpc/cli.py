@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
-from . import __version__
-from . import commands
-from .errors import RunStateError, UserError
+from itwinai_hpc import __version__
+from itwinai_hpc.commands.process import terminated, usable_streams
+from itwinai_hpc.core.errors import RunStateError, UserError
 
 # Commands the job scripts run (inside a job, on a compute node); every other command is typed
 # at the login node. `--help` lists the two groups apart.
@@ -28,6 +29,26 @@ EPILOG = """examples:
 
 exit codes: 0 ok; 1 a job or step failed; 2 bad input; 3 (status) still pending or running
 """
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
+def _command(module: str, function: str):
+    """The function of commands/<module>.py that runs a command, imported only when that command
+    runs: `validate` never loads what `submit` needs."""
+    def run(args):
+        import importlib
+        return getattr(importlib.import_module(f"itwinai_hpc.commands.{module}"), function)(args)
+    run.__name__ = function
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Prints every problem with file, line and field; exit 2 "
                                    "if there is any. Writes nothing.")
     workflow_args(p)
-    p.set_defaults(func=commands.cmd_validate)
+    p.set_defaults(func=_command("validate", "cmd_validate"))
 
     p = sub.add_parser("render", help="write the run folder (scripts, submit.sh) without "
                                       "submitting",
@@ -81,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and run.json. Submits nothing.")
     workflow_args(p)
     run_folder_args(p)
-    p.set_defaults(func=commands.cmd_render)
+    p.set_defaults(func=_command("render", "cmd_render"))
 
     p = sub.add_parser("submit", help="render a run folder and submit it",
                        description="Render the workflow into a run folder (as `render` does) "
@@ -99,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip `sbatch --test-only` of every step before anything is queued")
     p.add_argument("--dry-run", action="store_true",
                    help="render the run folder and print what would be submitted; submit nothing")
-    p.set_defaults(func=commands.cmd_submit)
+    p.set_defaults(func=_command("submit", "cmd_submit"))
 
     def run_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
         p.add_argument("run", nargs=None if required else "?", metavar="RUN",
@@ -117,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_arg(p)
     p.add_argument("--json", action="store_true", help="print {run, steps} as JSON")
     p.add_argument("--watch", action="store_true", help="refresh in place until the run is done")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
-    p.set_defaults(func=commands.cmd_status)
+    p.add_argument("--interval", type=_positive_seconds, default=2.0,
+                   help="seconds between refreshes")
+    p.set_defaults(func=_command("status", "cmd_status"))
 
     p = sub.add_parser("logs", help="print or follow a step's output",
                        description="Print a step's log (default: the first step that failed, "
@@ -127,11 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("step", nargs="?", help="the step name")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows, "
                                                                "until the step ends")
-    p.set_defaults(func=commands.cmd_logs)
+    p.set_defaults(func=_command("status", "cmd_logs"))
 
     p = sub.add_parser("cancel", help="cancel every unfinished job of a run")
     run_arg(p, required=True)
-    p.set_defaults(func=commands.cmd_cancel)
+    p.set_defaults(func=_command("lifecycle", "cmd_cancel"))
 
     p = sub.add_parser("resume", help="re-submit the steps that did not complete",
                        description="Re-submit the steps of a run that did not complete, and "
@@ -141,7 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     timeout_arg(p)
     p.add_argument("--no-preflight", action="store_true",
                    help="skip `sbatch --test-only` of the steps to re-submit")
-    p.set_defaults(func=commands.cmd_resume)
+    p.add_argument("--exclude", metavar="NODES", default="",
+                   help="keep these nodes (comma-separated, as sbatch --exclude) out of the "
+                        "re-submitted jobs, and of later resumes: e.g. the node a step hung on")
+    p.set_defaults(func=_command("lifecycle", "cmd_resume"))
 
     p = sub.add_parser("report", help="usage vs requests per job, with advice",
                        description="Per step (and array task): state, elapsed vs requested "
@@ -150,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "request is far off what was used.")
     run_arg(p, required=True)
     p.add_argument("--json", action="store_true", help="print it as JSON")
-    p.set_defaults(func=commands.cmd_report)
+    p.set_defaults(func=_command("report", "cmd_report"))
 
     p = sub.add_parser("scaling", help="run one step at several sizes; speed-up, efficiency",
                        description="A scaling study: run --step (and once, the steps it needs) "
@@ -173,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip `sbatch --test-only` of every step before anything is queued")
     run_folder_args(p)
     timeout_arg(p)
-    p.set_defaults(func=commands.cmd_scaling)
+    p.set_defaults(func=_command("scaling", "cmd_scaling"))
 
     p = sub.add_parser("profiles", help="list site profiles; --show one; init one for here",
                        description="List the site profiles (shipped and yours, one name per "
@@ -181,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "profile for the cluster you are on (init).")
     p.add_argument("action", nargs="?", choices=["list", "init"], default="list")
     p.add_argument("--show", metavar="NAME", help="print one profile with its comments")
-    p.set_defaults(func=commands.cmd_profiles)
+    p.set_defaults(func=_command("profiles", "cmd_profiles"))
 
     _add_optional_commands(sub)
     _group_command_help(parser, sub)
@@ -206,13 +231,25 @@ def _group_command_help(parser: argparse.ArgumentParser, sub) -> None:
 
 def _add_optional_commands(sub) -> None:
     """Commands that live in other modules; each registers its own parser."""
-    from .data import cli as data_cli
-    from .ml import cli as ml_cli
+    from itwinai_hpc.data import cli as data_cli
+    from itwinai_hpc.ml import cli as ml_cli
     data_cli.add_parser(sub)
     ml_cli.add_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
+    usable_streams()
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:                  # not the main thread (a library caller's worker)
+        return _main(argv)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -230,11 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:            # `itwinai-hpc status | head`: the reader has enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141                     # 128 + SIGPIPE, as a shell tool killed by it
+    except OSError as exc:             # a full disk, a quota, a read-only or foreign folder
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except Exception as exc:
         # Imported only here: train and predict (inside jobs) never load the orchestration
         # modules; a SubmitError comes from a command that has imported them already.
-        from .backends import SubmitError
-        from .backends.slurm_query import SlurmQueryError
+        from itwinai_hpc.backends import SubmitError
+        from itwinai_hpc.backends.slurm.query import SlurmQueryError
         if isinstance(exc, SlurmQueryError):   # scontrol/sacct missing, or the controller down
             print(f"error: cannot ask SLURM about the run's jobs: {exc}", file=sys.stderr)
             return 1

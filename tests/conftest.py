@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_hpc.backends.slurm_query import parse_accounting_mode
+from itwinai_hpc.backends.slurm.query import parse_accounting_mode
 
 SLURM_SCRIPTS = Path(__file__).parent / "slurm"
 MAIN_DIR = os.environ.get("SLURM_CI_DIR", "/tmp/itwinai-hpc-slurm")
@@ -191,8 +191,8 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
 def slurm_cluster_factory() -> Iterator[Callable[[str], SlurmCluster]]:
     """get(name) -> a second cluster from EXTRA_CLUSTERS ('dbd', 'jobcomp_short',
     'none_short'), started on first use (1-4 s; dbd ~15 s on a machine without mariadb),
-    stopped at session end if started here. It runs beside the main cluster; use cluster.activate(monkeypatch)
-    or cluster.env() to talk to it."""
+    stopped at session end if started here. It runs beside the main cluster; use
+    cluster.activate(monkeypatch) or cluster.env() to talk to it."""
     started: dict[str, SlurmCluster] = {}
 
     def get(name: str) -> SlurmCluster:

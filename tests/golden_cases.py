@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from itwinai_hpc.render import RenderedRun, render_workflow
+from itwinai_hpc.render.folder import RenderedRun, render_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # run.sh - the one command that sets up and runs the whole test suite (README set-up step 2):
-# venv + package + test-only data, the real SLURM test cluster, pytest. Idempotent; when
-# everything is installed and the cluster is up it costs a few seconds before pytest starts.
-# Arguments go to pytest (e.g. bash tests/run.sh -k slurm_query -x). Exit status is pytest's.
+# venv + package + test-only data, ruff and mypy, the real SLURM test cluster, pytest.
+# Idempotent; when everything is installed and the cluster is up it costs a few seconds (and
+# the lint and type checks) before pytest starts. Arguments go to pytest (e.g. bash tests/run.sh
+# -k slurm_query -x). Exit status is pytest's, or non-zero when ruff or mypy find anything.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -12,7 +13,14 @@ PY=.venv/bin/python
 # 1. Python environment: .venv with the package, its ml and dev extras, and MNIST digits.
 bash scripts/setup-venv.sh ml,dev
 
-# 2. Debian tools the tests use: shellcheck lints the shipped and rendered shell scripts;
+# 2. Lint and type-check (pyproject.toml's [tool.ruff] and [tool.mypy], whose `files` say
+# which folders mypy checks): a finding fails the run before the cluster starts.
+log "ruff"
+.venv/bin/ruff check itwinai_hpc tests benchmarks use-cases
+log "mypy"
+.venv/bin/mypy
+
+# 3. Debian tools the tests use: shellcheck lints the shipped and rendered shell scripts;
 # bubblewrap is the sandbox in which the Apptainer stand-in (tests/apptainer_sandbox) runs steps.
 packages=()
 command -v shellcheck >/dev/null || packages+=(shellcheck)
@@ -24,7 +32,7 @@ if ((${#packages[@]})); then
     { apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2; }
 fi
 
-# 3. The SLURM test cluster. Stopped on exit only if this script started it, so a cluster a
+# 4. The SLURM test cluster. Stopped on exit only if this script started it, so a cluster a
 # developer keeps running between runs stays up.
 export SLURM_CI_DIR=${SLURM_CI_DIR:-/tmp/itwinai-hpc-slurm}
 started=1
@@ -37,7 +45,7 @@ echo "$start_log" >&2
 [[ $start_log == *"already running"* ]] && started=0
 export SLURM_CONF=$SLURM_CI_DIR/slurm.conf
 
-# 4. The tests. Not exec: the trap must run after pytest.
+# 5. The tests. Not exec: the trap must run after pytest.
 status=0
 "$PY" -m pytest "$@" || status=$?
 exit "$status"

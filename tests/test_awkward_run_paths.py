@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_hpc.backends.slurm import sbatch_command
+from itwinai_hpc.backends.slurm.backend import sbatch_command
 from itwinai_hpc.cli import main
-from itwinai_hpc.runs import RunManifest
+from itwinai_hpc.run.manifest import RunManifest
 
 TWO_STEPS = """
 name: pct

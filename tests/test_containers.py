@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_hpc import operations
 from itwinai_hpc.cli import main
-from itwinai_hpc.runs import RunManifest
+from itwinai_hpc.ops import operations
+from itwinai_hpc.run.manifest import RunManifest
 
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX = ROOT / "tests" / "apptainer_sandbox"
@@ -170,7 +170,7 @@ def test_a_workflow_kept_in_the_working_directory_may_still_write_there(place, i
 
 
 def test_the_workflow_folder_bind_is_read_only_unless_something_written_lies_inside():
-    from itwinai_hpc.render import workflow_bind_for
+    from itwinai_hpc.render.binds import workflow_bind_for
     bind = workflow_bind_for("/proj/wf", run_dir="/scratch/runs/r1", workdir="/scratch")
     assert bind(()) == "/proj/wf:/proj/wf:ro"
     assert bind(["/proj"]) is None                              # a bind covers it already

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from itwinai_hpc.cli import main
-from itwinai_hpc.plan import plan
-from itwinai_hpc.render import render_workflow
-from itwinai_hpc.workflow import load_workflow
+from itwinai_hpc.render.folder import render_workflow
+from itwinai_hpc.render.plan import plan
+from itwinai_hpc.workflow.load import load_workflow
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -99,7 +99,7 @@ def test_a_bad_set_path_is_a_clean_error_and_writes_nothing(tmp_path, capsys, it
 
 
 def test_a_1200_step_chain_validates_without_recursion_errors(tmp_path):
-    steps = "".join(f"  - {{name: s{i}, command: x{', needs: [s%d]' % (i - 1) if i else ''}}}\n"
+    steps = "".join(f"  - {{name: s{i}, command: x{f', needs: [s{i - 1}]' if i else ''}}}\n"
                     for i in range(1200))
     wf = write(tmp_path, "name: long\nsteps:\n" + steps)
     p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "validate", str(wf)],
@@ -171,7 +171,8 @@ def test_a_bad_local_parallel_setting_is_refused_before_the_run_folder_is_writte
         tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ITWINAI_HPC_LOCAL_PARALLEL", "abc")
-    wf = write(tmp_path, "name: t\ndefaults: {container: none}\nsteps:\n  - {name: a, command: x}\n")
+    wf = write(tmp_path, "name: t\ndefaults: {container: none}\n"
+                         "steps:\n  - {name: a, command: x}\n")
     assert main(["submit", str(wf), "--backend", "local", "-o", "r"]) == 2
     assert "ITWINAI_HPC_LOCAL_PARALLEL='abc'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

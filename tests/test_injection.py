@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from itwinai_hpc.cli import main
-from itwinai_hpc.render import render_workflow
+from itwinai_hpc.render.folder import render_workflow
 
 EVIL = ["$(touch {marker})", "`touch {marker}`", "a; touch {marker}", "it's \"quoted\"",
         "two\nlines; touch {marker}", "${{HOME}} $HOME", "x' ; touch {marker} ; echo '"]
@@ -34,7 +34,8 @@ def write_workflow(tmp_path: Path, marker: Path, container: str = "none") -> Pat
     args = ", ".join(yaml_str(v.replace("${", "$${")) for v in values)
     wf.write_text(
         "name: inject\n"
-        f"description: {yaml_str('desc; touch ' + str(marker) + chr(10) + 'touch ' + str(marker))}\n"
+        "description: "
+        f"{yaml_str('desc; touch ' + str(marker) + chr(10) + 'touch ' + str(marker))}\n"
         f"vars:\n  evil: {yaml_str(values[0])}\n"
         f"defaults:\n  container: {container}\n"
         f"  env: {{EVIL: {yaml_str(values[2])}, EVIL2: '${{evil}}'}}\n"

@@ -11,24 +11,27 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_hpc import operations
 from itwinai_hpc.cli import main
-from itwinai_hpc.plan import plan
-from itwinai_hpc.render import render_workflow
-from itwinai_hpc.runs import RunManifest
-from itwinai_hpc.workflow import load_workflow
+from itwinai_hpc.ops import operations
+from itwinai_hpc.render.folder import render_workflow
+from itwinai_hpc.render.plan import plan
+from itwinai_hpc.run.manifest import RunManifest
+from itwinai_hpc.workflow.load import load_workflow
 
 # Apptainer cannot be installed here. This stand-in does what matters to these tests, as
-# apptainer does: refuses a bind source that does not exist, hands APPTAINERENV_* on, runs the command
-# after the image. It records its arguments.
+# apptainer does: refuses a bind source that does not exist, hands APPTAINERENV_* on, runs the
+# command after the image. It records its arguments.
 APPTAINER = """#!/bin/bash
 echo "$*" >> "$APPTAINER_LOG"
-while read -r var; do export "${var#APPTAINERENV_}=${!var}"; done < <(compgen -e | grep '^APPTAINERENV_' || true)
+while read -r var; do export "${var#APPTAINERENV_}=${!var}"
+done < <(compgen -e | grep '^APPTAINERENV_' || true)
 [[ $1 == exec ]] || { echo "stub apptainer: only exec" >&2; exit 2; }
 shift
 while [[ $1 == -* ]]; do
   case $1 in
-    --bind) src=${2%%:*}; [[ -e $src ]] || { echo "FATAL: bind source $src doesn't exist" >&2; exit 255; }; shift 2 ;;
+    --bind) src=${2%%:*}
+      [[ -e $src ]] || { echo "FATAL: bind source $src doesn't exist" >&2; exit 255; }
+      shift 2 ;;
     --env) export "${2?}"; shift 2 ;;
     *) shift ;;
   esac

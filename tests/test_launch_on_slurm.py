@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from itwinai_hpc.cli import main
-from itwinai_hpc.runs import RunManifest, find_run
+from itwinai_hpc.run.folders import find_run
+from itwinai_hpc.run.manifest import RunManifest
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST_TRAIN = ROOT / "use-cases/mnist/training-workflow.yml"
@@ -178,7 +179,7 @@ def test_srun_launches_ddp_with_gloo_on_two_nodes_times_two_tasks(slurm_cluster,
     assert len({(r["MASTER_ADDR"], r["MASTER_PORT"]) for r in ranks}) == 1
 
 
-# ---- the rendezvous hook: torchrun over other host names ------------------------------------------
+# ---- the rendezvous hook: torchrun over other host names -----------------------------------------
 
 @pytest.mark.slurm
 def test_torchrun_rendezvous_over_rewritten_host_names_completes_on_two_nodes(slurm_cluster,
@@ -192,7 +193,7 @@ def test_torchrun_rendezvous_over_rewritten_host_names_completes_on_two_nodes(sl
     assert len(masters) == 1 and masters <= {"node1i", "node2i"}, ranks
 
 
-# ---- bug 3: 5,000 node names under set -euo pipefail -----------------------------------------------
+# ---- bug 3: 5,000 node names under set -euo pipefail ---------------------------------------------
 
 FIRST, LAST = "n00001", "n05000"
 STUBS = {

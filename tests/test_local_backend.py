@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from itwinai_hpc import operations
-from itwinai_hpc.backends.local_procs import alive
+from itwinai_hpc.backends.local.procs import alive
 from itwinai_hpc.cli import main
 from itwinai_hpc.data.idx import write_idx
 from itwinai_hpc.data.mnist import IDX_FILES
-from itwinai_hpc.render import render_workflow
-from itwinai_hpc.runs import RunManifest
-from itwinai_hpc.workflow import load_workflow
+from itwinai_hpc.ops import operations
+from itwinai_hpc.render.folder import render_workflow
+from itwinai_hpc.run.manifest import RunManifest
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

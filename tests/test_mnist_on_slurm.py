@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from itwinai_hpc.cli import main
-from itwinai_hpc.runs import RunManifest, find_run
+from itwinai_hpc.run.folders import find_run
+from itwinai_hpc.run.manifest import RunManifest
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

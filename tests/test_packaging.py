@@ -21,11 +21,13 @@ def test_the_wheel_ships_the_templates_and_renders_from_them(tmp_path):
         names = z.namelist()
         z.extractall(site)
     shipped = {Path(n).name for n in names if n.startswith("itwinai_hpc/templates/")}
-    in_repo = {p.name for p in (ROOT / "templates").rglob("*.j2")}
-    assert shipped == in_repo
-    profiles = {Path(n).name for n in names if n.startswith("itwinai_hpc/profiles/")}
-    assert {p.name for p in (ROOT / "itwinai_hpc/profiles").glob("*.yml")} <= profiles
-    code = ("from itwinai_hpc.render import builtin_templates; print(builtin_templates()); "
+    in_repo = {p.name for p in (ROOT / "templates").rglob("*") if p.is_file()}
+    assert shipped == in_repo and "sbatch.sh.j2" in shipped and "README.md" in shipped
+    profiles = {Path(n).name for n in names if n.startswith("itwinai_hpc/workflow/profiles/")}
+    in_repo_profiles = {p.name for p in (ROOT / "itwinai_hpc/workflow/profiles").glob("*.yml")}
+    assert in_repo_profiles and in_repo_profiles <= profiles
+    code = ("from itwinai_hpc.render.templating import builtin_templates; "
+            "print(builtin_templates()); "
             "from itwinai_hpc.cli import main; raise SystemExit(main(['render', "
             f"{str(ROOT / 'use-cases/mnist/training-workflow.yml')!r}, '-o', 'run', "
             "'--profile', 'lumi']))")

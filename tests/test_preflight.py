@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from itwinai_hpc.cli import main
-from itwinai_hpc.runs import RunManifest
+from itwinai_hpc.run.manifest import RunManifest
 
 CHAIN = """name: pre
 defaults: {container: none, resources: {time: "00:05:00"}}

@@ -3,18 +3,16 @@ script, run with stand-in srun/scontrol/runtimes/torchrun, launches what that si
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from site_stubs import run_sbatch_script
 
 from itwinai_hpc.cli import main
-from itwinai_hpc.plan import plan
-from itwinai_hpc.render import render_workflow
-from itwinai_hpc.workflow import load_workflow
-from site_stubs import run_sbatch_script
+from itwinai_hpc.render.folder import render_workflow
+from itwinai_hpc.render.plan import plan
+from itwinai_hpc.workflow.load import load_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST = ROOT / "use-cases/mnist/training-workflow.yml"

@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from golden_cases import CASES, GOLDEN, MNIST_TRAIN, normalized, render_fixed
 
 from itwinai_hpc.cli import main
-from itwinai_hpc.errors import UserError
-from itwinai_hpc.render import render_workflow
-from itwinai_hpc.workflow import load_workflow
-
-from golden_cases import CASES, GOLDEN, MNIST_INFER, MNIST_TRAIN, ROOT, normalized, render_fixed
+from itwinai_hpc.core.errors import UserError
+from itwinai_hpc.render.folder import render_workflow
+from itwinai_hpc.workflow.load import load_workflow
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -131,7 +130,8 @@ def lint_cases(tmp_path: Path) -> dict[str, str]:
         "  - {name: tasks, command: hostname, launcher: srun, needs: [shards],\n"
         "     resources: {nodes: 2, ntasks-per-node: 2, extra-sbatch: [--exclusive]}}\n"
         "  - {name: ddp, command: python -m x, launcher: torchrun, nproc-per-node: 2,\n"
-        "     needs: [shards, tasks], container: {image: i.sif, env: {A: 1}, options: [--cleanenv]},\n"
+        "     needs: [shards, tasks], container: {image: i.sif, env: {A: 1},"
+        " options: [--cleanenv]},\n"
         "     requeue: {before-limit: 600}}\n"
         "  - {name: long, command: ./long.sh, requeue: {}, needs: [ddp]}\n"
         "  - {name: wide, command: ./wide.sh, launcher: srun, requeue: {grace: 60}, needs: [ddp]}\n"
@@ -244,7 +244,8 @@ def test_memory_written_as_a_plain_number_means_megabytes_as_sbatch_reads_it(tmp
     taken; sbatch reads --mem=1024 as 1024 MB."""
     wf = tmp_path / "wf.yml"
     mem = "1024" if where == "yaml" else "2G"
-    wf.write_text(f"name: m\nsteps:\n  - name: a\n    command: echo\n    resources: {{mem: {mem}}}\n")
+    wf.write_text(f"name: m\nsteps:\n  - name: a\n    command: echo\n"
+                  f"    resources: {{mem: {mem}}}\n")
     overrides = [] if where == "yaml" else ["steps.a.resources.mem=1024"]
     run = render_workflow(wf, overrides, run_dir=tmp_path / "run")
     script = run.files[run.plan[0].script]

@@ -7,10 +7,12 @@ import json
 import time
 from pathlib import Path
 
-from itwinai_hpc import operations
+from itwinai_hpc.backends.slurm.accounting import parse_usage
 from itwinai_hpc.cli import main
-from itwinai_hpc.report import Usage, advise, mem_bytes, parse_usage
-from itwinai_hpc.runs import RunManifest
+from itwinai_hpc.core.slurm_syntax import mem_bytes
+from itwinai_hpc.ops import operations
+from itwinai_hpc.ops.report import Usage, advise
+from itwinai_hpc.run.manifest import RunManifest
 
 # A step that keeps its 2 CPUs half busy for ~3 s and holds ~120 MB, having asked for 2 GB;
 # and a 2-task array.
@@ -19,7 +21,8 @@ defaults: {container: none, resources: {time: "02:00:00"}}
 steps:
   - name: work
     command: python3 -c
-    args: ["import time; b = bytearray(120 * 2**20); t = time.time()\\nwhile time.time() - t < 3: pass"]
+    args: ["import time; b = bytearray(120 * 2**20);
+           t = time.time()\\nwhile time.time() - t < 3: pass"]
     resources: {cpus-per-task: 2, mem: 2G}
   - name: tasks
     needs: [work]

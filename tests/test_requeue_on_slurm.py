@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from itwinai_hpc.cli import main
-from itwinai_hpc.runs import RunManifest, StepRecord
+from itwinai_hpc.run.manifest import RunManifest, StepRecord
 
 pytestmark = pytest.mark.slurm
 BINDIR = Path(sys.executable).parent

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_hpc import operations
-from itwinai_hpc.backends.local_procs import alive
+from itwinai_hpc.backends.local.procs import alive
 from itwinai_hpc.cli import main
-from itwinai_hpc.runs import RunManifest
+from itwinai_hpc.ops import operations
+from itwinai_hpc.run.manifest import RunManifest
 
 NOBODY = 65534
 
@@ -151,7 +151,8 @@ def test_status_shows_the_last_state_when_the_folder_cannot_be_written(here, mon
     time.sleep(1)
     os.kill(RunManifest.load(here / "run").extra["local"]["runner_pid"], 9)   # state to record
     import errno
-    import itwinai_hpc.atomic as atomic
+
+    import itwinai_hpc.core.atomic as atomic
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -175,7 +176,9 @@ def test_run_folders_are_private_unless_shared_with_the_group(here):
     finally:
         os.umask(old)
     assert stat.S_IMODE((here / "private").stat().st_mode) == 0o700
-    assert stat.S_IMODE((here / "shared").stat().st_mode) == 0o770
+    # the group reads the folder and writes its logs, never the folder itself (scripts)
+    assert stat.S_IMODE((here / "shared").stat().st_mode) == 0o750
+    assert stat.S_IMODE((here / "shared" / "logs").stat().st_mode) == 0o770
 
 
 def test_a_run_folder_owned_by_someone_else_is_not_submitted(here, capsys):
@@ -193,7 +196,8 @@ def test_a_daemon_that_double_forked_out_of_a_step_does_not_survive_it(here):
     wf = workflow(here, """name: daemon
 steps:
   - name: a
-    command: setsid bash -c 'sleep 300 & echo $! > daemon.pid; disown' & until test -s daemon.pid; do sleep 0.1; done
+    command: setsid bash -c 'sleep 300 & echo $! > daemon.pid; disown' &
+      until test -s daemon.pid; do sleep 0.1; done
 """)
     assert main(["submit", str(wf), "--backend", "local", "-o", "run", "--wait"]) == 0
     manifest = RunManifest.load(here / "run")
@@ -209,6 +213,32 @@ steps:
     assert leftovers == []
 
 
+def test_a_daemon_that_dropped_its_marker_and_left_the_session_dies_with_the_run(here):
+    """A step's daemon that cleared its environment (no job marker), called setsid and
+    double-forked: the local runner is a child subreaper, so the daemon comes back to it as an
+    orphan and is stopped once no step runs (as SLURM's cgroup ends a job's leftovers)."""
+    wf = workflow(here, """name: daemon
+steps:
+  - name: a
+    command: env -i PATH="$PATH" setsid bash -c 'sleep 300 & echo $! > daemon.pid' &
+      until test -s daemon.pid; do sleep 0.1; done
+""")
+    assert main(["submit", str(wf), "--backend", "local", "-o", "run", "--wait"]) == 0
+    daemon = int((here / "daemon.pid").read_text())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{daemon}").exists() and time.monotonic() < deadline:
+        state = Path(f"/proc/{daemon}/stat").read_text().rsplit(")", 1)[1].split()[0] \
+            if Path(f"/proc/{daemon}/stat").exists() else "X"
+        if state in ("Z", "X"):
+            break
+        time.sleep(0.2)
+    alive = Path(f"/proc/{daemon}/stat").exists() and \
+        Path(f"/proc/{daemon}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    if alive:
+        os.kill(daemon, 9)
+    assert not alive, "the daemon survived its run"
+
+
 @pytest.mark.slow
 def test_killing_the_runner_at_random_points_never_runs_a_step_twice_or_loses_one(here):
     """20 times: a 5-step chain, the runner killed with SIGKILL at a random moment; then
@@ -218,7 +248,7 @@ def test_killing_the_runner_at_random_points_never_runs_a_step_twice_or_loses_on
     rng = random.Random(20261127)
     chain = "".join(f"  - {{name: s{i}, command: 'sleep 0.{rng.randint(1, 4)}; "
                     f"echo s{i} >> \"$ITWINAI_HPC_RUN_DIR/ran.txt\"'"
-                    f"{', needs: [s%d]' % (i - 1) if i else ''}}}\n" for i in range(5))
+                    f"{f', needs: [s{i - 1}]' if i else ''}}}\n" for i in range(5))
     wf = workflow(here, "name: chaos\nsteps:\n" + chain)
     for attempt in range(20):
         run = here / f"run{attempt}"

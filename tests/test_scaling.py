@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_hpc import layout
 from itwinai_hpc.cli import main
-from itwinai_hpc.runs import RunManifest
+from itwinai_hpc.run import layout
+from itwinai_hpc.run.manifest import RunManifest
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +53,8 @@ defaults:
 steps:
   - name: preprocess
     command: itwinai-hpc preprocess
-    args: [--source, {run_folder}/idx, --output, {run_folder}/shards, --config, {run_folder}/prep.yml]
+    args: [--source, {run_folder}/idx, --output, {run_folder}/shards,
+           --config, {run_folder}/prep.yml]
   - name: train
     needs: [preprocess]
     launcher: torchrun

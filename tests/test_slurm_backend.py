@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from itwinai_hpc.cli import main
-from itwinai_hpc.runs import RunManifest, find_run
+from itwinai_hpc.run.folders import find_run
+from itwinai_hpc.run.manifest import RunManifest
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parent.parent
@@ -370,7 +371,8 @@ dist.destroy_process_group()
     bindir = Path(sys.executable).parent
     wf = write(run_folder / "ddp.yml", f"""
 name: ddp
-defaults: {{container: none, resources: {{time: 5, mem: 500M}}, env: {{PATH: "{bindir}:/usr/bin:/bin"}}}}
+defaults: {{container: none, resources: {{time: 5, mem: 500M}},
+           env: {{PATH: "{bindir}:/usr/bin:/bin"}}}}
 steps:
   - name: nodes
     command: 'echo "$SLURM_NNODES $(scontrol show hostnames "$SLURM_JOB_NODELIST" | tr "\\n" " ")"'

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from itwinai_hpc.cli import main
-from itwinai_hpc.runs import RunManifest
-from itwinai_hpc.states import FINISHED
+from itwinai_hpc.run.manifest import RunManifest
+from itwinai_hpc.run.states import FINISHED
 
 pytestmark = pytest.mark.slurm
 MODES = ("dbd", "jobcomp_short", "none_short")

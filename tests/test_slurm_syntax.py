@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from itwinai_hpc.slurm_syntax import parse_array, time_minutes, time_seconds
+from itwinai_hpc.core.slurm_syntax import parse_array, time_minutes, time_seconds
 
 
 @pytest.mark.parametrize("spec, ids, limit", [

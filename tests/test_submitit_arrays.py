@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_hpc import layout
-from itwinai_hpc.backends.local_procs import job_marker, job_processes
-from itwinai_hpc.runs import RunManifest
+from itwinai_hpc.backends.local.procs import job_marker, job_processes
+from itwinai_hpc.run import layout
+from itwinai_hpc.run.manifest import RunManifest
 
 CLUSTERS = [pytest.param("slurm", marks=pytest.mark.slurm), "local"]
 
@@ -224,7 +224,8 @@ steps:
     max-parallel: 1
     resources: {time: "${matrix.minutes}"}
     command: bash -c
-    args: ['start=$(date +%s.%N); sleep 1; echo "${matrix.minutes} $start $(date +%s.%N)" >> fit.txt']
+    args: ['start=$(date +%s.%N); sleep 1;
+           echo "${matrix.minutes} $start $(date +%s.%N)" >> fit.txt']
 """
 
 

@@ -13,17 +13,18 @@ from pathlib import Path
 import pytest
 import submitit
 
-from itwinai_hpc import operations
-from itwinai_hpc.backends.submitit import choose_cluster
-from itwinai_hpc.backends.submitit_step import SubmititStep
-from itwinai_hpc.runs import RunManifest
+from itwinai_hpc.backends.submitit.backend import choose_cluster
+from itwinai_hpc.backends.submitit.step import SubmititStep
+from itwinai_hpc.ops import operations
+from itwinai_hpc.run.manifest import RunManifest
 
 CHAIN = """
 name: chain
 steps:
   - name: first
     command: bash -c
-    args: ['echo "first $(date +%s.%N)" >> order.txt; sleep 2; echo "first-end $(date +%s.%N)" >> order.txt']
+    args: ['echo "first $(date +%s.%N)" >> order.txt; sleep 2;
+           echo "first-end $(date +%s.%N)" >> order.txt']
   - name: second
     needs: [first]
     command: bash -c
@@ -129,8 +130,10 @@ defaults: {resources: {time: 10}}
 steps:
   - name: long
     command: bash -c
-    args: ['echo "start $${SLURM_RESTART_COUNT:-0}"; if [[ -e resumed ]]; then exit 0; fi; touch resumed;
-            for i in $(seq 60); do if [[ -e $ITWINAI_HPC_STOP_FILE ]]; then echo stopped; exit 0; fi; sleep 1; done']
+    args: ['echo "start $${SLURM_RESTART_COUNT:-0}"; if [[ -e resumed ]]; then exit 0; fi;
+            touch resumed;
+            for i in $(seq 60); do if [[ -e $ITWINAI_HPC_STOP_FILE ]]; then echo stopped; exit 0;
+            fi; sleep 1; done']
 """
 
 
@@ -228,3 +231,17 @@ def test_a_bad_cluster_choice_is_refused_before_the_run_folder_is_written(tmp_pa
                        text=True, timeout=120)
     assert (p.returncode, "Traceback" in p.stderr) == (2, False), p.stderr
     assert "ITWINAI_HPC_SUBMITIT_CLUSTER" in p.stderr and not (tmp_path / "run").exists()
+
+
+def test_status_and_logs_leave_submitit_unpatched():
+    """Only a local submission makes submitit start its controllers detached; importing the
+    backend (status, logs, cancel of a submitit run) changes nothing in submitit."""
+    code = ("import subprocess, submitit.local.local as loc\n"
+            "import itwinai_hpc.backends.submitit.backend\n"
+            "import itwinai_hpc.backends.submitit.on_local as on_local\n"
+            "assert loc.subprocess is subprocess, 'patched on import'\n"
+            "on_local.detach_controllers()\n"
+            "assert loc.subprocess.Popen is on_local._DetachedPopen\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_hpc import layout
 from itwinai_hpc.cli import main
-from itwinai_hpc.runs import RunManifest
+from itwinai_hpc.run import layout
+from itwinai_hpc.run.manifest import RunManifest
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ROOT / "use-cases/mnist/sweep-workflow.yml"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from itwinai_hpc.cli import main
-from itwinai_hpc.runs import RunManifest
+from itwinai_hpc.run.manifest import RunManifest
 
 # task.sh appends "<task> <lr>" to ran.txt; lr 0.2 fails while the file `broken` exists.
 TASK = """echo "$ITWINAI_HPC_SWEEP_TASK $1" >> {folder}/ran.txt

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_hpc import layout, operations
 from itwinai_hpc.cli import main
-from itwinai_hpc.render import render_workflow
-from itwinai_hpc.runs import RunManifest, find_run
+from itwinai_hpc.ops import operations
+from itwinai_hpc.render.folder import render_workflow
+from itwinai_hpc.run import layout
+from itwinai_hpc.run.folders import find_run
+from itwinai_hpc.run.manifest import RunManifest
 
 # Each task appends "<task> <lr> <bs> <LR env> <start> <end>" to tasks.txt, and leaves a result
 # as the trainer does (layout.sweep_result: the file `status` reads the sweep's best from).
@@ -24,7 +26,8 @@ TASK = r"""
 s=$(date +%s.%N); sleep {sleep}
 echo "$ITWINAI_HPC_SWEEP_TASK $1 $2 $LR $s $(date +%s.%N)" >> {folder}/tasks.txt
 mkdir -p "$ITWINAI_HPC_RUN_DIR/sweeps/$ITWINAI_HPC_SWEEP"
-printf '{{"task": %s, "matrix": %s, "metric": "score", "value": %s, "model_name": "m", "model_version": "%s"}}' \
+printf '{{"task": %s, "matrix": %s, "metric": "score", "value": %s, '\
+'"model_name": "m", "model_version": "%s"}}' \
   "$ITWINAI_HPC_SWEEP_TASK" "$ITWINAI_HPC_MATRIX" "$3" "$ITWINAI_HPC_SWEEP_TASK" \
   > "$ITWINAI_HPC_RUN_DIR/sweeps/$ITWINAI_HPC_SWEEP/$ITWINAI_HPC_SWEEP_TASK.json"
 [[ $1 != {fail} ]]
@@ -327,7 +330,8 @@ name: nodes
   - name: size
     matrix: {{nodes: [1, 2]}}
     launcher: srun
-    command: bash -c 'echo "$ITWINAI_HPC_SWEEP_TASK $SLURM_NNODES $SLURM_PROCID" >> {run_folder}/sizes.txt'
+    command: bash -c 'echo "$ITWINAI_HPC_SWEEP_TASK $SLURM_NNODES $SLURM_PROCID"
+      >> {run_folder}/sizes.txt'
     resources: {{nodes: "${{matrix.nodes}}"}}
   - name: after
     needs: [size]
@@ -368,7 +372,7 @@ def test_scaling_a_step_with_malformed_needs_is_a_located_error(tmp_path, capsys
     command: echo
     needs: {needs}
 """, capsys)
-    assert f"wf.yml:10: steps[0](train-0).needs: Input should be a valid dictionary" in err
+    assert "wf.yml:10: steps[0](train-0).needs: Input should be a valid dictionary" in err
 
 
 def test_scaling_refuses_a_step_that_torchrun_does_not_launch(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""`itwinai-hpc validate`: good workflows pass; every broken one exits 2 naming file, line, field."""
+"""`itwinai-hpc validate`: good workflows pass; every broken one exits 2 naming file, line,
+field."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from itwinai_hpc.cli import main
-from itwinai_hpc.plan import plan
-from itwinai_hpc.workflow import load_workflow
+from itwinai_hpc.render.plan import plan
+from itwinai_hpc.workflow.load import load_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = sorted((Path(__file__).parent / "bad_workflows").glob("*.yml"))
-MNIST = [ROOT / "use-cases/mnist/training-workflow.yml", ROOT / "use-cases/mnist/inference-workflow.yml",
+MNIST = [ROOT / "use-cases/mnist/training-workflow.yml",
+         ROOT / "use-cases/mnist/inference-workflow.yml",
          ROOT / "use-cases/mnist/sweep-workflow.yml"]
 
 

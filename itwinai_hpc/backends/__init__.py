@@ -2,8 +2,8 @@
 
 A backend only submits, asks about and cancels jobs of a run. Everything it needs is in the run
 folder (run.json's plan and the rendered scripts), so any backend can submit any rendered
-folder; backends never import workflow.py, plan.py or render.py, nor torch or mlflow.
-Run-level logic (resume, wait, status exit codes) lives in operations.py.
+folder; backends never import workflow/ or render/, nor torch or mlflow.
+Run-level logic (resume, wait, status exit codes) lives in ops/operations.py.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
-from ..errors import UserError
-from ..runs import RunManifest, StepRecord
+from itwinai_hpc.core.errors import UserError
+from itwinai_hpc.run.manifest import RunManifest, StepRecord
 
 BACKENDS = ("slurm", "local", "submitit")
 
@@ -41,6 +41,24 @@ class Backend(ABC):
     def preflight(self, manifest: RunManifest) -> None:
         """Refuse (UserError) a run this backend cannot start here, before anything is written
         or submitted (the manifest may still be in memory only)."""
+
+    def ask_scheduler(self, manifest: RunManifest,
+                      scripts: dict[str, tuple[str, str]]) -> list[str]:
+        """Ask the scheduler whether it would start each step's script as written
+        ({step: (file name, text)}), before anything is written or queued: a refusal is a
+        UserError naming the step. Returns what to show (SLURM: each step's start estimate).
+        Default: there is no scheduler to ask."""
+        return []
+
+    def dry_run_lines(self, manifest: RunManifest) -> list[str]:
+        """What `submit --dry-run` shows this backend would run, one line per script."""
+        return [step.local_script + (f"  (after {', '.join(step.needs)})" if step.needs else "")
+                for step in manifest.steps]
+
+    def usage(self, manifest: RunManifest) -> tuple[dict[str, dict] | None, str | None]:
+        """What each job was given and used, by job id, for `report`, or (None, why not)."""
+        return None, (f"a {self.name} run has no scheduler accounting; shown: states and "
+                      "elapsed time")
 
     @abstractmethod
     def refresh(self, manifest: RunManifest) -> None:
@@ -82,10 +100,10 @@ def get_backend(name: str | None) -> Backend:
     """The backend object for a name ('auto' resolves as `resolve_backend_name` says)."""
     name = resolve_backend_name(name)
     if name == "slurm":
-        from .slurm import SlurmBackend
+        from itwinai_hpc.backends.slurm.backend import SlurmBackend
         return SlurmBackend()
     if name == "local":
-        from .local import LocalBackend
+        from itwinai_hpc.backends.local.backend import LocalBackend
         return LocalBackend()
-    from .submitit import SubmititBackend
+    from itwinai_hpc.backends.submitit.backend import SubmititBackend
     return SubmititBackend()

@@ -57,9 +57,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `preprocess`; returns 0, raises UserError for bad input (the CLI exits 2)."""
+    from itwinai_hpc.core.errors import UserError
     from itwinai_hpc.data.config import load_config
     from itwinai_hpc.data.preprocess import count_shards, default_shard_index, preprocess
-    from itwinai_hpc.errors import UserError
 
     config = load_config(args.config)
     if getattr(args, "count_shards", False):

@@ -1,5 +1,5 @@
 """The preprocessing config (YAML) as a frozen pydantic model, validated with the YAML's line
-numbers by itwinai_hpc.validation, so a bad key reads `FILE:LINE: key: message` as it does in
+numbers by itwinai_hpc.core.validation, so a bad key reads `FILE:LINE: key: message` as it does in
 every other config of the project. Reads a file; computes nothing.
 
 Keys (all optional; the defaults suit MNIST on a laptop):
@@ -17,16 +17,15 @@ Keys (all optional; the defaults suit MNIST on a laptop):
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from itwinai_hpc.core.config_file import read_config
+from itwinai_hpc.core.errors import UserErrors
+from itwinai_hpc.core.validation import validate_model
+from itwinai_hpc.core.yamlsrc import YamlDoc
 from itwinai_hpc.data.shards import COMPRESSIONS
-from itwinai_hpc.errors import UserError, UserErrors
-from itwinai_hpc.validation import validate_model
-from itwinai_hpc.yamlsrc import YamlDoc, parse_yaml
 
 SPLITS = ("train", "validation", "test")
 
@@ -113,19 +112,4 @@ def make_config(values: dict, *, file: str | None = None,
 
 def load_config(path: str | os.PathLike | None) -> PreprocessConfig:
     """The config in a YAML file, or the defaults when `path` is None or the file is empty."""
-    if path is None:
-        return PreprocessConfig()
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError("config file not found", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read the config: {e}", file=str(path)) from None
-    try:
-        empty = yaml.safe_load(text) is None
-    except yaml.YAMLError:
-        empty = False  # parse_yaml reports it with its line
-    if empty:
-        return PreprocessConfig()
-    return _validated(parse_yaml(text, str(path)))
+    return _validated(read_config(path))

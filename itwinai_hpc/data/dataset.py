@@ -13,16 +13,15 @@ Both modes yield identical batches. It must not know which scheduler or launcher
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data.epochs import REMAINDERS, EpochPlan, rank_epoch, samples_per_rank
-from itwinai_hpc.data.loader_settings import (DEFAULT_PREFETCH_SHARDS, choose_mode,
-                                              describe_bytes)
+from itwinai_hpc.data.loader_settings import DEFAULT_PREFETCH_SHARDS, choose_mode, describe_bytes
 from itwinai_hpc.data.prefetch import prefetched
-from itwinai_hpc.data.shards import Manifest, read_manifest, read_shard
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.data.shards import Manifest, check_shard_header, read_manifest, read_shard
 
 
 def default_rank_and_world() -> tuple[int, int]:
@@ -45,6 +44,16 @@ def _check_split(manifest: Manifest, split: str) -> None:
                         f"{info.num_samples}", file=str(manifest.path))
 
 
+def _check_class_counts(manifest: Manifest, split: str, labels: np.ndarray) -> None:
+    """A whole split's labels against the manifest's class_counts for it."""
+    counted = np.bincount(labels, minlength=manifest.num_classes).tolist()
+    stated = manifest.splits[split].class_counts
+    if counted != stated:
+        raise UserError(f"says {stated}, the {split} shards' labels count {counted}; the "
+                        "manifest does not describe its shards: rerun preprocess to rewrite it",
+                        file=str(manifest.path), field=f"splits.{split}.class_counts")
+
+
 def read_rows(manifest: Manifest, split: str, start: int, end: int, *,
               verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Rows [start, end) of `split` as uint8 images and int64 labels, reading only the shards
@@ -58,7 +67,7 @@ def read_rows(manifest: Manifest, split: str, start: int, end: int, *,
         lo, hi = max(start, offset), min(end, offset + shard.num_samples)
         if lo < hi:
             part = read_shard(manifest.shard_path(shard), shard, [(lo - offset, hi - offset)],
-                              verify=verify)
+                              verify=verify, manifest=manifest)
             images[lo - start:hi - start], labels[lo - start:hi - start] = part
         offset += shard.num_samples
     return images, labels
@@ -114,7 +123,8 @@ class ShardedLoader:
             if not path.is_file():
                 raise UserError(f"shard listed in {self.manifest.path} is missing; rerun "
                                 "preprocess to repair it", file=str(path))
-        self.split, self.batch_size, self.rank, self.world_size = split, batch_size, rank, world_size
+        self.split, self.batch_size = split, batch_size
+        self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed, self.drop_last, self.raw = shuffle, seed, drop_last, raw
         self.return_index, self.rank_remainder, self.epoch = return_index, rank_remainder, 0
         self.verify, self.prefetch_shards = verify, prefetch_shards
@@ -132,8 +142,14 @@ class ShardedLoader:
         self._shift = -norm["mean"] / norm["std"]
         if self.mode == "memory":
             images, labels = read_rows(self.manifest, split, 0, self.total, verify=verify)
+            _check_class_counts(self.manifest, split, labels)
             self._images = torch.from_numpy(images).to(self.device)
             self._labels = torch.from_numpy(labels).to(self.device)
+        elif self._shards:
+            # Before the first batch, not mid-epoch: the arrays have the manifest's image shape
+            # (the first shard's header only: no row is read here).
+            first = self._shards[0]
+            check_shard_header(self.manifest.shard_path(first), first, self.manifest)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -200,7 +216,7 @@ class ShardedLoader:
 
         shard = self._shards[piece.shard]
         images, labels = read_shard(self.manifest.shard_path(shard), shard, list(piece.ranges),
-                                    verify=self.verify)
+                                    verify=self.verify, manifest=self.manifest)
         images, labels = torch.from_numpy(images), torch.from_numpy(labels)
         if self.device.type == "cuda":  # pinned, so the copy does not stage through pageable memory
             images = images.pin_memory().to(self.device)

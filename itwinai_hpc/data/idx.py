@@ -7,14 +7,15 @@ Pure numpy; it must not guess: a truncated, corrupt or mislabelled file is a Use
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from itwinai_hpc import atomic
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core import atomic
+from itwinai_hpc.core.errors import UserError
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/): only the ones MNIST-like data uses.
 _DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
@@ -22,18 +23,10 @@ _DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i
 _CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09}
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise UserError("file not found", file=str(path)) from None
-    except (OSError, EOFError, zlib.error) as e:
-        # gzip.BadGzipFile is an OSError; EOFError means the compressed stream was cut short.
-        raise UserError(f"cannot decompress this gzip file ({e}); it is truncated or corrupt, "
-                        "download it again", file=str(path)) from None
+# Deflate emits at most 258 bytes for 2 bits of input, so no gzip file inflates to more than
+# ~1032 times its size: a header claiming more is refused before anything is inflated.
+_GZIP_MAX_RATIO = 1032
+_READ_BLOCK = 1 << 22
 
 
 def _header(head: bytes, path: Path, expect_ndim: int | None) -> tuple[np.dtype, tuple, int]:
@@ -57,38 +50,93 @@ def _header(head: bytes, path: Path, expect_ndim: int | None) -> tuple[np.dtype,
     return _DTYPES[code], shape, size
 
 
+def _data_bytes(dtype: np.dtype, shape: tuple) -> int:
+    """The data bytes a header's shape needs, in Python integers: exact however large (numpy's
+    int64 product wraps around, to 0 for three dimensions of 2^31)."""
+    return math.prod(shape) * dtype.itemsize
+
+
 def _check_length(path: Path, dtype: np.dtype, shape: tuple, got: int) -> None:
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = _data_bytes(dtype, shape)
     if got != expected:
         what = "truncated" if got < expected else "longer than its header says"
         raise UserError(f"IDX file is {what}: header shape {shape} needs {expected} data bytes, "
                         f"found {got}", file=str(path))
 
 
+def _allocate(path: Path, dtype: np.dtype, shape: tuple) -> np.ndarray:
+    try:
+        return np.empty(shape, dtype)
+    except (MemoryError, ValueError):
+        raise UserError(f"the IDX array of shape {shape} ({_data_bytes(dtype, shape)} bytes) does "
+                        "not fit in memory", file=str(path)) from None
+
+
+def _fill(f, array: np.ndarray, path: Path, shape: tuple) -> None:
+    """Read exactly the array's bytes from `f` into it, a block at a time; nothing may follow."""
+    expected, got = array.nbytes, 0
+    view = memoryview(array.reshape(-1).view(np.uint8))
+    while got < expected:
+        n = f.readinto(view[got:got + _READ_BLOCK])
+        if not n:
+            raise UserError(f"IDX file is truncated: header shape {shape} needs {expected} data "
+                            f"bytes, found {got}", file=str(path))
+        got += n
+    if f.read(1):
+        raise UserError(f"IDX file is longer than its header says: header shape {shape} needs "
+                        f"{expected} data bytes, more follow them", file=str(path))
+
+
+def _read_gzip(raw, path: Path, expect_ndim: int | None) -> np.ndarray:
+    """Check the header first (the first bytes of the stream), then inflate a block at a time,
+    never beyond the size it states: a small file that inflates to gigabytes costs nothing."""
+    compressed = os.fstat(raw.fileno()).st_size
+    try:
+        with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+            head = f.read(4)
+            if len(head) == 4:
+                head += f.read(4 * head[3])
+            dtype, shape, _ = _header(head, path, expect_ndim)
+            expected = _data_bytes(dtype, shape)
+            if expected > _GZIP_MAX_RATIO * compressed:
+                raise UserError(f"IDX file is truncated or corrupt: header shape {shape} needs "
+                                f"{expected} data bytes, more than a {compressed}-byte gzip "
+                                "file can hold; download it again", file=str(path))
+            array = _allocate(path, dtype, shape)
+            _fill(f, array, path, shape)
+    except (OSError, EOFError, zlib.error) as e:
+        # gzip.BadGzipFile is an OSError; EOFError means the compressed stream was cut short.
+        raise UserError(f"cannot decompress this gzip file ({e}); it is truncated or corrupt, "
+                        "download it again", file=str(path)) from None
+    return array.astype(dtype.newbyteorder("="), copy=False)
+
+
 def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None,
              mmap: bool = False) -> np.ndarray:
     """Return the array stored in an IDX file (`.gz` is decompressed), checking magic and size.
 
-    mmap=True maps an uncompressed file read-only instead of reading it (a data set larger than
-    memory stays on disk until rows are taken from it); a `.gz` file is still read whole."""
+    Nothing is read or allocated before the header is checked and the size it implies matches
+    the file (a gzip's: could fit in it). mmap=True maps an uncompressed file read-only instead
+    of reading it (a data set larger than memory stays on disk until rows are taken from it); a
+    `.gz` file is inflated into memory, never beyond the size its header states."""
     path = Path(path)
-    if mmap and path.suffix != ".gz":
-        try:
-            with open(path, "rb") as f:
-                head = f.read(4 + 4 * 255)
-            total = path.stat().st_size
-        except FileNotFoundError:
-            raise UserError("file not found", file=str(path)) from None
-        dtype, shape, header = _header(head, path, expect_ndim)
-        _check_length(path, dtype, shape, total - header)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise UserError("file not found", file=str(path)) from None
+    with f:
+        if path.suffix == ".gz":
+            return _read_gzip(f, path, expect_ndim)
+        dtype, shape, header = _header(f.read(4 + 4 * 255), path, expect_ndim)
+        _check_length(path, dtype, shape, os.fstat(f.fileno()).st_size - header)
         if 0 in shape:
             return np.empty(shape, dtype.newbyteorder("="))
-        return np.memmap(path, dtype=dtype, mode="r", offset=header, shape=shape)
-    data = _read_bytes(path)
-    dtype, shape, header = _header(data[:4 + 4 * 255], path, expect_ndim)
-    _check_length(path, dtype, shape, len(data) - header)
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
-    return array.astype(dtype.newbyteorder("="), copy=True)
+        if mmap:
+            return np.memmap(path, dtype=dtype, mode="r", offset=header, shape=shape)
+        f.seek(header)
+        array = _allocate(path, dtype, shape)
+        _fill(f, array, path, shape)
+    return array.astype(dtype.newbyteorder("="), copy=False)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 import re
 
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core import job_env
+from itwinai_hpc.core.errors import UserError
 
 MODES = ("auto", "memory", "stream")
-MODE_ENV = "ITWINAI_HPC_DATA_MODE"
-BUDGET_ENV = "ITWINAI_HPC_DATA_MEMORY_BUDGET"
+MODE_ENV = job_env.DATA_MODE
+BUDGET_ENV = job_env.DATA_MEMORY_BUDGET
 # Per rank, and held whole (4-8 ranks of a GPU node share its memory); also what a rank reads
 # before its first batch in memory mode: 256 MB is under a second, 50,000 MNIST images 40 MB.
 DEFAULT_MEMORY_BUDGET = 256 << 20

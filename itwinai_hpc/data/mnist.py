@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data.idx import read_idx, write_idx
 from itwinai_hpc.data.registry import DatasetSpec, RawData, register_dataset
-from itwinai_hpc.errors import UserError
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",

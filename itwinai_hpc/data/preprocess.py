@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,15 +20,30 @@ from pathlib import Path
 
 import numpy as np
 
-from itwinai_hpc import atomic
+from itwinai_hpc.core import atomic
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data.config import SPLITS, PreprocessConfig
 from itwinai_hpc.data.gather import take
+from itwinai_hpc.data.loader_settings import describe_bytes
 from itwinai_hpc.data.registry import DatasetSpec, get_dataset
-from itwinai_hpc.data.shard_plan import (PlannedShard, SplitRows, count_shards, plan_id,
-                                         plan_shards, split_data)
-from itwinai_hpc.data.shards import (MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, sha256_file,
-                                     sidecar_path, write_json, write_shard)
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.data.shard_plan import (
+    PlannedShard,
+    SplitRows,
+    count_shards,
+    plan_id,
+    plan_shards,
+    split_data,
+)
+from itwinai_hpc.data.shards import (
+    MANIFEST_NAME,
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    sha256_file,
+    sidecar_path,
+    write_json,
+    write_shard,
+)
 
 __all__ = ["PreprocessResult", "count_shards", "default_shard_index", "preprocess"]
 
@@ -79,6 +95,27 @@ def _image_blocks(rows: SplitRows, shard: PlannedShard, chunk_rows: int,
         yield block
 
 
+def _cannot_write(output: Path, name: str, e: OSError) -> UserError:
+    return UserError(f"cannot write {name} ({e.strerror or e}); free space (or quota) there or "
+                     "choose another --output, then rerun: complete shards are kept, nothing "
+                     "half-written was left", file=str(output))
+
+
+def _check_space(output: Path, name: str, rows: int, image_shape: tuple[int, ...],
+                 compression: str) -> None:
+    """Refuse before writing a shard that cannot fit: its pixels and labels alone, uncompressed,
+    need more than the free space. (A compressed shard's size is unknown in advance; a write that
+    runs out of space still fails cleanly, see write_shard.)"""
+    if compression != "none":
+        return
+    needed = rows * (math.prod(image_shape) + np.dtype(np.int64).itemsize)
+    free = shutil.disk_usage(output).free
+    if needed > free:
+        raise UserError(f"not enough space for {name}: it needs at least "
+                        f"{describe_bytes(needed)}, only {describe_bytes(free)} free there; "
+                        "free space or choose another --output", file=str(output))
+
+
 def ensure_shard(output: Path, shard: PlannedShard, rows: SplitRows, config: PreprocessConfig,
                  spec: DatasetSpec, pid: str) -> bool:
     """Make `shard` complete and verified; return True if its bytes had to be (re)written."""
@@ -90,20 +127,28 @@ def ensure_shard(output: Path, shard: PlannedShard, rows: SplitRows, config: Pre
     if info and info.plan_id == pid and existing == info.sha256:
         return False
     labels = rows.labels[shard.start:shard.end].astype(np.int64)
+    _check_space(output, shard.name, len(labels), rows.images.shape[1:], config.compression)
     sums = [0, 0]
-    with atomic.atomic_path(path) as tmp:
-        write_shard(tmp, _image_blocks(rows, shard, config.chunk_rows, sums), labels,
-                    image_shape=rows.images.shape[1:], split=shard.split,
-                    compression=config.compression, chunk_rows=config.chunk_rows)
-        digest, size = sha256_file(tmp), tmp.stat().st_size
-        rewrite = digest != existing
-        if rewrite:
-            _invalidate_foreign_manifest(output, pid)
+    try:  # a failed write (full disk, quota) removes the temporary: nothing half-written
+        with atomic.atomic_path(path) as tmp:
+            write_shard(tmp, _image_blocks(rows, shard, config.chunk_rows, sums), labels,
+                        image_shape=rows.images.shape[1:], split=shard.split,
+                        compression=config.compression, chunk_rows=config.chunk_rows)
+            digest, size = sha256_file(tmp), tmp.stat().st_size
+            rewrite = digest != existing
+            if rewrite:
+                _invalidate_foreign_manifest(output, pid)
+    except OSError as e:
+        raise _cannot_write(output, shard.name, e) from None
     # The sidecar goes after the shard: its presence promises a complete shard of this plan.
-    write_json(sidecar_path(path), ShardInfo(
-        file=shard.name, split=shard.split, index=shard.index, num_samples=len(labels),
-        class_counts=_class_counts(labels, spec.num_classes), sha256=digest, num_bytes=size,
-        plan_id=pid, pixel_sum=sums[0], pixel_sq_sum=sums[1]).__dict__)
+    try:
+        write_json(sidecar_path(path), ShardInfo(
+            file=shard.name, split=shard.split, index=shard.index, num_samples=len(labels),
+            class_counts=_class_counts(labels, spec.num_classes), sha256=digest,
+            num_bytes=size, plan_id=pid, pixel_sum=sums[0], pixel_sq_sum=sums[1]).__dict__)
+    except OSError as e:
+        path.unlink(missing_ok=True)  # no promise, no shard: a rerun writes both
+        raise _cannot_write(output, sidecar_path(path).name, e) from None
     return rewrite
 
 
@@ -157,7 +202,10 @@ def finalize(output: Path, plan: list[PlannedShard], config: PreprocessConfig,
     path = output / MANIFEST_NAME
     # Several array tasks may get here at once: each writes identical bytes under its own
     # temporary name and renames, so any winner is a complete, correct manifest.
-    write_json(path, manifest.to_json())
+    try:
+        write_json(path, manifest.to_json())
+    except OSError as e:
+        raise _cannot_write(output, MANIFEST_NAME, e) from None
     return path, []
 
 

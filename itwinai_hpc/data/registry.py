@@ -4,12 +4,12 @@ module that calls `register_dataset`, with no change to the preprocessing or the
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core.errors import UserError
 
 
 @dataclass

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data.config import SPLITS, PreprocessConfig
 from itwinai_hpc.data.gather import take
 from itwinai_hpc.data.registry import RawData
 from itwinai_hpc.data.shards import shard_name
-from itwinai_hpc.errors import UserError
 
 # Bump when the bytes a plan produces change for the same config and source (sidecars of an
 # older plan are then never trusted). 2: streamed shards, pixel sums in the sidecars.
@@ -89,7 +89,8 @@ def split_data(raw: RawData, config: PreprocessConfig) -> dict[str, SplitRows]:
     for split, rows in splits.items():
         if len(rows) < config.shards[split]:
             raise UserError(f"the {split} split has {len(rows)} samples, fewer than its "
-                            f"{config.shards[split]} shards; an empty split or shard is not allowed",
+                            f"{config.shards[split]} shards; an empty split or shard is not "
+                            "allowed",
                             field="shards")
     return splits
 

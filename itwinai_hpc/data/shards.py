@@ -6,9 +6,13 @@ preprocess.py decides what goes into which shard, the reader which rows it needs
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import os
+import re
+import stat
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,8 +20,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from itwinai_hpc import atomic
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core import atomic
+from itwinai_hpc.core.errors import UserError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "itwinai-hpc-shards/1"
@@ -33,16 +37,75 @@ def sidecar_path(shard: Path) -> Path:
     return shard.with_name(shard.name + ".json")
 
 
-def sha256_file(path: Path | BinaryIO) -> str:
-    """sha256 of a file, read in 4 MiB blocks (memory stays constant whatever its size)."""
+def sha256_file(path: Path | BinaryIO, limit: int | None = None) -> str:
+    """sha256 of a file (of its first `limit` bytes at most), read in 4 MiB blocks (memory
+    stays constant whatever its size)."""
     if not hasattr(path, "readinto"):
         with open(path, "rb") as f:
-            return sha256_file(f)
+            return sha256_file(f, limit)
     h, buffer = hashlib.sha256(), bytearray(_READ_BLOCK)
     view = memoryview(buffer)
-    while n := path.readinto(buffer):
+    left = limit
+    while left is None or left > 0:
+        n = path.readinto(view if left is None or left >= len(view) else view[:left])
+        if not n:
+            break
         h.update(view[:n])
+        if left is not None:
+            left -= n
     return h.hexdigest()
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def open_shard(path: Path, shard: ShardInfo, manifest: Path | None = None) -> tuple[BinaryIO, int]:
+    """Open a shard for reading and return it with its size: only a regular file (a symlink, a
+    device or a FIFO is refused without reading or waiting for a writer: O_NOFOLLOW|O_NONBLOCK,
+    then fstat), of the size the manifest states (num_bytes; 0 in old manifests). Read no
+    further than that size: a file can still grow after this check. Errors name `manifest` and
+    the shard (or, without a manifest, the shard's path)."""
+    if manifest is not None:
+        where, what = str(manifest), f"shard {shard.file!r} listed in it"
+    else:
+        where, what = str(path), "shard"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UserError("shard listed in the manifest is missing; rerun preprocess to repair "
+                        "it", file=str(path)) from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UserError(f"{what} is a symlink; shards must be regular files in the "
+                            "manifest's folder (refused, nothing read)", file=where) from None
+        raise UserError(f"cannot open {what} ({e.strerror})", file=where) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a file")
+            raise UserError(f"{what} is not a regular file ({kind}); refused, nothing read",
+                            file=where)
+        if shard.num_bytes and st.st_size != shard.num_bytes:
+            raise UserError(f"{what} is {st.st_size} bytes, the manifest states "
+                            f"{shard.num_bytes} bytes; it was modified or replaced: rerun "
+                            "preprocess to repair it", file=where)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _write_failure(e: Exception, path: Path) -> OSError:
+    """An HDF5 write failure as an OSError with the errno the file system gave (h5py reports
+    some as RuntimeError, the errno only in its multi-line text)."""
+    code = getattr(e, "errno", None)
+    if not code:
+        found = re.search(r"errno = (\d+)", str(e))
+        code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code), str(path))
 
 
 def write_shard(path: Path, image_blocks: Iterable[np.ndarray], labels: np.ndarray, *,
@@ -60,20 +123,28 @@ def write_shard(path: Path, image_blocks: Iterable[np.ndarray], labels: np.ndarr
     n = len(labels)
     rows = max(1, min(chunk_rows, n))
     options = {} if compression == "none" else {"compression": compression}
-    with h5py.File(path, "w") as f:
-        # Whole-row-block chunks: a reader slicing contiguous rows touches whole chunks only.
-        images = f.create_dataset("images", shape=(n, *image_shape), dtype=np.uint8,
-                                  chunks=(rows, *image_shape), track_times=False, **options)
-        stored = f.create_dataset("labels", shape=(n,), dtype=np.int64, chunks=(rows,),
-                                  track_times=False, **options)
-        at = 0
-        for block in image_blocks:
-            images[at:at + len(block)] = block
-            at += len(block)
-        if at != n:
-            raise ValueError(f"{at} image rows for {n} labels")
-        stored[:] = np.ascontiguousarray(labels, dtype=np.int64)
-        f.attrs["split"] = split
+    try:
+        # No raw-data chunk cache (rdcc_nbytes=0): each chunk reaches the file inside the write
+        # that fills it, so chunks lie in row order whatever the block sizes, and a failing
+        # write (ENOSPC, EDQUOT, EFBIG) fails that call. With HDF5's cache it failed in the
+        # flush on close instead, which leaves HDF5's state corrupt: the process segfaulted
+        # later (HDFGroup/hdf5#6601, h5py#914).
+        with h5py.File(path, "w", rdcc_nbytes=0) as f:
+            # Whole-row-block chunks: a reader slicing contiguous rows touches whole chunks.
+            images = f.create_dataset("images", shape=(n, *image_shape), dtype=np.uint8,
+                                      chunks=(rows, *image_shape), track_times=False, **options)
+            stored = f.create_dataset("labels", shape=(n,), dtype=np.int64, chunks=(rows,),
+                                      track_times=False, **options)
+            at = 0
+            for block in image_blocks:
+                images[at:at + len(block)] = block
+                at += len(block)
+            if at != n:
+                raise ValueError(f"{at} image rows for {n} labels")
+            stored[:] = np.ascontiguousarray(labels, dtype=np.int64)
+            f.attrs["split"] = split
+    except (OSError, RuntimeError) as e:
+        raise _write_failure(e, path) from None
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -136,7 +207,8 @@ class Manifest:
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Parse a manifest (or the manifest.json inside a folder); structural problems are UserErrors."""
+    """Parse a manifest (or the manifest.json inside a folder); structural problems are
+    UserErrors."""
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
@@ -156,28 +228,126 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         for name, s in d.pop("splits").items():
             shards = [ShardInfo(**sh) for sh in s.pop("shards")]
             splits[name] = SplitInfo(shards=shards, **s)
-        return Manifest(splits=splits, path=path, **d)
+        manifest = Manifest(splits=splits, path=path, **d)
     except (TypeError, KeyError, AttributeError) as e:
         raise UserError(f"manifest is malformed ({e}); rerun preprocess to rewrite it",
                         file=str(path)) from None
+    for name, split in manifest.splits.items():
+        for shard in split.shards:
+            _check_shard_entry(shard, name, path)
+    _check_description(manifest, path)
+    return manifest
+
+
+REWRITE = "the manifest does not describe its shards: rerun preprocess to rewrite it"
+
+
+def dims(shape) -> str:
+    """[28, 28] -> '28x28'."""
+    return "x".join(str(s) for s in shape)
+
+
+def _whole(value, minimum: int = 0) -> bool:
+    return type(value) is int and value >= minimum
+
+
+def _check_description(m: Manifest, path: Path) -> None:
+    """What the readers and the model compute with: an image shape of positive sizes, a class
+    count that every class_counts list agrees with, a finite mean and a std above 0 (the readers
+    divide by it). A manifest that lied here divided by zero or crashed inside torch mid-run;
+    whether the shards' arrays agree is checked where they are read (read_shard)."""
+    where = str(path)
+    shape = m.image_shape
+    if not (isinstance(shape, list) and shape and all(_whole(s, 1) for s in shape)):
+        raise UserError(f"must be a list of positive whole numbers such as [28, 28], got "
+                        f"{shape!r}; {REWRITE}", file=where, field="image_shape")
+    if not _whole(m.num_classes, 1):
+        raise UserError(f"must be a whole number >= 1, got {m.num_classes!r}; {REWRITE}",
+                        file=where, field="num_classes")
+    norm = m.normalization
+    for key in ("mean", "std"):
+        value = norm.get(key) if isinstance(norm, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise UserError(f"must be a finite number, got {value!r}; {REWRITE}", file=where,
+                            field=f"normalization.{key}")
+    if not norm["std"] > 0:
+        raise UserError(f"must be above 0, got {norm['std']!r}: the readers divide the pixels by "
+                        "it (0 means every training pixel has the same value, so there is "
+                        "nothing to learn from); rerun preprocess with normalization: dataset, "
+                        "or with varied data", file=where, field="normalization.std")
+    for name, split in m.splits.items():
+        entries = [(f"splits.{name}", split.class_counts, split.num_samples)]
+        entries += [(f"splits.{name}.shards[{i}]", s.class_counts, s.num_samples)
+                    for i, s in enumerate(split.shards)]
+        for key, counts, samples in entries:
+            if not _whole(samples):
+                raise UserError(f"must be a whole number >= 0, got {samples!r}; {REWRITE}",
+                                file=where, field=f"{key}.num_samples")
+            if not (isinstance(counts, list) and all(_whole(c) for c in counts)):
+                raise UserError(f"must be a list of whole numbers >= 0, got {counts!r}; "
+                                f"{REWRITE}", file=where, field=f"{key}.class_counts")
+            if len(counts) != m.num_classes:
+                raise UserError(f"the manifest says {m.num_classes} classes, but {key}."
+                                f"class_counts counts {len(counts)}; {REWRITE}", file=where,
+                                field="num_classes")
+            if sum(counts) != samples:
+                raise UserError(f"adds up to {sum(counts)} samples, {key}.num_samples says "
+                                f"{samples}; {REWRITE}", file=where, field=f"{key}.class_counts")
+
+
+def _check_shard_entry(shard: ShardInfo, split: str, path: Path) -> None:
+    """Every reader and stage-shards joins `file` to the manifest's folder (and to the staging
+    folder): it must name a file there, never climb out of it or point anywhere else."""
+    name = shard.file
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise UserError(f"shard name {name!r} in the {split} split is not a plain file name in "
+                        "the manifest's folder (no '/', no '..', not empty, no NUL); refused",
+                        file=str(path))
+    if type(shard.num_bytes) is not int or shard.num_bytes < 0:
+        raise UserError(f"shard {name!r}: num_bytes must be a whole number of bytes, got "
+                        f"{shard.num_bytes!r}", file=str(path))
+
+
+def _check_image_shape(shape: tuple[int, ...], shard: ShardInfo, manifest: Manifest) -> None:
+    if tuple(shape[1:]) != tuple(manifest.image_shape):
+        raise UserError(f"the manifest says {dims(manifest.image_shape)} images, shard "
+                        f"{shard.file!r} holds {dims(shape[1:])} images; {REWRITE}",
+                        file=str(manifest.path), field="image_shape")
+
+
+def check_shard_header(path: Path, shard: ShardInfo, manifest: Manifest) -> None:
+    """That the shard's arrays have the image shape `manifest` states, from the HDF5 header
+    alone (no row read, no checksum pass): a reader that streams checks its first shard so
+    before its first batch. A file that is not a readable shard is left to read_shard."""
+    import h5py
+
+    f, _ = open_shard(path, shard)
+    with f:
+        same_inode = Path(f"/proc/self/fd/{f.fileno()}")
+        try:
+            with h5py.File(same_inode if same_inode.exists() else path, "r") as h5:
+                shape = h5["images"].shape
+        except (OSError, KeyError):
+            return
+    _check_image_shape(shape, shard, manifest)
 
 
 def read_shard(path: Path, shard: ShardInfo, ranges: list[tuple[int, int]], *,
-               verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+               verify: bool = True, manifest: Manifest | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Rows `ranges` ([(lo, hi), ...] within the shard, in that order) of one shard, after its
     bytes matched `shard.sha256` (verify=True). Peak memory: the rows returned, never the file.
+    With `manifest`, the arrays must be what it describes (its image_shape, before any row is
+    read; labels below its num_classes), else a UserError naming the manifest and the field.
 
     The checksum pass reads the file through one descriptor and HDF5 then reads that same
     descriptor's inode (/proc/self/fd), so a shard replaced in between cannot slip through."""
     import h5py
 
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise UserError("shard listed in the manifest is missing; rerun preprocess to repair "
-                        "it", file=str(path)) from None
+    f, size = open_shard(path, shard)
     with f:
-        if verify and sha256_file(f) != shard.sha256:
+        if verify and sha256_file(f, size) != shard.sha256:
             raise UserError("shard was modified or corrupted: its sha256 does not match the "
                             "manifest; rerun preprocess to repair it", file=str(path))
         same_inode = Path(f"/proc/self/fd/{f.fileno()}")
@@ -188,11 +358,21 @@ def read_shard(path: Path, shard: ShardInfo, ranges: list[tuple[int, int]], *,
                 if n != shard.num_samples or labels.shape != (n,):
                     raise UserError(f"shard holds {n} images, the manifest says "
                                     f"{shard.num_samples}", file=str(path))
+                if manifest is not None:
+                    _check_image_shape(images.shape, shard, manifest)
                 parts = [(images[lo:hi], labels[lo:hi]) for lo, hi in ranges]
                 empty = np.empty((0, *images.shape[1:]), np.uint8), np.empty((0,), np.int64)
         except (OSError, KeyError) as e:
             raise UserError(f"not a readable shard ({e}); rerun preprocess",
                             file=str(path)) from None
+    if manifest is not None:
+        for _, got in parts:
+            if len(got) and not 0 <= got.min() <= got.max() < manifest.num_classes:
+                bad = got.max() if got.max() >= manifest.num_classes else got.min()
+                raise UserError(f"the manifest says {manifest.num_classes} classes (labels 0.."
+                                f"{manifest.num_classes - 1}), shard {shard.file!r} holds label "
+                                f"{int(bad)}; {REWRITE}", file=str(manifest.path),
+                                field="num_classes")
     if not parts:
         return empty
     if len(parts) == 1:

@@ -10,7 +10,7 @@ Used by `itwinai-hpc stage-shards` and, when $ITWINAI_HPC_STAGE_DIR is set, by S
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import hashlib
 import os
 import shutil
@@ -19,12 +19,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from itwinai_hpc import atomic
+from itwinai_hpc.core import atomic, job_env, locks
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data.loader_settings import describe_bytes
-from itwinai_hpc.data.shards import MANIFEST_NAME, Manifest, ShardInfo, read_manifest
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.data.shards import (
+    MANIFEST_NAME,
+    Manifest,
+    ShardInfo,
+    open_shard,
+    read_manifest,
+)
 
-STAGE_ENV = "ITWINAI_HPC_STAGE_DIR"
+STAGE_ENV = job_env.STAGE_DIR
 _COPY_BLOCK = 8 << 20
 
 
@@ -53,17 +59,27 @@ def staged_folder(manifest: Manifest, to: Path) -> Path:
 @contextlib.contextmanager
 def _node_lock(path: Path) -> Iterator[None]:
     """An exclusive lock among the processes of this node; a file system without flock (some
-    parallel file systems) gets no lock: each process then copies, atomically, in parallel."""
-    with open(path, "a") as f:
+    parallel file systems) gets no lock: each process then copies, atomically, in parallel. A
+    symlink planted at the lock's name is refused, not followed (it would truncate nothing, but
+    create or lock a file elsewhere)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError("is a symbolic link; remove it (stage-shards locks a file of its "
+                            "own there)", file=str(path)) from None
+        raise
+    with open(fd, "a") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX)
+            locks.acquire(f)
         except OSError:
             yield
             return
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            locks.release(f)
 
 
 def _size(path: Path) -> int | None:
@@ -80,22 +96,27 @@ def _staged(folder: Path, shard: ShardInfo) -> bool:
     return size is not None and (not shard.num_bytes or size == shard.num_bytes)
 
 
-def _copy_verified(src: Path, dst: Path, shard: ShardInfo) -> int:
-    """Copy `src` to `dst` atomically, hashing the bytes on the way; a mismatch with the
-    manifest leaves nothing at `dst`."""
+def _source_size(manifest: Manifest, shard: ShardInfo) -> int:
+    """The size of a shard to copy, after open_shard's checks (a regular file, not a symlink,
+    of the size the manifest states); a UserError naming the manifest and the shard if not."""
+    source, size = open_shard(manifest.shard_path(shard), shard, manifest.path)
+    source.close()
+    return size
+
+
+def _copy_verified(manifest: Manifest, shard: ShardInfo, dst: Path) -> int:
+    """Copy `shard` to `dst` atomically, hashing the bytes on the way and reading no further
+    than the size checked at open; a mismatch with the manifest leaves nothing at `dst`."""
+    src = manifest.shard_path(shard)
     atomic.remove_stale_temporaries(dst)
     h, copied = hashlib.sha256(), 0
-    try:
-        source = open(src, "rb")
-    except FileNotFoundError:
-        raise UserError("shard listed in the manifest is missing; rerun preprocess to repair "
-                        "it", file=str(src)) from None
+    source, size = open_shard(src, shard, manifest.path)  # checked again: it may have changed
     with source, atomic.atomic_path(dst) as tmp, open(tmp, "wb") as out:
-        while block := source.read(_COPY_BLOCK):
+        while copied < size and (block := source.read(min(_COPY_BLOCK, size - copied))):
             h.update(block)
             out.write(block)
             copied += len(block)
-        if h.hexdigest() != shard.sha256:
+        if copied != size or source.read(1) or h.hexdigest() != shard.sha256:
             raise UserError("shard was modified or corrupted: its sha256 does not match the "
                             "manifest; rerun preprocess to repair it (nothing was staged)",
                             file=str(src))
@@ -122,6 +143,11 @@ def stage_shards(data: str | os.PathLike, to: str | os.PathLike) -> StageResult:
     manifest_bytes = manifest.path.read_bytes()
     shards = [s for split in manifest.splits.values() for s in split.shards]
     folder = staged_folder(manifest, Path(to))
+    if _complete(folder, manifest_bytes, shards):  # the manifest is copied last: nothing to do
+        return StageResult(source, folder, time.perf_counter() - t0, 0, 0)
+    # Every source must be a regular file of the stated size before anything is written under
+    # `to` (read_manifest already refused shard names that would leave either folder).
+    sizes = {s.file: _source_size(manifest, s) for s in shards}
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -131,15 +157,14 @@ def stage_shards(data: str | os.PathLike, to: str | os.PathLike) -> StageResult:
     with _node_lock(folder.with_name(folder.name + ".lock")):
         if not _complete(folder, manifest_bytes, shards):
             todo = [s for s in shards if not _staged(folder, s)]
-            needed = sum(s.num_bytes or _size(manifest.shard_path(s)) or 0 for s in todo)
+            needed = sum(sizes[s.file] for s in todo)
             free = shutil.disk_usage(folder).free
             if needed > free:
                 raise UserError(f"staging needs {describe_bytes(needed)}, only "
                                 f"{describe_bytes(free)} free there; choose another node-local "
                                 "path (or fewer data)", file=str(folder))
             for shard in todo:
-                copied_bytes += _copy_verified(manifest.shard_path(shard), folder / shard.file,
-                                               shard)
+                copied_bytes += _copy_verified(manifest, shard, folder / shard.file)
                 copied_files += 1
             atomic.write_bytes(folder / MANIFEST_NAME, manifest_bytes)
     return StageResult(source, folder, time.perf_counter() - t0, copied_files, copied_bytes)

@@ -7,8 +7,8 @@ step and copied asynchronously. Knows nothing about models, optimizers or MLflow
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from itertools import islice
-from typing import Iterator
 
 import numpy as np
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from itwinai_hpc import atomic
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core import atomic
+from itwinai_hpc.core.errors import UserError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
-from itwinai_hpc import layout
+import itwinai_hpc.run.layout as layout
+from itwinai_hpc.core import job_env
 
 STORE_HELP = ("MLflow store: a folder, or a URI such as sqlite:///mlflow.db (default: "
               "$MLFLOW_TRACKING_URI, else ./mlruns)")
@@ -28,7 +30,9 @@ def add_parser(subparsers) -> None:
                     "the current holder. Checkpoints go to --checkpoint-dir (default "
                     "$ITWINAI_HPC_RUN_DIR/checkpoints); a re-run with the same folder resumes "
                     "exactly where the last one stopped. SIGTERM, SIGUSR2 or the file "
-                    "$ITWINAI_HPC_STOP_FILE make every rank checkpoint and exit 0.")
+                    "$ITWINAI_HPC_STOP_FILE make every rank checkpoint and exit 0. A loss that "
+                    "diverges (inf or NaN for trainer.nan_patience steps in a row) stops every "
+                    "rank with exit 1 and registers nothing.")
     p.add_argument("--config", metavar="FILE",
                    help="train YAML (sections: dataset, model, trainer, tracking, registry); "
                         "defaults when absent")
@@ -85,28 +89,42 @@ def add_parser(subparsers) -> None:
                    help="the MLflow store: a folder, or an mlflow.db file (default: mlruns)")
     u.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (default 127.0.0.1: only this machine)")
-    u.add_argument("--port", type=int, default=5000, help="default 5000; 0: any free port")
+    u.add_argument("--port", type=port_number, default=5000,
+                   help="0-65535 (default 5000; 0: any free port)")
     u.add_argument("--workers", type=int, default=1,
                    help="server processes (default 1; each takes ~300 MB)")
     u.set_defaults(func=run_mlflow_ui)
 
 
+def port_number(text: str) -> int:
+    """`--port`: a TCP port, 0-65535 (0: any free one); anything else is a usage error (exit 2)
+    before the server is started, not a socket's OverflowError."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number: use 0-65535 (0: any "
+                                         "free port)")
+    return port
+
+
 def stop_file(env=os.environ) -> str | None:
     """The file whose appearance asks this step to checkpoint and stop: $ITWINAI_HPC_STOP_FILE,
     which every job script exports; by hand, $ITWINAI_HPC_RUN_DIR/$ITWINAI_HPC_STEP.STOP."""
-    if env.get("ITWINAI_HPC_STOP_FILE"):
-        return env["ITWINAI_HPC_STOP_FILE"]
-    if env.get("ITWINAI_HPC_RUN_DIR") and env.get("ITWINAI_HPC_STEP"):
-        return layout.stop_file(env["ITWINAI_HPC_RUN_DIR"], env["ITWINAI_HPC_STEP"])
+    if env.get(job_env.STOP_FILE):
+        return env[job_env.STOP_FILE]
+    if env.get(job_env.RUN_DIR) and env.get(job_env.STEP):
+        return layout.stop_file(env[job_env.RUN_DIR], env[job_env.STEP])
     return None
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from itwinai_hpc.errors import UserError
+    from itwinai_hpc.core.errors import UserError
     from itwinai_hpc.ml import distributed
     from itwinai_hpc.ml.config import TrainConfig, load_config
     from itwinai_hpc.ml.sweep import SweepTask
-    from itwinai_hpc.ml.trainer import TrainOptions, get_trainer
+    from itwinai_hpc.ml.trainer import TrainingFailed, TrainOptions, get_trainer
 
     SweepTask.from_env()   # a malformed sweep variable fails here, before any rank starts
     config = load_config(TrainConfig, args.config, args.overrides)
@@ -118,10 +136,10 @@ def run_train(args: argparse.Namespace) -> int:
                                 field="--" + flag.replace("_", "-"))
             setattr(config.trainer, flag, value)
     trainer = get_trainer(config.trainer.name)
-    run_dir = os.environ.get("ITWINAI_HPC_RUN_DIR")
+    run_dir = os.environ.get(job_env.RUN_DIR)
     checkpoint_dir = args.checkpoint_dir or (
-        layout.checkpoint_dir(run_dir, os.environ.get("ITWINAI_HPC_SWEEP"),
-                              os.environ.get("ITWINAI_HPC_SWEEP_TASK")) if run_dir else None)
+        layout.checkpoint_dir(run_dir, os.environ.get(job_env.SWEEP),
+                              os.environ.get(job_env.SWEEP_TASK)) if run_dir else None)
     stop = stop_file()
     opts = TrainOptions(data=args.data, checkpoint_dir=checkpoint_dir, run_dir=run_dir,
                         register_as=args.register_as, tracking_uri=args.tracking_uri,
@@ -139,6 +157,13 @@ def run_train(args: argparse.Namespace) -> int:
                   "resumed", flush=True)
         trainer(config, opts, ctx)
         done = True
+    except TrainingFailed as e:
+        # Every rank raised it at the same point (they agreed), so they leave together; one
+        # line for the whole job, no traceback: exit 1, a runtime failure.
+        if ctx.is_main:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        done = True
+        return 1
     finally:
         distributed.teardown(ctx, together=done)
     return 0
@@ -146,13 +171,17 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from itwinai_hpc.ml.config import InferenceConfig, load_config
-    from itwinai_hpc.ml.predict import predict
+    from itwinai_hpc.ml.predict import PredictionsNotWritten, predict
     from itwinai_hpc.ml.sweep import SweepTask
 
     SweepTask.from_env()   # a malformed sweep variable fails before the model loads
     config = load_config(InferenceConfig, args.config)
-    result = predict(config, args.data, args.model or config.model_uri, args.output,
-                     tracking_uri=args.tracking_uri)
+    try:
+        result = predict(config, args.data, args.model or config.model_uri, args.output,
+                         tracking_uri=args.tracking_uri)
+    except PredictionsNotWritten as e:   # a runtime failure (full disk, quota): exit 1
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
     acc = "" if result.accuracy is None else f", accuracy {result.accuracy:.4f}"
     print(f"{result.rows} predictions -> {result.output}{acc} (model {result.model_uri}"
           f"{', version ' + result.model_version if result.model_version else ''}; "

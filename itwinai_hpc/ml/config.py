@@ -1,5 +1,5 @@
 """The train and inference configs (YAML) as typed pydantic models, validated with the YAML's
-line numbers by itwinai_hpc.validation, so a bad key reads `FILE:LINE: field: message` exactly
+line numbers by itwinai_hpc.core.validation, so a bad key reads `FILE:LINE: field: message` exactly
 as a bad workflow does. Reads a file; imports no torch or mlflow.
 
 Every key has a default; an unknown key, a wrong type or a value out of range is an error that
@@ -13,8 +13,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from itwinai_hpc.validation import validate_model
-from itwinai_hpc.yamlsrc import YamlDoc, load_yaml
+from itwinai_hpc.core.config_file import read_config
+from itwinai_hpc.core.validation import validate_model
+from itwinai_hpc.core.yamlsrc import YamlDoc
 
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
@@ -52,6 +53,18 @@ class TrainerSection(Section):
     prefetch_batches: NonNegative | None = None
     checkpoint_every_epochs: Positive = 1
     stop_check_every_steps: Positive = 10
+    nan_patience: NonNegative = Field(3, description=(
+        "Consecutive steps with a non-finite (inf or NaN) training loss on any rank that stop "
+        "the run: it fails (exit 1, MLflow run FAILED) and registers nothing. 0 and 1 both "
+        "stop at the first such step; nothing turns the check off. Counted on the device and "
+        "read where the ranks agree on a stop request (every stop_check_every_steps steps, "
+        "on a GPU one such interval late) and at each epoch's end; a run of non-finite "
+        "losses still open when training ends stops it whatever its length."))
+    watchdog_s: Annotated[float, Field(gt=0)] | None = Field(1800, description=(
+        "Seconds without a training step on a rank after which it counts as hung (a "
+        "collective one rank never joins, a stuck read): its stacks go to the log, it leaves "
+        "a mark and exits 124, and the step shows as HUNG. The step's own `watchdog: "
+        "{no-progress: ...}` wins where set; null: no watchdog."))
 
 
 class TrainTracking(Section):
@@ -101,14 +114,10 @@ C = TypeVar("C", bound=BaseModel)
 
 def load_config(kind: type[C], path: str | os.PathLike | None,
                 overrides: list[str] | tuple[str, ...] = ()) -> C:
-    """`kind` from a YAML file (the defaults when `path` is None) with `--set KEY=VALUE`
-    overrides applied; every problem is a UserError naming file, line and key (or the flag)."""
-    from itwinai_hpc.overrides import apply_override
-
-    doc = load_yaml(path) if path is not None else YamlDoc(file="<defaults>", data={})
-    for item in overrides:
-        apply_override(doc, item, keep_number_text=False)
-    return validate_model(kind, doc)
+    """`kind` from a YAML file (the defaults when `path` is None or the file is empty) with
+    `--set KEY=VALUE` overrides applied; every problem is a UserError naming file, line and key
+    (or the flag). The loader is core/validation.py's, shared with the preprocessing config."""
+    return validate_model(kind, read_config(path, overrides))
 
 
 def make_config(kind: type[C], values: dict[str, Any] | None = None) -> C:

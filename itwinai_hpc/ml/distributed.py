@@ -17,7 +17,7 @@ class Context:
     rank: int
     world_size: int
     local_rank: int
-    device: "object"            # torch.device
+    device: object            # torch.device
     backend: str | None          # None when running alone without a process group
     slurm: dict[str, str] = field(default_factory=dict)
     control: object = None       # a gloo group beside nccl: host-side agreement, no GPU sync
@@ -108,11 +108,28 @@ def broadcast_object(ctx: Context, obj):
     return box[0]
 
 
+def any_rank(ctx: Context, *flags: bool) -> list[bool]:
+    """For each flag, whether any rank raised it: one all_reduce(MAX) over the few flags, which
+    every rank must call at the same point (the stop request, a diverged loss)."""
+    import torch
+    import torch.distributed as dist
+
+    if not ctx.distributed:
+        return [bool(f) for f in flags]
+    # Flags on the GPU would make the host wait for every queued kernel; the gloo group
+    # agrees on the CPU while the GPU keeps working.
+    on_host = ctx.control is not None
+    t = torch.tensor([1.0 if f else 0.0 for f in flags],
+                     device="cpu" if on_host else ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=ctx.control)
+    return [bool(v) for v in t.tolist()]
+
+
 class StopRequest:
     """A request to checkpoint and stop early: SIGTERM/SIGUSR2 to this process, or the stop file
     ($ITWINAI_HPC_STOP_FILE) appearing. Each rank sees its own request; `agreed()` makes every
     rank stop at the same step (all_reduce MAX), since only some ranks may see the file or get
-    the signal."""
+    the signal; `any_rank(ctx, stop.local(), other)` agrees on it and another flag at once."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
@@ -130,19 +147,7 @@ class StopRequest:
         return bool(self.signalled) or (self.stop_file is not None and self.stop_file.exists())
 
     def agreed(self) -> bool:
-        import torch
-        import torch.distributed as dist
-
-        flag = self.local()
-        if not self.ctx.distributed:
-            return flag
-        # A flag on the GPU would make the host wait for every queued kernel; the gloo group
-        # agrees on the CPU while the GPU keeps working.
-        on_host = self.ctx.control is not None
-        t = torch.tensor([1.0 if flag else 0.0],
-                         device="cpu" if on_host else self.ctx.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.ctx.control)
-        return bool(t.item())
+        return any_rank(self.ctx, self.local())[0]
 
     def reason(self) -> str:
         if self.signalled:

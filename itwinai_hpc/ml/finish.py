@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from itwinai_hpc.ml import distributed as D
-from itwinai_hpc.ml.trainer import Training, TrainResult
+from itwinai_hpc.ml.training_state import Training, TrainingFailed, TrainResult
 
 MISCLASSIFIED_SHOWN = 32
 
@@ -25,6 +25,11 @@ def weights_sha256(model) -> str:
 
 def finish(t: Training) -> TrainResult:
     ctx, log = t.ctx, t.log
+    if t.best.state is None:   # the same on every rank: the validation is summed over ranks
+        raise TrainingFailed(
+            f"no epoch of {t.epochs} had a finite validation accuracy and loss (non-finite "
+            "outputs: the weights diverged); nothing is registered. Usual cause: a learning "
+            "rate too high (trainer.lr, trainer.max_lr)")
     # DDP must leave every rank with the same weights: gather each rank's hash to check.
     hashes = D.all_gather_object(ctx, weights_sha256(t.model))
     if t.best.state is not None:

@@ -13,7 +13,7 @@ import socket
 import sys
 from pathlib import Path
 
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core.errors import UserError
 
 BANNER = ("note: MLflow 3 opens in its GenAI view; click \"Model training\" (top left) once to "
           "see runs, metrics and the model registry; it remembers the choice.")
@@ -36,6 +36,9 @@ def claim_port(host: str, port: int) -> int:
     """`port` if nothing listens on it at `host` (0: any free port), else a UserError that
     names a free one. Binds the way the server will (SO_REUSEADDR), so a port in TIME_WAIT
     is not called busy."""
+    if not 0 <= port <= 65535:   # what bind() would refuse with an OverflowError
+        raise UserError(f"{port} is not a port number: use 0-65535 (0: any free port)",
+                        field="--port")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

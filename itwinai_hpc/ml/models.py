@@ -3,9 +3,9 @@ second use case adds one `register_model` call and no change to the trainer."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core.errors import UserError
 
 MODELS: dict[str, Callable] = {}
 

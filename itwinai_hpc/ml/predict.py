@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from itwinai_hpc import atomic
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core import atomic
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.ml.config import InferenceConfig
 
 COLUMNS = ("index", "predicted", "probability", "label")
@@ -48,6 +48,7 @@ def predict(config: InferenceConfig, data: str, model_uri: str, output: str | os
     bad URI is a UserError raised before anything is written."""
     from itwinai_hpc.data.shards import read_manifest
     from itwinai_hpc.ml import registry, tracking
+    from itwinai_hpc.ml.served import graph_on
 
     if not model_uri:
         raise UserError("no model given: pass --model URI or set model_uri in the config",
@@ -62,13 +63,18 @@ def predict(config: InferenceConfig, data: str, model_uri: str, output: str | os
     output = output_file(output)
     tracking.configure(tracking_uri)
     resolved, about = registry.resolve_model_uri(model_uri)
+    with registry.reading_model(model_uri):
+        shapes = registry.served_shapes(resolved)
+    check_model_fits(model_uri, about, manifest, *shapes)
+    loader = _loader(manifest, config)    # reads and checks the split before any MLflow run
     device = inference_device()
-    model = registry.load_model(resolved, device)
+    with registry.reading_model(model_uri):
+        model = registry.load_model(resolved)
+    model = graph_on(model, device)
     run_id = _start_run(config, about)
     try:
-        rows, evaluation, text = _predict_rows(model, manifest, config, device)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(output, text)
+        rows, evaluation, text = _predict_rows(model, manifest, config, device, loader)
+        _write(output, text)
         _log_run(config, manifest, model_uri, about, rows, evaluation, output, data)
     except BaseException:
         tracking.end_run("FAILED")
@@ -76,6 +82,50 @@ def predict(config: InferenceConfig, data: str, model_uri: str, output: str | os
     tracking.end_run("FINISHED")
     accuracy = evaluation.accuracy if rows else None
     return PredictResult(output, rows, accuracy, model_uri, about.get("model_version"), run_id)
+
+
+class PredictionsNotWritten(RuntimeError):
+    """The predictions could not be written (a full disk, a quota, a read-only folder): a
+    runtime failure, one `error:` line and exit 1; the file there before, if any, is unchanged
+    and no part of the new one is left."""
+
+
+def _write(output: Path, text: str) -> None:
+    existed = output.is_file()
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(output, text)
+    except OSError as e:
+        kept = "the predictions file there is unchanged" if existed else "nothing was written"
+        raise PredictionsNotWritten(
+            f"cannot write the predictions to {output} ({e.strerror or e}); {kept}. Free space "
+            "(or quota) there, or choose another --output, and rerun") from None
+
+
+def check_model_fits(model_uri: str, about: dict[str, str], manifest, input_shape=None,
+                     output_shape=None) -> None:
+    """The model's signature (input (-1, H, W) or (-1, 1, H, W); output (-1, classes)) against
+    the shards' image shape and class count: a UserError naming both instead of a torch.export
+    guard failing (or, for the class count, a silently wrong confusion matrix)."""
+    from itwinai_hpc.data.shards import dims
+
+    version = f" (version {about['model_version']})" if about.get("model_version") else ""
+    where, images = str(manifest.path), list(manifest.image_shape)
+    if input_shape is not None and len(input_shape) >= 2:
+        takes = list(input_shape[1:])
+        if len(takes) == len(images) + 1 and takes[0] == 1:
+            takes = takes[1:]   # a channel axis of 1
+        if len(takes) != len(images) or any(t not in (-1, i) for t, i in zip(takes, images)):
+            raise UserError(f"the shards hold {dims(images)} images, model {model_uri!r}"
+                            f"{version} takes {dims(takes)} images (its signature); predict "
+                            "with shards preprocessed like its training data, or with a model "
+                            f"trained on {dims(images)} images", file=where, field="image_shape")
+    if output_shape is not None and len(output_shape) == 2 \
+            and output_shape[1] not in (-1, manifest.num_classes):
+        raise UserError(f"the shards have {manifest.num_classes} classes, model {model_uri!r}"
+                        f"{version} predicts {output_shape[1]} (its signature); predict with "
+                        "shards of the data set it was trained on, or with a model trained on "
+                        f"{manifest.num_classes} classes", file=where, field="num_classes")
 
 
 def inference_device():
@@ -87,17 +137,25 @@ def inference_device():
     return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}")
 
 
-def _predict_rows(model, manifest, config: InferenceConfig, device=None):
+def _loader(manifest, config: InferenceConfig):
+    """The split, raw (the registered model takes uint8 pixels), every row once, with indices;
+    in memory mode read and checked against the manifest here."""
+    from itwinai_hpc.data.dataset import ShardedLoader
+
+    return ShardedLoader(manifest, config.split, config.batch_size, shuffle=False, rank=0,
+                         world_size=1, rank_remainder="keep", raw=True, return_index=True)
+
+
+def _predict_rows(model, manifest, config: InferenceConfig, device=None, loader=None):
     """(rows, Evaluation, CSV text). The registered model takes raw uint8 pixels and returns
-    probabilities (served.py), so the shards are read raw; the model runs on `device`."""
+    probabilities (served.py), so the shards are read raw (`loader`, default _loader's); the
+    model runs on `device`."""
     import numpy as np
     import torch
 
-    from itwinai_hpc.data.dataset import ShardedLoader
     from itwinai_hpc.ml.evaluation import Tally
 
-    loader = ShardedLoader(manifest, config.split, config.batch_size, shuffle=False, rank=0,
-                           world_size=1, rank_remainder="keep", raw=True, return_index=True)
+    loader = loader if loader is not None else _loader(manifest, config)
     tally = Tally(manifest.num_classes, keep_examples=MISCLASSIFIED_SHOWN)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from itwinai_hpc import __version__
+from itwinai_hpc.core import job_env
+from itwinai_hpc.core.version import __version__
 from itwinai_hpc.ml.sweep import SweepTask
 
 RUN_SCRIPT_PATTERNS = ("*.sbatch", "*.sh", "workflow.yml")
@@ -36,13 +37,13 @@ class Provenance:
     sweep: SweepTask | None = None     # this process is one task of a parameter sweep
 
     @classmethod
-    def from_env(cls, env=os.environ) -> "Provenance":
-        run_dir = Path(env["ITWINAI_HPC_RUN_DIR"]) if env.get("ITWINAI_HPC_RUN_DIR") else None
+    def from_env(cls, env=os.environ) -> Provenance:
+        run_dir = Path(env[job_env.RUN_DIR]) if env.get(job_env.RUN_DIR) else None
         manifest = _read_json(run_dir / "run.json") if run_dir else {}
-        p = cls(run_dir=run_dir, run_id=env.get("ITWINAI_HPC_RUN_ID") or manifest.get("run_id"),
-                step=env.get("ITWINAI_HPC_STEP"),
-                backend=env.get("ITWINAI_HPC_BACKEND") or manifest.get("backend") or "none",
-                workflow_file=env.get("ITWINAI_HPC_WORKFLOW_FILE")
+        p = cls(run_dir=run_dir, run_id=env.get(job_env.RUN_ID) or manifest.get("run_id"),
+                step=env.get(job_env.STEP),
+                backend=env.get(job_env.BACKEND) or manifest.get("backend") or "none",
+                workflow_file=env.get(job_env.WORKFLOW_FILE)
                 or manifest.get("workflow_file"), sweep=SweepTask.from_env(env))
         resolved = _read_yaml(run_dir / "workflow.yml") if run_dir else {}
         if not resolved and p.workflow_file:
@@ -182,7 +183,7 @@ def log_shards(manifest, contexts: dict[str, str]) -> None:
     # The tasks of a sweep start together and log the same datasets: MLflow's file store
     # creates each dataset's record once per experiment and fails the second process that
     # finds it half made ("Yaml file ... exists"), so one at a time, under the store's lock.
-    from itwinai_hpc.ml.registry import registry_lock
+    from itwinai_hpc.ml.registry_lock import registry_lock
 
     with registry_lock(mlflow.get_tracking_uri()):
         for split, context in contexts.items():

@@ -9,23 +9,19 @@ Rank 0 only. Imports mlflow lazily; knows nothing about training loops or schedu
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import logging
+import math
 import os
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core.errors import UserError
+from itwinai_hpc.ml.registry_lock import registry_lock, registry_read_lock
 
 # Explicit: inferring them costs ~10 s per log_model.
 PIP_REQUIREMENTS = ["torch", "numpy"]
 MODEL_SCHEMES = ("models:/", "runs:/", "best:")
 # flock'ed around each registration: inside a file store's folder, beside a sqlite database.
-REGISTRY_LOCK = ".itwinai-hpc-registry.lock"
-LOCK_WAIT_S = 600.0
 # Where mlflow.pyfunc runs the model: the pt2 export holds CPU weights, which MLflow refuses to
 # load onto a GPU, and by default its pyfunc loader picks the GPU wherever CUDA is present.
 PYFUNC_DEVICE = "cpu"
@@ -67,9 +63,23 @@ class Registration:
     extra_files: list[str] = field(default_factory=list)
 
 
+def check_value(reg: Registration) -> float:
+    """`reg.value` as a float; a ValueError when it is not a finite number (NaN, inf, None): a
+    diverged model must never become a version, let alone hold the alias."""
+    try:
+        value = float(reg.value)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"refusing to register {reg.name!r}: its {reg.metric} is "
+                         f"{reg.value!r}, not a finite number")
+    return value
+
+
 def log_and_register(reg: Registration) -> tuple[str, bool]:
     """Log `reg.model` to the active run and register it (register_version). Returns (version,
-    became_alias_holder)."""
+    became_alias_holder). A non-finite `reg.value` is refused before anything is logged."""
+    check_value(reg)
     return register_version(reg, log_served_model(reg))
 
 
@@ -113,7 +123,8 @@ def tensor_signature(model, example):
 def register_version(reg: Registration, model_uri: str) -> tuple[str, bool]:
     """Register `model_uri` (a logged model) as a new version of `reg.name` with `reg`'s tags
     and description; move `reg.alias` to it when `reg.value` beats the holder's `reg.metric`.
-    Returns (version, became_alias_holder).
+    Returns (version, became_alias_holder). A non-finite `reg.value` is refused (check_value);
+    a holder whose metric is not finite (registered before that check) loses the alias.
 
     All of it runs under the store's registry lock (registry_lock): the tasks of a sweep finish
     together, and without it two of them both read the old holder's metric, both "win", and
@@ -122,101 +133,21 @@ def register_version(reg: Registration, model_uri: str) -> tuple[str, bool]:
     import mlflow
     from mlflow import MlflowClient
 
+    value = check_value(reg)
     with registry_lock(mlflow.get_registry_uri()):
         version = str(mlflow.register_model(model_uri, reg.name).version)
         client = MlflowClient()
-        for key, val in {reg.metric: repr(float(reg.value)), **reg.tags}.items():
+        for key, val in {reg.metric: repr(value), **reg.tags}.items():
             client.set_model_version_tag(reg.name, version, key, val)
         if reg.description:
             client.update_model_version(reg.name, version, description=reg.description)
             if not client.get_registered_model(reg.name).description:
                 client.update_registered_model(reg.name, description=reg.description)
         current = champion_metric(reg.name, reg.alias, reg.metric)
-        wins = current is None or float(reg.value) > current
+        wins = current is None or not math.isfinite(current) or value > current
         if wins:
             client.set_registered_model_alias(reg.name, reg.alias, version)
     return version, wins
-
-
-def registry_lock_file(uri: str) -> Path | None:
-    """The lock file of the store at `uri`: inside a file store's folder (file: URI or plain
-    path), beside a sqlite database file; None for a tracking server (http:, https:,
-    databricks...) or an in-memory database, which no file lock can guard."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "sqlite":
-        # sqlite:///relative.db, sqlite:////absolute.db; sqlite:// alone is in memory.
-        db = uri[len("sqlite:///"):].split("?", 1)[0] if uri.startswith("sqlite:///") else ""
-        return Path(db).parent / REGISTRY_LOCK if db and db != ":memory:" else None
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path)) / REGISTRY_LOCK
-    if "://" not in uri and len(parsed.scheme) <= 1:   # a plain path (C: on Windows)
-        return Path(uri) / REGISTRY_LOCK
-    return None
-
-
-@contextlib.contextmanager
-def registry_lock(uri: str, wait_s: float = LOCK_WAIT_S) -> Iterator[Path | None]:
-    """Hold the registry lock of store `uri` (an exclusive flock, across processes and, on a
-    shared file system with working flock, across nodes); yields the lock file, or None where
-    there is none: a tracking server (last writer wins there), or a file system without
-    flock, which gets a warning on stderr. Waiting longer than `wait_s` is a RuntimeError."""
-    path = registry_lock_file(uri)
-    if path is None:
-        yield None
-        return
-    with contextlib.ExitStack() as stack:
-        locked = None
-        try:
-            f = stack.enter_context(open(path, "a"))
-            locked = _flock(f, path, wait_s)
-        except OSError as e:   # ENOLCK, ENOSYS, EOPNOTSUPP: e.g. Lustre mounted without flock
-            print(f"warning: cannot lock {path} ({e.strerror or e}); registering without the "
-                  "lock: tasks finishing at the same moment may leave a worse version holding "
-                  "the alias", file=sys.stderr, flush=True)
-        try:
-            yield locked
-        finally:
-            if locked is not None:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def registry_read_lock(uri: str, wait_s: float = LOCK_WAIT_S) -> Iterator[Path | None]:
-    """Hold the registry lock shared while reading an alias, so that a registration that is
-    moving it (MLflow's file store rewrites the alias file in place) is never read half done.
-    Only where the lock file exists and can be opened: a reader of a read-only store, or of
-    one no registration has locked yet, reads without it (as MLflow alone would)."""
-    path = registry_lock_file(uri)
-    try:
-        f = open(path, "r") if path is not None else None
-    except OSError:
-        f = None
-    if f is None:
-        yield None
-        return
-    with f:
-        try:
-            locked = _flock(f, path, wait_s, fcntl.LOCK_SH)
-        except OSError:        # no flock on this file system: read as MLflow alone would
-            locked = None
-        try:
-            yield locked
-        finally:
-            if locked is not None:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _flock(f, path: Path, wait_s: float, mode: int = fcntl.LOCK_EX) -> Path:
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(f, mode | fcntl.LOCK_NB)
-            return path
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"waited {wait_s:.0f} s for the registry lock {path}; the "
-                                   "process holding it is stuck (a hung file system?)") from None
-            time.sleep(0.05)
 
 
 def champion_metric(name: str, alias: str, metric: str) -> float | None:
@@ -244,13 +175,33 @@ def resolve_model_uri(uri: str) -> tuple[str, dict[str, str]]:
     highest METRIC in EXPERIMENT that logged a model)."""
     import mlflow
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
     store = mlflow.get_tracking_uri()
     if not uri.startswith(MODEL_SCHEMES):
         raise UserError(f"{uri!r} is not a model URI; use models:/NAME@ALIAS, models:/NAME/"
                         "VERSION, runs:/RUN_ID/model or best:EXPERIMENT:METRIC", field="--model")
+    with reading_model(uri):
+        return _resolve(client, uri, store)
+
+
+@contextlib.contextmanager
+def reading_model(uri: str) -> Iterator[None]:
+    """Around MLflow reading model `uri` (as the user named it) from its store: whatever it
+    raises because the store is damaged or incomplete becomes one UserError (store_damaged)."""
+    try:
+        yield
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as e:   # MLflow could not read its own store: one line, not a traceback
+        import mlflow
+
+        raise store_damaged(uri, mlflow.get_tracking_uri(), e) from None
+
+
+def _resolve(client, uri: str, store: str) -> tuple[str, dict[str, str]]:
+    from mlflow.exceptions import MlflowException
+
     try:
         if uri.startswith("best:"):
             return _best_run_model(client, uri, store)
@@ -259,7 +210,11 @@ def resolve_model_uri(uri: str) -> tuple[str, dict[str, str]]:
             if "@" in rest:
                 name, alias = rest.split("@", 1)
                 with registry_read_lock(store):     # not while a registration moves it
-                    mv = client.get_model_version_by_alias(name, alias)
+                    try:
+                        mv = client.get_model_version_by_alias(name, alias)
+                    except MlflowException:
+                        _check_alias_target(client, uri, name, alias)
+                        raise
                 # the version the alias named now: loading by alias again could find another
                 uri = f"models:/{mv.name}/{mv.version}"
             elif "/" in rest and rest.rsplit("/", 1)[1].isdigit():
@@ -278,12 +233,102 @@ def resolve_model_uri(uri: str) -> tuple[str, dict[str, str]]:
         names = []
         try:
             names = [m.name for m in client.search_registered_models()]
-        except MlflowException:
+        except Exception:   # a damaged store: the first error is the one to report
             pass
         known = f"; registered models: {', '.join(names)}" if names else "; the registry is empty"
         first = str(e.message if hasattr(e, "message") else e).splitlines()[0]
         raise UserError(f"cannot find model {uri!r} in {store} ({first}){known}",
                         field="--model") from None
+
+
+def _check_alias_target(client, uri: str, name: str, alias: str) -> None:
+    """After looking `alias` up failed: a UserError when it still names a version that is gone
+    (deleted from a file store by hand, or by an older MLflow that left the alias behind)."""
+    try:
+        target = client.get_registered_model(name).aliases.get(alias)
+    except Exception:
+        return   # no such model, or no such alias: the caller's error says so
+    if target is None:
+        return
+    try:
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    except Exception:
+        versions = []
+    exists = (f"existing versions: {', '.join(map(str, versions))}" if versions
+              else "the model has no version left")
+    raise UserError(f"{uri!r}: alias {alias!r} of model {name!r} points to version {target}, "
+                    f"which no longer exists ({exists}); name a version (models:/{name}/N) or "
+                    "move the alias to one (MlflowClient().set_registered_model_alias)",
+                    field="--model")
+
+
+def store_damaged(uri: str, store: str, e: BaseException) -> UserError:
+    """The one-line error for a store MLflow cannot read back (a meta.yaml or MLmodel that is
+    no longer YAML or lacks its keys, weights cut short, a model's files deleted): which model,
+    which store, what MLflow found, and the file and line where MLflow says."""
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    file = line = None
+    what = next((x for x in str(e).splitlines() if x.strip()), "") or type(e).__name__
+    mark = getattr(e, "problem_mark", None)
+    if isinstance(e, yaml.MarkedYAMLError) and mark is not None:
+        file, line, what = mark.name, mark.line + 1, e.problem or what
+    elif isinstance(e, yaml.reader.ReaderError):
+        file, what = e.name, e.reason
+    else:
+        file = _file_being_read(e)
+    detail = f"{type(e).__name__}: {what}"
+    if file and isinstance(e, KeyError) and e.args:
+        detail = f"this file lacks the key {e.args[0]!r}"
+    elif file and os.path.isfile(file) and not os.path.getsize(file):
+        detail = "this file is empty"
+    missing = isinstance(e, FileNotFoundError) or (
+        isinstance(e, MlflowException) and (
+            e.error_code == "RESOURCE_DOES_NOT_EXIST" or "No such artifact" in e.message))
+    if missing:
+        return UserError(f"the files of model {uri!r} are missing from the MLflow store {store} "
+                         f"({what}): deleted or moved; register the model again (rerun "
+                         "training) or name another version", field="--model")
+    return UserError(f"cannot read model {uri!r}: the MLflow store {store} is damaged "
+                     f"({detail}); restore the store from a backup, or "
+                     "register the model again (rerun training) in a new store",
+                     file=file, line=line, field="--model")
+
+
+def _file_being_read(e: BaseException) -> str | None:
+    """The metadata file (meta.yaml) a file store was reading when `e` was raised: the folder
+    that the innermost MLflow frame holding one was working on. Only for the message."""
+    frames, tb = [], e.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        if f"{os.sep}mlflow{os.sep}" not in frame.f_code.co_filename:
+            continue
+        for value in list(frame.f_locals.values()):
+            if isinstance(value, str) and value.startswith(os.sep):
+                meta = os.path.join(value, "meta.yaml")
+                if os.path.isfile(meta):
+                    return meta
+    return None
+
+
+def served_shapes(uri: str) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """The input and output tensor shapes of a (resolved) model's signature (-1: any size),
+    None where it has no tensor signature. Reads only its MLmodel file."""
+    import mlflow.models
+
+    signature = mlflow.models.get_model_info(uri).signature
+
+    def shape(schema):
+        if schema is None or not schema.is_tensor_spec() or len(schema.inputs) != 1:
+            return None
+        return tuple(int(d) for d in schema.inputs[0].shape)
+
+    if signature is None:
+        return None, None
+    return shape(signature.inputs), shape(signature.outputs)
 
 
 def _best_run_model(client, uri: str, store: str) -> tuple[str, dict[str, str]]:
@@ -312,7 +357,16 @@ def load_model(uri: str, device=None):
 
     from itwinai_hpc.ml.served import graph_on
 
-    graph = mlflow.pytorch.load_model(uri)
+    # A damaged pt2 file: torch.export logs the error with its traceback as a warning, then
+    # tries the legacy format, whose error is the one raised (reading_model turns it into one
+    # line); its warning would be a traceback in the job's log for nothing.
+    quiet = logging.getLogger("torch.export")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        graph = mlflow.pytorch.load_model(uri)
+    finally:
+        quiet.setLevel(level)
     return graph if device is None else graph_on(graph, device)
 
 

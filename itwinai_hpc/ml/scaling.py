@@ -13,8 +13,8 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from itwinai_hpc import atomic
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core import atomic
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.ml.sweep import STEADY_FROM_EPOCHS, steady_median
 
 THROUGHPUT = ("samples_per_s", "epoch_time_s")

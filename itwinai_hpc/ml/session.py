@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.ml import distributed as D
 from itwinai_hpc.ml.config import TrainConfig, flatten
 from itwinai_hpc.ml.evaluation import Evaluation
 from itwinai_hpc.ml.provenance import Provenance, log_run_scripts, log_shards
 
+# Why a run ended FAILED (e.g. its loss diverged); deleted when the run is resumed.
+FAILED_TAG = "itwinai_hpc.failed"
+MAX_TAG_CHARS = 5000   # MLflow's tag value limit on older stores
 # Which split of the shards played which part (MLflow's dataset input context).
 SPLIT_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
 
@@ -148,9 +151,15 @@ class TrackingSession:
         tracking.set_tags({f"weights_sha256.rank{r}": h for r, h in enumerate(weight_hashes)})
         tracking.end_run("FINISHED")
 
-    def failed(self) -> None:
+    def failed(self, reason: str | None = None) -> None:
+        """End the run FAILED (rank 0); `reason`, when known, as its tag itwinai_hpc.failed."""
         if self.ctx.is_main and self.run_id:
             import mlflow
 
             if mlflow.active_run() is not None:
+                if reason:
+                    try:
+                        mlflow.set_tag(FAILED_TAG, reason[:MAX_TAG_CHARS])
+                    except Exception:   # the run must still end FAILED
+                        pass
                 mlflow.end_run("FAILED")

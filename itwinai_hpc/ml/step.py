@@ -1,14 +1,17 @@
 """One optimisation step as the train config asks for it: autocast precision (bf16 on CPU or
 GPU; fp16 with a GradScaler), torch.compile of forward + loss (reduce-overhead: CUDA graphs),
 and the step's loss kept on the device, so the host never waits for the GPU inside an epoch.
-Step losses for MLflow reach the host through asynchronous copies (`StepLosses`).
+Step losses for MLflow reach the host through asynchronous copies (`StepLosses`), and so do
+the losses `LossWatch` scans for a run of non-finite values (a diverged training).
 
 Knows nothing about data, checkpoints' files or MLflow.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -111,3 +114,87 @@ class StepLosses:
             self._pending.pop(0)
         if ready:
             self.sink(ready)
+
+
+@dataclass
+class NonFiniteRun:
+    """The run of consecutive non-finite step losses that stopped a training."""
+
+    first_step: int                  # the run's first step (global, from 1)
+    first_loss: float                # its loss: nan, inf or -inf
+    count: int                       # the run's length when it stopped training
+    last_finite: float | None        # the loss of the last finite step before it, if any
+    last_finite_step: int | None
+    ended: bool = False              # training ended inside the run (shorter than patience)
+
+
+class LossWatch:
+    """Watches one rank's step losses for `patience` consecutive non-finite (inf, NaN) values
+    without a host sync per step: `add` copies the step's loss into a device buffer (one
+    4-byte copy); `poll` hands the buffer to the host at the loop's check points (on a GPU
+    through an asynchronous copy, scanned at a later poll once it has arrived, or at once with
+    `wait`) and returns the run that reached `patience`, once there is one (then always that
+    one). 0 and 1 both stop at the first non-finite loss. `poll(end=True)`: training is over, a
+    run still open counts whatever its length; a finished training must not have diverged."""
+
+    def __init__(self, patience: int, window: int, device):
+        self.patience = max(int(patience), 1)
+        self.device = torch.device(device)
+        self._buf = torch.zeros(max(int(window), 1), dtype=torch.float32, device=self.device)
+        self._first, self._n = 0, 0          # the buffer holds steps _first .. _first+_n-1
+        self._pending: list[tuple[int, torch.Tensor, object]] = []
+        self.run = 0                         # consecutive non-finite losses so far
+        self._run_first: tuple[int, float] = (0, math.nan)
+        self._run_before: tuple[float | None, int | None] = (None, None)
+        self._last_finite: tuple[float | None, int | None] = (None, None)
+        self.report: NonFiniteRun | None = None
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        if self._n and (self._n == len(self._buf) or step != self._first + self._n):
+            self._collect()                  # a full buffer or a gap: hand it over first
+        if not self._n:
+            self._first = step
+        self._buf[self._n].copy_(loss.detach(), non_blocking=True)
+        self._n += 1
+
+    def poll(self, *, wait: bool = False, end: bool = False) -> NonFiniteRun | None:
+        self._collect()
+        while self._pending:
+            first, host, done = self._pending[0]
+            if done is not None and not (wait or end) and not done.query():
+                break
+            if done is not None:
+                done.synchronize()
+            self._scan(first, host.tolist())
+            self._pending.pop(0)
+        if end and self.report is None and self.run:
+            self.report = self._report(ended=True)
+        return self.report
+
+    def _collect(self) -> None:
+        if not self._n:
+            return
+        values = self._buf[: self._n]
+        if self.device.type == "cuda":
+            host = torch.empty(self._n, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            self._pending.append((self._first, host, done))
+        else:
+            self._pending.append((self._first, values.clone(), None))
+        self._n = 0
+
+    def _scan(self, first: int, values: list[float]) -> None:
+        for step, value in enumerate(values, start=first):
+            if math.isfinite(value):
+                self.run, self._last_finite = 0, (value, step)
+                continue
+            self.run += 1
+            if self.run == 1:
+                self._run_first, self._run_before = (step, value), self._last_finite
+            if self.run >= self.patience and self.report is None:
+                self.report = self._report()
+
+    def _report(self, ended: bool = False) -> NonFiniteRun:
+        return NonFiniteRun(*self._run_first, self.run, *self._run_before, ended=ended)

@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from itwinai_hpc import atomic, layout
-from itwinai_hpc.errors import UserError
+import itwinai_hpc.run.layout as layout
+from itwinai_hpc.core import atomic, job_env
+from itwinai_hpc.core.errors import UserError
 
-SWEEP, SWEEP_ID, SWEEP_TASK, MATRIX = ("ITWINAI_HPC_SWEEP", "ITWINAI_HPC_SWEEP_ID",
-                                       "ITWINAI_HPC_SWEEP_TASK", "ITWINAI_HPC_MATRIX")
+SWEEP, SWEEP_ID, SWEEP_TASK, MATRIX = job_env.SWEEP, job_env.SWEEP_ID, job_env.SWEEP_TASK, \
+    job_env.MATRIX
 # MLflow's rule for tag keys; a matrix key becomes the tag matrix.KEY.
 TAG_KEY = re.compile(r"^[\w\-. /]+$")
 # Epoch throughput: the first epoch pays warm-up (allocations, caches, compilation), so with
@@ -47,8 +48,8 @@ class SweepTask:
         if not task.isdigit():
             raise UserError(f"expected the task's index (0, 1, ...), got {task!r}",
                             field=SWEEP_TASK)
-        sweep_id = env.get(SWEEP_ID) or (layout.sweep_id(env["ITWINAI_HPC_RUN_ID"], sweep)
-                                         if env.get("ITWINAI_HPC_RUN_ID") else sweep)
+        sweep_id = env.get(SWEEP_ID) or (layout.sweep_id(env[job_env.RUN_ID], sweep)
+                                         if env.get(job_env.RUN_ID) else sweep)
         return cls(sweep, sweep_id, int(task), parse_matrix(env.get(MATRIX) or "{}"))
 
     def tags(self) -> dict[str, str]:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.ml.evaluation import Evaluation
 
 
@@ -73,8 +73,9 @@ def start_run(experiment: str, *, run_id: str | None = None, run_name: str | Non
         mlflow.set_system_metrics_sampling_interval(system_metrics_every_s)
     if run_id:
         run = mlflow.start_run(run_id=run_id, log_system_metrics=system)
-        if "itwinai_hpc.stopped" in run.data.tags:
-            mlflow.delete_tag("itwinai_hpc.stopped")   # it is running again
+        for key in ("itwinai_hpc.stopped", "itwinai_hpc.failed"):
+            if key in run.data.tags:
+                mlflow.delete_tag(key)   # it is running again
     else:
         run = mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name,
                                log_system_metrics=system)

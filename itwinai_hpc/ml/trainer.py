@@ -1,6 +1,6 @@
 """The `classifier` trainer: DDP over the sharded reader, per-epoch validation, step-granular
-checkpoints with exact resume, and early stop on request; finish.py hands the best model to the
-registry.
+checkpoints with exact resume, early stop on request, and a run that fails (TrainingFailed) when
+its loss diverges; finish.py hands the best model to the registry.
 
 Rank 0 alone talks to MLflow (through session.py) and writes checkpoints; every rank reads the
 checkpoint on start. Knows nothing about the scheduler that launched it.
@@ -8,20 +8,25 @@ checkpoint on start. Knows nothing about the scheduler that launched it.
 
 from __future__ import annotations
 
-import copy
 import time
+from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.ml import distributed as D
-from itwinai_hpc.ml.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from itwinai_hpc.ml.checkpoint import checkpoint_path, load_checkpoint
 from itwinai_hpc.ml.config import TrainConfig
-from itwinai_hpc.ml.evaluation import Evaluation, evaluate
 from itwinai_hpc.ml.models import build_model
+from itwinai_hpc.ml.progress import progress, progress_done
 from itwinai_hpc.ml.session import TrackingSession
+from itwinai_hpc.ml.training_state import (  # noqa: F401  (the trainer's API)
+    Best,
+    Training,
+    TrainingFailed,
+    TrainOptions,
+    TrainResult,
+)
 
 TRAINERS: dict[str, Callable] = {}
 
@@ -38,88 +43,6 @@ def get_trainer(name: str):
         raise UserError(f"unknown trainer {name!r}; registered trainers: "
                         f"{', '.join(sorted(TRAINERS))}", field="trainer.name")
     return TRAINERS[name]
-
-
-@dataclass
-class TrainOptions:
-    data: str
-    checkpoint_dir: str | None = None
-    run_dir: str | None = None
-    register_as: str | None = None
-    tracking_uri: str | None = None
-    stop_after_epochs: int | None = None   # this invocation only: checkpoint, then exit 0
-    stop_file: str | None = None           # appears when the job should checkpoint and stop
-
-
-@dataclass
-class TrainResult:
-    status: str                      # "finished", "stopped" or "already-finished"
-    epoch: int                       # epochs completed
-    run_id: str | None
-    val_accuracy: float | None = None
-    test_accuracy: float | None = None
-    model_version: str | None = None
-    champion: bool = False
-    weights_sha256: str = ""
-
-
-@dataclass
-class Best:
-    """The best epoch so far by the registry's metric, with its weights (CPU copies)."""
-
-    metric: float | None = None
-    epoch: int | None = None
-    state: dict | None = None
-
-
-@dataclass
-class Training:
-    """One invocation's training state: what the loop, the checkpoints and finish() share."""
-
-    config: TrainConfig
-    opts: TrainOptions
-    ctx: D.Context
-    manifest: Any
-    model: Any
-    optimizer: Any
-    scheduler: Any
-    memory_format: Any
-    session: TrackingSession
-    log: Callable = print
-    best: Best = field(default_factory=Best)
-    run_id: str | None = None
-    data_device: Any = None          # where the readers hold the splits (a GPU when they fit)
-    train_step: Any = None           # step.TrainStep: its GradScaler is training state too
-
-    @property
-    def epochs(self) -> int:
-        return self.config.trainer.epochs
-
-    def loader(self, split: str, **kw):
-        """An evaluation loader over `split`: every row once across ranks, with indices."""
-        from itwinai_hpc.data.dataset import ShardedLoader
-
-        kw.setdefault("device", self.data_device)
-        return ShardedLoader(self.manifest, split, self.config.trainer.eval_batch_size,
-                             shuffle=False, rank_remainder="keep", rank=self.ctx.rank,
-                             world_size=self.ctx.world_size, return_index=True, **kw)
-
-    def evaluate(self, loader, keep_examples: int = 0) -> Evaluation:
-        return evaluate(self.ctx, self.model, loader, self.memory_format,
-                        self.manifest.num_classes, normalization=self.manifest.normalization,
-                        keep_examples=keep_examples)
-
-    def checkpoint(self, epoch: int, batch: int, sums, **extra) -> None:
-        if self.ctx.is_main and self.opts.checkpoint_dir:
-            best = {"metric": self.best.metric, "epoch": self.best.epoch, "state": self.best.state}
-            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "epoch": epoch, "batch": batch,
-                     "partial": list(sums), "best": best, "world_size": self.ctx.world_size,
-                     "epochs": self.epochs, "mlflow_run_id": self.run_id,
-                     "config": self.config.model_dump(),
-                     "step": self.train_step.state_dict() if self.train_step else {}, **extra}
-            self.session.log_checkpoint(save_checkpoint(state, self.opts.checkpoint_dir))
-        D.barrier(self.ctx)   # nobody moves on (or exits) before the checkpoint is on disk
 
 
 def build_optimizer(model, tcfg, total_steps: int, *, fused: bool = False):
@@ -151,6 +74,102 @@ def check_resumable(ck: dict, world: int, epochs: int, where: str) -> None:
                         "--checkpoint-dir", file=where)
 
 
+def _data(num_classes, image_shape) -> str:
+    from itwinai_hpc.data.shards import dims
+
+    return f"{num_classes} classes of {dims(image_shape)} images"
+
+
+def check_same_model(ck: dict, name: str, model, manifest, where: str) -> None:
+    """Refuse a checkpoint written for another model (another `model:`, or the same one with
+    other shapes: the shards' class count changed) before load_state_dict fails with a torch
+    traceback; the message says what the checkpoint is for."""
+    fix = ("use a new --checkpoint-dir for this training (or delete this checkpoint to start "
+           "over)")
+    config = ck.get("config") if isinstance(ck.get("config"), dict) else {}
+    theirs = config.get("model")
+    if theirs and theirs != name:
+        raise UserError(f"this checkpoint is for model {theirs!r}, this run trains {name!r}; "
+                        f"{fix}", file=where, field="model")
+    state, mine = ck.get("model"), model.state_dict()
+    if not isinstance(state, dict):
+        return
+    differ = next(((k, tuple(state[k].shape), tuple(v.shape)) for k, v in mine.items()
+                   if k in state and hasattr(state[k], "shape")
+                   and tuple(state[k].shape) != tuple(v.shape)), None)
+    missing = sorted(set(mine) ^ set(state))
+    if differ is None and not missing:
+        return
+    data = ck.get("data") if isinstance(ck.get("data"), dict) else {}
+    written_for = (f" on {_data(data.get('num_classes'), data.get('image_shape'))}"
+                   if data.get("num_classes") and data.get("image_shape") else "")
+    if differ is not None:
+        from itwinai_hpc.data.shards import dims
+
+        key, a, b = differ
+        what = f"{key} is {dims(a)} in it, {dims(b)} in this run"
+    else:
+        what = f"{missing[0]} is in only one of them"
+    raise UserError(f"this checkpoint is for model {theirs or 'another model'!r}{written_for}, "
+                    f"whose weights do not fit this run's {name!r} on "
+                    f"{_data(manifest.num_classes, manifest.image_shape)} ({what}); {fix}",
+                    file=where, field="model")
+
+
+def check_model_takes(model, name: str, manifest) -> None:
+    """One forward pass of two blank images (eval mode, no gradient, on the CPU, before any
+    step): the model must take the shards' images and give a score per class. Otherwise a
+    UserError naming the manifest, not a shape error inside torch at the first step. Changes
+    no weight, statistic or random state."""
+    import torch
+
+    from itwinai_hpc.data.shards import dims
+
+    shape, where = list(manifest.image_shape), str(manifest.path)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, 1, *shape))
+    except (RuntimeError, ValueError) as e:
+        first = next((x for x in str(e).splitlines() if x.strip()), type(e).__name__)
+        raise UserError(f"model {name!r} cannot take these shards' {dims(shape)} images "
+                        f"({first}); choose a model built for {dims(shape)} images, or "
+                        "preprocess the data to the image size the model expects",
+                        file=where, field="image_shape") from None
+    finally:
+        model.train(training)
+    if tuple(out.shape) != (2, manifest.num_classes):
+        raise UserError(f"model {name!r} gives {dims(out.shape[1:])} scores per image, the "
+                        f"shards have {manifest.num_classes} classes", file=where,
+                        field="num_classes")
+
+
+def diverged(ctx: D.Context, watch, steps_per_epoch: int, patience: int, at_step: int
+             ) -> TrainingFailed:
+    """The error of a training stopped at `at_step` for non-finite losses: every rank calls
+    this (it gathers each rank's LossWatch.report) and gets the same message, about the run
+    that began first."""
+    reports = D.all_gather_object(ctx, watch.report)
+    rank, r = min(((i, r) for i, r in enumerate(reports) if r is not None),
+                  key=lambda found: found[1].first_step)
+
+    def at(step: int) -> str:
+        epoch, batch = divmod(step - 1, steps_per_epoch)
+        return f"step {step} (epoch {epoch + 1}, batch {batch + 1} of {steps_per_epoch})"
+
+    what = (f"training ended {r.count} step(s) into it" if r.ended else
+            f"{r.count} steps in a row")
+    before = (f"last finite loss {r.last_finite:.4g} at step {r.last_finite_step}"
+              if r.last_finite is not None else "no finite loss before it")
+    return TrainingFailed(
+        f"non-finite training loss ({r.first_loss}) from {at(r.first_step)}"
+        + (f" on rank {rank}" if ctx.distributed else "")
+        + f": {what} (trainer.nan_patience {patience}); {before}. Stopped at {at(at_step)}; "
+        "nothing is registered. Usual cause: a learning rate too high (trainer.lr, "
+        "trainer.max_lr)")
+
+
 @register_trainer("classifier")
 def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
                      log=print) -> TrainResult:
@@ -161,7 +180,7 @@ def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
     from itwinai_hpc.data.shards import read_manifest
     from itwinai_hpc.ml.batches import DeviceBatches, data_device
     from itwinai_hpc.ml.finish import finish
-    from itwinai_hpc.ml.step import StepLosses, TrainStep
+    from itwinai_hpc.ml.step import LossWatch, StepLosses, TrainStep
 
     tcfg = config.trainer
     manifest = read_manifest(opts.data)
@@ -172,7 +191,9 @@ def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
     if on_gpu:
         torch.backends.cudnn.benchmark = True   # fixed input shapes: pick the fastest kernels
     torch.manual_seed(tcfg.seed)   # same initial weights on every rank (DDP also broadcasts)
-    model = build_model(config.model, manifest.num_classes).to(ctx.device)
+    model = build_model(config.model, manifest.num_classes)
+    check_model_takes(model, config.model, manifest)
+    model = model.to(ctx.device)
     memory_format = torch.channels_last if tcfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     held_on, where_held = data_device(manifest, ("train", "validation"), ctx.device,
@@ -197,6 +218,7 @@ def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
     where = str(checkpoint_path(opts.checkpoint_dir or "."))
     start_epoch, start_batch, partial, best = 0, 0, (0.0, 0.0), Best()
     if ck is not None:
+        check_same_model(ck, config.model, model, manifest, where)
         if ck.get("finished"):   # e.g. a requeue that raced the end of training
             if ctx.is_main:
                 log(f"training already finished in {where} (model version "
@@ -225,6 +247,14 @@ def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
     # Rank 0 logs step losses as their asynchronous copies arrive: no wait for the device.
     losses = StepLosses(session.log_steps) if ctx.is_main else None
     epoch, every = start_epoch, tcfg.stop_check_every_steps
+    # Every rank's step losses, read where the ranks agree anyway: a diverged run fails there.
+    watch = LossWatch(tcfg.nan_patience, every, ctx.device)
+
+    def fail(at_step: int) -> TrainingFailed:
+        if losses is not None:
+            losses.flush()   # the non-finite step losses are in MLflow too
+        return diverged(ctx, watch, steps_per_epoch, tcfg.nan_patience, at_step)
+
     try:
         for epoch in range(start_epoch, epochs):
             batches.set_epoch(epoch)
@@ -235,14 +265,24 @@ def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
             with closing(batches.batches(first)) as epoch_batches:
                 for b, (images, labels) in enumerate(epoch_batches, start=first):
                     loss = train_step(images, labels)
+                    progress(tcfg.watchdog_s)
                     loss_sum += loss * labels.shape[0]
                     seen += labels.shape[0]
                     step = epoch * steps_per_epoch + b + 1
+                    watch.add(step, loss)
                     if losses is not None and step % config.tracking.log_every_steps == 0:
                         losses.add(step, loss, sched.get_last_lr()[0])
                     # The one host sync inside an epoch, every `every` steps: all ranks agree
-                    # whether to stop (over the CPU when the GPUs talk nccl).
-                    if (b + 1) % every == 0 and b + 1 < steps_per_epoch and stop.agreed():
+                    # whether to stop, asked to or diverged (over the CPU when the GPUs talk
+                    # nccl; on a GPU the losses read are those that have arrived, not waited
+                    # for).
+                    if (b + 1) % every or b + 1 >= steps_per_epoch:
+                        continue
+                    requested, nonfinite = D.any_rank(ctx, stop.local(),
+                                                      watch.poll() is not None)
+                    if nonfinite:
+                        raise fail(step)
+                    if requested:
                         if losses is not None:
                             losses.flush()
                         D.broadcast_buffers(ctx, model)
@@ -259,6 +299,10 @@ def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
             train_time = time.perf_counter() - t0
             if losses is not None:
                 losses.flush()
+            # Before this epoch is validated or checkpointed; at the end of training a run of
+            # non-finite losses still open fails it, however short.
+            if D.any_rank(ctx, watch.poll(wait=True, end=epoch + 1 == epochs) is not None)[0]:
+                raise fail((epoch + 1) * steps_per_epoch)
             D.broadcast_buffers(ctx, model)
             loss_total, samples_now = D.all_reduce_sum(ctx, [local_loss, float(seen)])
             loss_total, samples = loss_total + partial[0], samples_now + partial[1]
@@ -267,9 +311,7 @@ def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
             metrics = {"train_loss": loss_total / max(samples, 1), "val_accuracy": val.accuracy,
                        "val_loss": val.loss, "epoch_time_s": time.perf_counter() - t0,
                        "samples_per_s": samples_now / train_time if train_time else 0.0}
-            if t.best.metric is None or val.accuracy > t.best.metric:
-                t.best = Best(val.accuracy, epoch + 1, copy.deepcopy(
-                    {k: v.cpu() for k, v in model.state_dict().items()}))
+            t.consider(epoch + 1, val)   # never an epoch with a NaN metric
             if ctx.is_main:
                 session.log_epoch(metrics, epoch + 1)
                 log(f"epoch {epoch + 1}/{epochs}  train_loss {metrics['train_loss']:.4f}  "
@@ -291,7 +333,11 @@ def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
                         "dir to resume", flush=True)
                 stop.consume()
                 return session.stopped(TrainResult("stopped", done, t.run_id), reason)
+        progress_done()     # evaluation and registration follow at their own pace
         return finish(t)
+    except TrainingFailed as e:
+        session.failed(str(e))
+        raise
     except BaseException:
         session.failed()
         raise

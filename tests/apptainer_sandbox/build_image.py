@@ -22,7 +22,7 @@ IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 def image_contents() -> dict:
     """The image as the stand-in reads it, for the venv of the running interpreter."""
     import itwinai_hpc
-    from itwinai_hpc.render import builtin_templates
+    from itwinai_hpc.render.templating import builtin_templates
 
     folders: list[str] = []
     symlinks: dict[str, str] = {}

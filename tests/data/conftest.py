@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from data_helpers import SMALL, make_idx_folder
+
 from itwinai_hpc.data.config import make_config
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from itwinai_hpc.data.mnist import IDX_FILES
 from itwinai_hpc.data.idx import write_idx
+from itwinai_hpc.data.mnist import IDX_FILES
 
 N_TRAIN, N_TEST = 1201, 301  # odd on purpose: ranks and shards do not divide them evenly
 

@@ -10,12 +10,12 @@ import sys
 
 import numpy as np
 import pytest
-
 from data_helpers import cli_args
+
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data import cli
 from itwinai_hpc.data.config import PreprocessConfig, load_config
 from itwinai_hpc.data.shards import read_manifest
-from itwinai_hpc.errors import UserError
 
 
 def test_run_writes_shards_and_manifest_and_returns_zero(idx_folder, tmp_path, capsys):
@@ -28,7 +28,8 @@ def test_run_writes_shards_and_manifest_and_returns_zero(idx_folder, tmp_path, c
     assert m.compression == "lzf" and len(m.splits["train"].shards) == 2
 
 
-def test_run_takes_the_shard_index_from_a_slurm_job_array(idx_folder, tmp_path, monkeypatch, capsys):
+def test_run_takes_the_shard_index_from_a_slurm_job_array(idx_folder, tmp_path, monkeypatch,
+                                                          capsys):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
     config = tmp_path / "pre.yml"
     config.write_text("validation_size: 0.1\n")
@@ -128,7 +129,7 @@ try:
 except OSError:
     pass
 from itwinai_hpc.data.mnist import load
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core.errors import UserError
 try:
     load("torchvision:" + sys.argv[1])
 except UserError as e:

@@ -6,11 +6,11 @@ import gzip
 
 import numpy as np
 import pytest
-
 from data_helpers import make_idx_folder
+
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data.idx import read_idx, write_idx
 from itwinai_hpc.data.mnist import load_idx_folder
-from itwinai_hpc.errors import UserError
 
 
 @pytest.mark.parametrize("name", ["x-idx3-ubyte", "x-idx3-ubyte.gz"])

@@ -12,13 +12,13 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
-
 from data_helpers import N_TEST, N_TRAIN
+
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data.config import make_config
 from itwinai_hpc.data.dataset import read_rows
 from itwinai_hpc.data.preprocess import count_shards, preprocess
 from itwinai_hpc.data.shards import read_manifest, sha256_file
-from itwinai_hpc.errors import UserError
 
 SHARD_NAMES = ["train-00000-of-00003.h5", "train-00001-of-00003.h5", "train-00002-of-00003.h5",
                "validation-00000-of-00001.h5", "test-00000-of-00002.h5", "test-00001-of-00002.h5"]

@@ -8,14 +8,14 @@ import sys
 import textwrap
 
 import pytest
-
 from data_helpers import make_idx_folder
+
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data import preprocess as pre
 from itwinai_hpc.data.config import make_config
 from itwinai_hpc.data.dataset import read_rows
 from itwinai_hpc.data.preprocess import preprocess
 from itwinai_hpc.data.shards import read_manifest, sha256_file
-from itwinai_hpc.errors import UserError
 
 
 def _digests(folder):

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from data_helpers import N_TRAIN
+
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data.dataset import ShardedLoader, read_rows
 from itwinai_hpc.data.shards import read_manifest
-from itwinai_hpc.errors import UserError
 
 N = N_TRAIN - 200  # train samples in the `shards` fixture: 1001, odd
 
@@ -120,6 +120,7 @@ def test_a_resumed_loader_replays_the_rest_of_the_epoch_exactly(shards):
 
 def test_stream_mode_holds_a_few_shards_however_many_there_are(tmp_path):
     from data_helpers import make_idx_folder
+
     from itwinai_hpc.data.config import make_config
     from itwinai_hpc.data.preprocess import preprocess
 

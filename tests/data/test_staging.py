@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data import staging
 from itwinai_hpc.data.dataset import ShardedLoader
 from itwinai_hpc.data.shards import read_manifest
 from itwinai_hpc.data.staging import stage_shards
-from itwinai_hpc.errors import UserError
 
 
 def _cli(*args, **kw):

@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ml_helpers import (N_TEST, N_TRAIN, N_VALIDATION, TEST_TRAIN_CONFIG, make_run_dir, ml_env,
-                        torchrun_train, workflow_repo)
+from ml_helpers import (
+    N_TEST,
+    N_TRAIN,
+    N_VALIDATION,
+    TEST_TRAIN_CONFIG,
+    make_run_dir,
+    ml_env,
+    torchrun_train,
+    workflow_repo,
+)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import time
 import urllib.request
 
 import pytest
-
 from ml_helpers import REPO, ml_env
 
 PROBE = """
@@ -24,7 +23,7 @@ with contextlib.redirect_stdout(io.StringIO()):
 print(json.dumps(sorted(sys.modules)))
 """
 # What the orchestration needs and a step inside a job does not (~40 ms at every start).
-ORCHESTRATION = {"itwinai_hpc.backends", "itwinai_hpc.runs", "itwinai_hpc.planned"}
+ORCHESTRATION = {"itwinai_hpc.backends", "itwinai_hpc.run.manifest", "itwinai_hpc.run.planned"}
 # Loaded by a step only once it logs to MLflow (pandas and pyarrow come with it) or draws.
 TRACKING_AND_FIGURES = {"mlflow", "pandas", "pyarrow", "matplotlib"}
 
@@ -158,7 +157,8 @@ def test_inference_config_errors_read_like_the_train_configs(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     lines = p.stderr.splitlines()
     assert lines[0].startswith(f"error: {cfg}:2: split: ") and "'test'" in lines[0]
-    assert lines[1].startswith(f"error: {cfg}:3: batch_size: ") and "greater than or equal to 1" in lines[1]
+    assert (lines[1].startswith(f"error: {cfg}:3: batch_size: ")
+            and "greater than or equal to 1" in lines[1])
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "mlruns").exists()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.ml.config import TrainConfig, load_config
 
 CONFIG = Path(__file__).resolve().parents[2] / "use-cases/mnist/mnist-ai-train.yml"
@@ -23,7 +23,8 @@ def test_overrides_replace_the_files_values_with_yaml_typed_ones():
 
 
 @pytest.mark.parametrize("item, message", [
-    ("trainer.max_lr=abc", "--set trainer.max_lr=abc: trainer.max_lr: Input should be a valid number"),
+    ("trainer.max_lr=abc",
+     "--set trainer.max_lr=abc: trainer.max_lr: Input should be a valid number"),
     ("trainer.bacth_size=64", "unknown key 'bacth_size'"),
     ("trainer.max_lr", "needs the form dotted.path=value"),
 ])

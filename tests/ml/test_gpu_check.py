@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-
 from ml_helpers import REPO
 
 

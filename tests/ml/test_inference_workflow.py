@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import yaml
-
 from ml_helpers import REPO, itwinai_hpc, ml_env
 
 USE_CASE = REPO / "use-cases/mnist"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from ml_helpers import N_TEST, WORKFLOW_DESCRIPTION, itwinai_hpc, make_run_dir, ml_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]   # needs the torchrun training fixture

@@ -11,9 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from ml_helpers import REPO
-
 
 
 @pytest.fixture(scope="module")

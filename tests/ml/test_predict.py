@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from ml_helpers import N_TEST, REPO, ml_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]   # needs the torchrun training fixture
@@ -52,7 +51,7 @@ def test_bad_model_uri_exits_2_with_a_message_and_writes_nothing(trained, tmp_pa
                                  "best:no-such-experiment:val_accuracy"])
 def test_missing_model_is_a_user_error_naming_the_uri(trained, monkeypatch, uri):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    from itwinai_hpc.errors import UserError
+    from itwinai_hpc.core.errors import UserError
     from itwinai_hpc.ml import registry, tracking
 
     tracking.configure(f"file:{trained.store}")
@@ -84,7 +83,7 @@ def test_an_alias_is_read_only_between_registrations_and_pinned_to_the_version_i
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     from mlflow import MlflowClient
 
-    from itwinai_hpc.ml import registry, tracking
+    from itwinai_hpc.ml import registry, registry_lock, tracking
 
     tracking.configure(f"file:{trained.store}")
     version = MlflowClient().get_model_version_by_alias(trained.model_name, "champion").version
@@ -94,7 +93,7 @@ def test_an_alias_is_read_only_between_registrations_and_pinned_to_the_version_i
         done["uri"] = registry.resolve_model_uri(f"models:/{trained.model_name}@champion")[0]
         done["at"] = time.monotonic()
 
-    with registry.registry_lock(f"file:{trained.store}"):       # a registration in progress
+    with registry_lock.registry_lock(f"file:{trained.store}"):       # a registration in progress
         reader = threading.Thread(target=resolve)
         reader.start()
         time.sleep(3)

@@ -139,7 +139,7 @@ def test_champion_ends_on_the_best_of_tasks_registering_at_the_same_moment(store
 
 
 def test_lock_file_sits_in_a_file_store_and_beside_a_sqlite_database(tmp_path):
-    from itwinai_hpc.ml.registry import REGISTRY_LOCK, registry_lock_file
+    from itwinai_hpc.ml.registry_lock import REGISTRY_LOCK, registry_lock_file
 
     store = tmp_path / "mlruns"
     for uri in (f"file:{store}", f"file://{store}", str(store)):

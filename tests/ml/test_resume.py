@@ -9,9 +9,9 @@ import signal
 
 import pytest
 import torch
-
 from ml_helpers import TEST_TRAIN_CONFIG, make_run_dir
-from itwinai_hpc.errors import UserError
+
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.ml import distributed as D
 from itwinai_hpc.ml.config import TrainConfig, make_config
 from itwinai_hpc.ml.trainer import TrainOptions, train_classifier

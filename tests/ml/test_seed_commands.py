@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 
 import pytest
-
 from ml_helpers import N_TEST, REPO, itwinai_hpc, ml_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]   # a real (small) training, ~20 s

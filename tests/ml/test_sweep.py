@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 import pytest
-
 from ml_helpers import REPO, make_run_dir, ml_env
 
-from itwinai_hpc.errors import UserError
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.ml.provenance import Provenance
 from itwinai_hpc.ml.sweep import SweepTask, steady_median
 

@@ -10,7 +10,6 @@ import statistics
 
 import pytest
 import yaml
-
 from ml_helpers import N_TEST, make_run_dir, ml_env, torchrun_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]   # two trainings: ~30 s idle
@@ -176,7 +175,7 @@ def test_scaling_report_is_an_mlflow_run_beside_the_sweeps_runs(sweep):
 
 
 def test_a_sweep_without_runs_is_an_error_naming_the_sweep_and_the_store(sweep, tmp_path):
-    from itwinai_hpc.errors import UserError
+    from itwinai_hpc.core.errors import UserError
     from itwinai_hpc.ml.scaling import scaling_report
 
     with pytest.raises(UserError) as e:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from ml_helpers import final_weight_hashes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]   # three torchrun launches, ~45 s

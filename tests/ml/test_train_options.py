@@ -8,8 +8,8 @@ import copy
 
 import pytest
 import torch
-
 from ml_helpers import REPO, TEST_TRAIN_CONFIG
+
 from itwinai_hpc.ml import distributed as D
 from itwinai_hpc.ml.config import TrainConfig, load_config, make_config
 from itwinai_hpc.ml.models import build_model

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from itwinai_hpc.backends import slurm_query as q  # noqa: E402
+from itwinai_hpc.backends.slurm import query as q
 
 
 def sh(*cmd: str, check: bool = True) -> str:

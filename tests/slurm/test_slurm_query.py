@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_hpc.backends import slurm_exit_status as x
-from itwinai_hpc.backends import slurm_query as q
+from itwinai_hpc.backends.slurm import exit_status as x
+from itwinai_hpc.backends.slurm import query as q
 
 CAPTURED = Path(__file__).parent / "captured"
 

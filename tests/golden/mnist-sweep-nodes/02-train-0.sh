@@ -46,13 +46,15 @@ export OMP_NUM_THREADS=2
 # Leave the exit status in the run folder: on a cluster without accounting it is all that
 # `itwinai-hpc status` can learn once the job has left the queue.
 # SIGTERM (scancel, the time limit) is trapped so that the file says 143: a shell killed by it
-# would record the status of its last command, often 0.
+# would record the status of its last command, often 0. Files are written beside their name and
+# renamed over it (a link planted at the name is replaced, never written through), and a write
+# that fails (the run folder moved away) never changes the step's own exit status.
 # A step needs this one with `any`: on success, leave the mark it looks for.
 rm -f "$ITWINAI_HPC_RUN_DIR/logs/.ok-train.0"
 on_exit() {
   local status=$?
-  echo "$status" >"$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID"
-  if [[ $status == 0 ]]; then : >"$ITWINAI_HPC_RUN_DIR/logs/.ok-train.0"; fi
+  { echo "$status" >"$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID.$$" && mv -f "$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID.$$" "$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID"; } || true
+  if [[ $status == 0 ]]; then { : >"$ITWINAI_HPC_RUN_DIR/logs/.ok-train.0.$$" && mv -f "$ITWINAI_HPC_RUN_DIR/logs/.ok-train.0.$$" "$ITWINAI_HPC_RUN_DIR/logs/.ok-train.0"; } || true; fi
 }
 trap on_exit EXIT
 trap 'exit 143' TERM

@@ -39,8 +39,10 @@ export OMP_NUM_THREADS=2
 # Leave the exit status in the run folder: on a cluster without accounting it is all that
 # `itwinai-hpc status` can learn once the job has left the queue.
 # SIGTERM (scancel, the time limit) is trapped so that the file says 143: a shell killed by it
-# would record the status of its last command, often 0.
-trap 'echo "$?" >"$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID"' EXIT
+# would record the status of its last command, often 0. Files are written beside their name and
+# renamed over it (a link planted at the name is replaced, never written through), and a write
+# that fails (the run folder moved away) never changes the step's own exit status.
+trap '{ echo "$?" >"$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID.$$" && mv -f "$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID.$$" "$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID"; } || true' EXIT
 trap 'exit 143' TERM
 
 echo "[itwinai-hpc] $(date -Is) step $ITWINAI_HPC_STEP of run $ITWINAI_HPC_RUN_ID: local job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST}"

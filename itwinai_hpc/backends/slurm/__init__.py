@@ -1,0 +1,1 @@
+"""The SLURM backend: sbatch an afterok chain, ask sacct/scontrol what became of the jobs."""

@@ -1,0 +1,48 @@
+"""The job-environment contract: every ITWINAI_HPC_* variable the job scripts export and the
+Python side reads, named once (as run/layout.py is for file names). The templates export
+OWNED in every job; a workflow's env may not set them (the run's marks and stop file would go
+elsewhere). SETTINGS are knobs a user may set, in a step's env or their shell.
+"""
+
+from __future__ import annotations
+
+# Exported by every job script (templates/_environment.j2) or the local runner; read by the
+# ML steps, the sweep marks and `itwinai_hpc.job`.
+RUN_DIR = "ITWINAI_HPC_RUN_DIR"            # the run folder
+RUN_ID = "ITWINAI_HPC_RUN_ID"
+STEP = "ITWINAI_HPC_STEP"                  # the step's name
+BACKEND = "ITWINAI_HPC_BACKEND"            # slurm, local or submitit
+WORKFLOW_FILE = "ITWINAI_HPC_WORKFLOW_FILE"
+STOP_FILE = "ITWINAI_HPC_STOP_FILE"        # appears when the step should checkpoint and stop
+MATRIX = "ITWINAI_HPC_MATRIX"              # a sweep task's values, as a JSON object
+SWEEP = "ITWINAI_HPC_SWEEP"                # the sweep's name
+SWEEP_TASK = "ITWINAI_HPC_SWEEP_TASK"      # the task's number
+SWEEP_ID = "ITWINAI_HPC_SWEEP_ID"          # run id + sweep: groups the tasks in MLflow
+LOCAL_JOB = "ITWINAI_HPC_LOCAL_JOB"        # the local backends' process marker
+NO_PROGRESS = "ITWINAI_HPC_NO_PROGRESS"    # the step's watchdog, in seconds (when it has one)
+
+OWNED = frozenset({RUN_DIR, RUN_ID, STEP, BACKEND, WORKFLOW_FILE, STOP_FILE, MATRIX, SWEEP,
+                   SWEEP_TASK, SWEEP_ID, LOCAL_JOB, NO_PROGRESS})
+
+# Knobs a user may set (a step's env, or the shell itwinai-hpc runs in).
+DATA_MODE = "ITWINAI_HPC_DATA_MODE"                    # memory or stream (data/loader_settings)
+DATA_MEMORY_BUDGET = "ITWINAI_HPC_DATA_MEMORY_BUDGET"
+STAGE_DIR = "ITWINAI_HPC_STAGE_DIR"                    # node-local staging target
+LOCAL_PARALLEL = "ITWINAI_HPC_LOCAL_PARALLEL"          # steps at once on the local backend
+SUBMITIT_CLUSTER = "ITWINAI_HPC_SUBMITIT_CLUSTER"      # slurm or local
+RUNS = "ITWINAI_HPC_RUNS"                              # where run folders go
+PROFILES = "ITWINAI_HPC_PROFILES"                      # extra site profile folders
+
+SETTINGS = frozenset({DATA_MODE, DATA_MEMORY_BUDGET, STAGE_DIR, LOCAL_PARALLEL,
+                      SUBMITIT_CLUSTER, RUNS, PROFILES})
+
+
+def owned_problem(name: str) -> str | None:
+    """Why a workflow may not set the variable `name`, or None."""
+    if name in OWNED:
+        return (f"'{name}' is set by itwinai-hpc in every job (the run's marks, stop file and "
+                "sweep results depend on it); a workflow may not set it")
+    if name.startswith("ITWINAI_HPC_") and name not in SETTINGS:
+        return (f"'{name}' is in itwinai-hpc's namespace but is none of its settings "
+                f"({', '.join(sorted(SETTINGS))}); a workflow may not set it")
+    return None
