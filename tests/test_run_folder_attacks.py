@@ -223,6 +223,20 @@ def test_the_settings_a_user_may_set_stay_allowed(here):
     assert cli("validate", str(wf)).returncode == 0
 
 
+def test_variables_itwinai_hpc_owns_do_not_leak_from_the_submitting_shell(here):
+    """A run submitted from inside a step (or a shell that set them) must not inherit that
+    step's run folder or watchdog: the runner's environment leaves them out."""
+    (here / "step.py").write_text(
+        "import os, time\nfrom itwinai_hpc import job\njob.progress()\ntime.sleep(2.5)\n"
+        "job.progress()\nopen('seen', 'w').write(os.environ['ITWINAI_HPC_RUN_DIR'])\n")
+    wf = workflow(here, f"  - {{name: a, command: {sys.executable} {here / 'step.py'}}}\n")
+    run = render(here, wf)
+    env = {**os.environ, "ITWINAI_HPC_RUN_DIR": "/tmp/elsewhere", "ITWINAI_HPC_NO_PROGRESS": "1"}
+    p = cli("submit", str(run), "--backend", "local", "--wait", env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (here / "seen").read_text().strip() == str(run)
+
+
 # ---- a closed stdout ---------------------------------------------------------------------------
 
 def test_with_stdout_closed_render_does_its_work_and_exits_0(here):

@@ -186,7 +186,7 @@ name: detached
 steps:
   - name: long
     command: bash -c
-    args: ['touch started; sleep 6; touch ended']
+    args: ['touch started; until test -e release; do sleep 0.1; done; touch ended']
 """
 
 
@@ -204,6 +204,7 @@ def test_a_local_submission_returns_while_its_job_runs_and_ctrl_c_leaves_the_job
     p = subprocess.run(submit_, cwd=piped, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert not (piped / "ended").exists()         # returned (pipes closed) while it runs
+    (piped / "release").touch()
 
     interrupted = tmp_path / "interrupted"
     waiting = subprocess.Popen(submit_ + ["--wait"], cwd=interrupted, env=env,
@@ -213,8 +214,12 @@ def test_a_local_submission_returns_while_its_job_runs_and_ctrl_c_leaves_the_job
     while not (interrupted / "started").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert (interrupted / "started").exists()
+    # The job waits for `release`: however loaded the machine, it is still running when Ctrl-C
+    # arrives (it ended on its own once, before the signal, and the wait exited 0).
     os.killpg(waiting.pid, signal.SIGINT)         # what Ctrl-C does: the foreground group
     assert waiting.wait(timeout=30) == 130
+    assert not (interrupted / "ended").exists()
+    (interrupted / "release").touch()
     for folder in (piped, interrupted):
         manifest = RunManifest.load(folder / "run")
         assert operations.wait(manifest, interval=0.2, timeout=60) == 0

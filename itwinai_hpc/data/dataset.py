@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
 from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data.epochs import REMAINDERS, EpochPlan, rank_epoch, samples_per_rank
 from itwinai_hpc.data.loader_settings import DEFAULT_PREFETCH_SHARDS, choose_mode, describe_bytes
+from itwinai_hpc.data.manifest_checks import check_class_counts, check_image_shape
 from itwinai_hpc.data.prefetch import prefetched
-from itwinai_hpc.data.shards import Manifest, check_shard_header, read_manifest, read_shard
+from itwinai_hpc.data.shards import Manifest, ShardInfo, open_shard, read_manifest, read_shard
 
 
 def default_rank_and_world() -> tuple[int, int]:
@@ -44,14 +46,21 @@ def _check_split(manifest: Manifest, split: str) -> None:
                         f"{info.num_samples}", file=str(manifest.path))
 
 
-def _check_class_counts(manifest: Manifest, split: str, labels: np.ndarray) -> None:
-    """A whole split's labels against the manifest's class_counts for it."""
-    counted = np.bincount(labels, minlength=manifest.num_classes).tolist()
-    stated = manifest.splits[split].class_counts
-    if counted != stated:
-        raise UserError(f"says {stated}, the {split} shards' labels count {counted}; the "
-                        "manifest does not describe its shards: rerun preprocess to rewrite it",
-                        file=str(manifest.path), field=f"splits.{split}.class_counts")
+def check_shard_header(path: Path, shard: ShardInfo, manifest: Manifest) -> None:
+    """That the shard's arrays have the image shape `manifest` states, from the HDF5 header
+    alone (no row read, no checksum pass): a reader that streams checks its first shard so
+    before its first batch. A file that is not a readable shard is left to read_shard."""
+    import h5py
+
+    f, _ = open_shard(path, shard)
+    with f:
+        same_inode = Path(f"/proc/self/fd/{f.fileno()}")
+        try:
+            with h5py.File(same_inode if same_inode.exists() else path, "r") as h5:
+                shape = h5["images"].shape
+        except (OSError, KeyError):
+            return
+    check_image_shape(shape, shard, manifest)
 
 
 def read_rows(manifest: Manifest, split: str, start: int, end: int, *,
@@ -142,7 +151,7 @@ class ShardedLoader:
         self._shift = -norm["mean"] / norm["std"]
         if self.mode == "memory":
             images, labels = read_rows(self.manifest, split, 0, self.total, verify=verify)
-            _check_class_counts(self.manifest, split, labels)
+            check_class_counts(self.manifest, split, labels)
             self._images = torch.from_numpy(images).to(self.device)
             self._labels = torch.from_numpy(labels).to(self.device)
         elif self._shards:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import math
 import os
 import re
 import stat
@@ -22,6 +21,12 @@ import numpy as np
 
 from itwinai_hpc.core import atomic
 from itwinai_hpc.core.errors import UserError
+from itwinai_hpc.data.manifest_checks import (
+    check_description,
+    check_image_shape,
+    check_labels,
+    check_shard_entry,
+)
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "itwinai-hpc-shards/1"
@@ -234,103 +239,9 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
                         file=str(path)) from None
     for name, split in manifest.splits.items():
         for shard in split.shards:
-            _check_shard_entry(shard, name, path)
-    _check_description(manifest, path)
+            check_shard_entry(shard, name, path)
+    check_description(manifest, path)
     return manifest
-
-
-REWRITE = "the manifest does not describe its shards: rerun preprocess to rewrite it"
-
-
-def dims(shape) -> str:
-    """[28, 28] -> '28x28'."""
-    return "x".join(str(s) for s in shape)
-
-
-def _whole(value, minimum: int = 0) -> bool:
-    return type(value) is int and value >= minimum
-
-
-def _check_description(m: Manifest, path: Path) -> None:
-    """What the readers and the model compute with: an image shape of positive sizes, a class
-    count that every class_counts list agrees with, a finite mean and a std above 0 (the readers
-    divide by it). A manifest that lied here divided by zero or crashed inside torch mid-run;
-    whether the shards' arrays agree is checked where they are read (read_shard)."""
-    where = str(path)
-    shape = m.image_shape
-    if not (isinstance(shape, list) and shape and all(_whole(s, 1) for s in shape)):
-        raise UserError(f"must be a list of positive whole numbers such as [28, 28], got "
-                        f"{shape!r}; {REWRITE}", file=where, field="image_shape")
-    if not _whole(m.num_classes, 1):
-        raise UserError(f"must be a whole number >= 1, got {m.num_classes!r}; {REWRITE}",
-                        file=where, field="num_classes")
-    norm = m.normalization
-    for key in ("mean", "std"):
-        value = norm.get(key) if isinstance(norm, dict) else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value):
-            raise UserError(f"must be a finite number, got {value!r}; {REWRITE}", file=where,
-                            field=f"normalization.{key}")
-    if not norm["std"] > 0:
-        raise UserError(f"must be above 0, got {norm['std']!r}: the readers divide the pixels by "
-                        "it (0 means every training pixel has the same value, so there is "
-                        "nothing to learn from); rerun preprocess with normalization: dataset, "
-                        "or with varied data", file=where, field="normalization.std")
-    for name, split in m.splits.items():
-        entries = [(f"splits.{name}", split.class_counts, split.num_samples)]
-        entries += [(f"splits.{name}.shards[{i}]", s.class_counts, s.num_samples)
-                    for i, s in enumerate(split.shards)]
-        for key, counts, samples in entries:
-            if not _whole(samples):
-                raise UserError(f"must be a whole number >= 0, got {samples!r}; {REWRITE}",
-                                file=where, field=f"{key}.num_samples")
-            if not (isinstance(counts, list) and all(_whole(c) for c in counts)):
-                raise UserError(f"must be a list of whole numbers >= 0, got {counts!r}; "
-                                f"{REWRITE}", file=where, field=f"{key}.class_counts")
-            if len(counts) != m.num_classes:
-                raise UserError(f"the manifest says {m.num_classes} classes, but {key}."
-                                f"class_counts counts {len(counts)}; {REWRITE}", file=where,
-                                field="num_classes")
-            if sum(counts) != samples:
-                raise UserError(f"adds up to {sum(counts)} samples, {key}.num_samples says "
-                                f"{samples}; {REWRITE}", file=where, field=f"{key}.class_counts")
-
-
-def _check_shard_entry(shard: ShardInfo, split: str, path: Path) -> None:
-    """Every reader and stage-shards joins `file` to the manifest's folder (and to the staging
-    folder): it must name a file there, never climb out of it or point anywhere else."""
-    name = shard.file
-    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise UserError(f"shard name {name!r} in the {split} split is not a plain file name in "
-                        "the manifest's folder (no '/', no '..', not empty, no NUL); refused",
-                        file=str(path))
-    if type(shard.num_bytes) is not int or shard.num_bytes < 0:
-        raise UserError(f"shard {name!r}: num_bytes must be a whole number of bytes, got "
-                        f"{shard.num_bytes!r}", file=str(path))
-
-
-def _check_image_shape(shape: tuple[int, ...], shard: ShardInfo, manifest: Manifest) -> None:
-    if tuple(shape[1:]) != tuple(manifest.image_shape):
-        raise UserError(f"the manifest says {dims(manifest.image_shape)} images, shard "
-                        f"{shard.file!r} holds {dims(shape[1:])} images; {REWRITE}",
-                        file=str(manifest.path), field="image_shape")
-
-
-def check_shard_header(path: Path, shard: ShardInfo, manifest: Manifest) -> None:
-    """That the shard's arrays have the image shape `manifest` states, from the HDF5 header
-    alone (no row read, no checksum pass): a reader that streams checks its first shard so
-    before its first batch. A file that is not a readable shard is left to read_shard."""
-    import h5py
-
-    f, _ = open_shard(path, shard)
-    with f:
-        same_inode = Path(f"/proc/self/fd/{f.fileno()}")
-        try:
-            with h5py.File(same_inode if same_inode.exists() else path, "r") as h5:
-                shape = h5["images"].shape
-        except (OSError, KeyError):
-            return
-    _check_image_shape(shape, shard, manifest)
 
 
 def read_shard(path: Path, shard: ShardInfo, ranges: list[tuple[int, int]], *,
@@ -359,7 +270,7 @@ def read_shard(path: Path, shard: ShardInfo, ranges: list[tuple[int, int]], *,
                     raise UserError(f"shard holds {n} images, the manifest says "
                                     f"{shard.num_samples}", file=str(path))
                 if manifest is not None:
-                    _check_image_shape(images.shape, shard, manifest)
+                    check_image_shape(images.shape, shard, manifest)
                 parts = [(images[lo:hi], labels[lo:hi]) for lo, hi in ranges]
                 empty = np.empty((0, *images.shape[1:]), np.uint8), np.empty((0,), np.int64)
         except (OSError, KeyError) as e:
@@ -367,12 +278,7 @@ def read_shard(path: Path, shard: ShardInfo, ranges: list[tuple[int, int]], *,
                             file=str(path)) from None
     if manifest is not None:
         for _, got in parts:
-            if len(got) and not 0 <= got.min() <= got.max() < manifest.num_classes:
-                bad = got.max() if got.max() >= manifest.num_classes else got.min()
-                raise UserError(f"the manifest says {manifest.num_classes} classes (labels 0.."
-                                f"{manifest.num_classes - 1}), shard {shard.file!r} holds label "
-                                f"{int(bad)}; {REWRITE}", file=str(manifest.path),
-                                field="num_classes")
+            check_labels(got, shard, manifest)
     if not parts:
         return empty
     if len(parts) == 1:

@@ -44,11 +44,14 @@ def output_file(location: str | os.PathLike) -> Path:
 
 def predict(config: InferenceConfig, data: str, model_uri: str, output: str | os.PathLike, *,
             tracking_uri: str | None = None) -> PredictResult:
-    """Predict `config.split` of the shards in `data` with `model_uri`. A missing model or a
-    bad URI is a UserError raised before anything is written."""
+    """Predict `config.split` of the shards in `data` with `model_uri`. A missing model, a bad
+    URI, a store MLflow cannot read the model from, shards the model does not take (its
+    signature) and a manifest that does not describe its shards are UserErrors raised before
+    anything is written or an MLflow run starts; a failed write of the predictions (a full
+    disk) is PredictionsNotWritten, with no part of the file left."""
     from itwinai_hpc.data.shards import read_manifest
     from itwinai_hpc.ml import registry, tracking
-    from itwinai_hpc.ml.served import graph_on
+    from itwinai_hpc.ml.store_reading import reading_model, served_shapes
 
     if not model_uri:
         raise UserError("no model given: pass --model URI or set model_uri in the config",
@@ -63,12 +66,14 @@ def predict(config: InferenceConfig, data: str, model_uri: str, output: str | os
     output = output_file(output)
     tracking.configure(tracking_uri)
     resolved, about = registry.resolve_model_uri(model_uri)
-    with registry.reading_model(model_uri):
-        shapes = registry.served_shapes(resolved)
+    with reading_model(model_uri):
+        shapes = served_shapes(resolved)
     check_model_fits(model_uri, about, manifest, *shapes)
     loader = _loader(manifest, config)    # reads and checks the split before any MLflow run
+    from itwinai_hpc.ml.served import graph_on  # torch: only once the data is known good
+
     device = inference_device()
-    with registry.reading_model(model_uri):
+    with reading_model(model_uri):
         model = registry.load_model(resolved)
     model = graph_on(model, device)
     run_id = _start_run(config, about)
@@ -107,7 +112,7 @@ def check_model_fits(model_uri: str, about: dict[str, str], manifest, input_shap
     """The model's signature (input (-1, H, W) or (-1, 1, H, W); output (-1, classes)) against
     the shards' image shape and class count: a UserError naming both instead of a torch.export
     guard failing (or, for the class count, a silently wrong confusion matrix)."""
-    from itwinai_hpc.data.shards import dims
+    from itwinai_hpc.data.manifest_checks import dims
 
     version = f" (version {about['model_version']})" if about.get("model_version") else ""
     where, images = str(manifest.path), list(manifest.image_shape)

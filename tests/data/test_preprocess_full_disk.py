@@ -4,40 +4,21 @@ file left: complete shards keep their sidecars, temporaries are gone, no manifes
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import resource
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from data_helpers import make_idx_folder
+from tmpfs_mount import tmpfs
 
 from itwinai_hpc.data.shards import sha256_file
 
 N_TRAIN, VALIDATION = 6000, 1000
 TRAIN_BYTES = (N_TRAIN - VALIDATION) * (28 * 28 + 8)  # pixels + int64 labels of the train shard
 PAGE = 4096
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: int):
-    """A tmpfs of `size` bytes mounted at `path` (root only; skips the test elsewhere)."""
-    path.mkdir(parents=True)
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root and mount(8)")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                           str(path)], capture_output=True, text=True)
-    if proc.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        if subprocess.run(["umount", str(path)], capture_output=True).returncode:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def _preprocess(raw: Path, out: Path, config: Path, **kw) -> subprocess.CompletedProcess:

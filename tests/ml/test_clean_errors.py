@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 from ml_helpers import REPO, TEST_TRAIN_CONFIG
+from tmpfs_mount import tmpfs
 
 from itwinai_hpc.cli import main
 from itwinai_hpc.data.shards import (
@@ -299,26 +300,6 @@ def test_training_a_model_on_images_it_cannot_take_is_refused_before_training(
 
 # -- 3. predictions onto a full disk ------------------------------------------------------------
 
-def _tmpfs(path: Path, size: str):
-    import contextlib
-
-    @contextlib.contextmanager
-    def mounted():
-        path.mkdir(parents=True)
-        if os.geteuid() != 0 or not shutil.which("mount"):
-            pytest.skip("mounting a tmpfs needs root and mount(8)")
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                               str(path)], capture_output=True, text=True)
-        if proc.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-        try:
-            yield path
-        finally:
-            if subprocess.run(["umount", str(path)], capture_output=True).returncode:
-                subprocess.run(["umount", "-l", str(path)], capture_output=True)
-    return mounted()
-
-
 @pytest.mark.timeout(600)
 def test_predictions_onto_a_full_disk_fail_cleanly_and_leave_no_partial_file(
         registered, tmp_path, capsys):
@@ -326,7 +307,7 @@ def test_predictions_onto_a_full_disk_fail_cleanly_and_leave_no_partial_file(
     then fails. The earlier predictions file there is kept whole; nothing else is left."""
     _, uri = registered
     data = make_shards(tmp_path / "big", sizes=(64, 32, 3000))
-    with _tmpfs(tmp_path / "full", "1m") as disk:
+    with tmpfs(tmp_path / "full", "1m") as disk:
         old = disk / "predictions.csv"
         old.write_text("index,predicted,probability,label\n0,1,0.5,1\n")
         free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize

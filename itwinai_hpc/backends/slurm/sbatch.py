@@ -31,21 +31,28 @@ class Preflight:
 
 
 def preflight(scripts: dict[str, tuple[str, str]], env: dict[str, str],
-              run: Runner = subprocess.run) -> list[Preflight]:
+              run: Runner = subprocess.run,
+              sleep: Callable[[float], None] = time.sleep) -> list[Preflight]:
     """`sbatch --test-only` for each step's script (step -> (script name, text)); the first
-    refusal is a UserError with SLURM's own message and the step's name. Nothing is queued."""
+    refusal is a UserError with SLURM's own message and the step's name. A busy or restarting
+    controller (TRANSIENT) is asked again with backoff, as a submission is. Nothing is queued."""
     checked = []
     with tempfile.TemporaryDirectory(prefix="itwinai-hpc-preflight-") as tmp:
         for step, (name, text) in scripts.items():
             path = Path(tmp) / name
             path.write_text(text)
-            try:
-                p = run(["sbatch", "--test-only", str(path)], capture_output=True, text=True,
-                        env=env, cwd=tmp, timeout=120)
-            except FileNotFoundError:
-                raise UserError("sbatch is not on PATH: is this a SLURM login node? "
-                                "(--backend local runs the workflow without SLURM)",
-                                field="--backend") from None
+            for pause in (*BACKOFF_S, None):
+                try:
+                    p = run(["sbatch", "--test-only", str(path)], capture_output=True,
+                            text=True, env=env, cwd=tmp, timeout=120)
+                except FileNotFoundError:
+                    raise UserError("sbatch is not on PATH: is this a SLURM login node? "
+                                    "(--backend local runs the workflow without SLURM)",
+                                    field="--backend") from None
+                if p.returncode == 0 or pause is None or \
+                        not any(t in p.stderr + p.stdout for t in TRANSIENT):
+                    break
+                sleep(pause)
             said = (p.stderr.strip() or p.stdout.strip()).replace(f"{path}", name)
             if p.returncode != 0:
                 raise UserError(f"SLURM refuses step '{step}' ({name}): {said}; nothing was "

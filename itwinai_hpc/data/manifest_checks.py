@@ -1,0 +1,111 @@
+"""What a shard manifest states must be what its shards hold, or a reader divides by zero,
+crashes inside torch or silently miscounts: its description (image shape, class count and
+counts, normalization) when it is read, and the shards' arrays against it as they are read.
+Each problem is one UserError naming the manifest and the field. Pure: no file is opened here
+(shards.py reads; these are its checks).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from itwinai_hpc.core.errors import UserError
+
+REWRITE = "the manifest does not describe its shards: rerun preprocess to rewrite it"
+
+
+def dims(shape) -> str:
+    """[28, 28] -> '28x28'."""
+    return "x".join(str(s) for s in shape)
+
+
+def _whole(value, minimum: int = 0) -> bool:
+    return type(value) is int and value >= minimum
+
+
+def check_description(m, path: Path) -> None:
+    """What the readers and the model compute with: an image shape of positive sizes, a class
+    count that every class_counts list agrees with, a finite mean and a std above 0 (the readers
+    divide by it). A manifest that lied here divided by zero or crashed inside torch mid-run;
+    whether the shards' arrays agree is checked where they are read
+    (check_image_shape, check_labels)."""
+    where = str(path)
+    shape = m.image_shape
+    if not (isinstance(shape, list) and shape and all(_whole(s, 1) for s in shape)):
+        raise UserError(f"must be a list of positive whole numbers such as [28, 28], got "
+                        f"{shape!r}; {REWRITE}", file=where, field="image_shape")
+    if not _whole(m.num_classes, 1):
+        raise UserError(f"must be a whole number >= 1, got {m.num_classes!r}; {REWRITE}",
+                        file=where, field="num_classes")
+    norm = m.normalization
+    for key in ("mean", "std"):
+        value = norm.get(key) if isinstance(norm, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise UserError(f"must be a finite number, got {value!r}; {REWRITE}", file=where,
+                            field=f"normalization.{key}")
+    if not norm["std"] > 0:
+        raise UserError(f"must be above 0, got {norm['std']!r}: the readers divide the pixels by "
+                        "it (0 means every training pixel has the same value, so there is "
+                        "nothing to learn from); rerun preprocess with normalization: dataset, "
+                        "or with varied data", file=where, field="normalization.std")
+    for name, split in m.splits.items():
+        entries = [(f"splits.{name}", split.class_counts, split.num_samples)]
+        entries += [(f"splits.{name}.shards[{i}]", s.class_counts, s.num_samples)
+                    for i, s in enumerate(split.shards)]
+        for key, counts, samples in entries:
+            if not _whole(samples):
+                raise UserError(f"must be a whole number >= 0, got {samples!r}; {REWRITE}",
+                                file=where, field=f"{key}.num_samples")
+            if not (isinstance(counts, list) and all(_whole(c) for c in counts)):
+                raise UserError(f"must be a list of whole numbers >= 0, got {counts!r}; "
+                                f"{REWRITE}", file=where, field=f"{key}.class_counts")
+            if len(counts) != m.num_classes:
+                raise UserError(f"the manifest says {m.num_classes} classes, but {key}."
+                                f"class_counts counts {len(counts)}; {REWRITE}", file=where,
+                                field="num_classes")
+            if sum(counts) != samples:
+                raise UserError(f"adds up to {sum(counts)} samples, {key}.num_samples says "
+                                f"{samples}; {REWRITE}", file=where, field=f"{key}.class_counts")
+
+
+def check_shard_entry(shard, split: str, path: Path) -> None:
+    """Every reader and stage-shards joins `file` to the manifest's folder (and to the staging
+    folder): it must name a file there, never climb out of it or point anywhere else."""
+    name = shard.file
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise UserError(f"shard name {name!r} in the {split} split is not a plain file name in "
+                        "the manifest's folder (no '/', no '..', not empty, no NUL); refused",
+                        file=str(path))
+    if type(shard.num_bytes) is not int or shard.num_bytes < 0:
+        raise UserError(f"shard {name!r}: num_bytes must be a whole number of bytes, got "
+                        f"{shard.num_bytes!r}", file=str(path))
+
+
+def check_image_shape(shape: tuple[int, ...], shard, manifest) -> None:
+    if tuple(shape[1:]) != tuple(manifest.image_shape):
+        raise UserError(f"the manifest says {dims(manifest.image_shape)} images, shard "
+                        f"{shard.file!r} holds {dims(shape[1:])} images; {REWRITE}",
+                        file=str(manifest.path), field="image_shape")
+
+
+def check_labels(labels: np.ndarray, shard, manifest) -> None:
+    """Labels read from `shard` must be classes of `manifest` (0..num_classes-1)."""
+    n = manifest.num_classes
+    if len(labels) and not 0 <= labels.min() <= labels.max() < n:
+        bad = labels.max() if labels.max() >= n else labels.min()
+        raise UserError(f"the manifest says {n} classes (labels 0..{n - 1}), shard "
+                        f"{shard.file!r} holds label {int(bad)}; {REWRITE}",
+                        file=str(manifest.path), field="num_classes")
+
+
+def check_class_counts(manifest, split: str, labels: np.ndarray) -> None:
+    """A whole split's labels against the manifest's class_counts for it."""
+    counted = np.bincount(labels, minlength=manifest.num_classes).tolist()
+    stated = manifest.splits[split].class_counts
+    if counted != stated:
+        raise UserError(f"says {stated}, the {split} shards' labels count {counted}; {REWRITE}",
+                        file=str(manifest.path), field=f"splits.{split}.class_counts")
