@@ -201,3 +201,31 @@ def test_a_run_folder_you_may_only_read_gives_clean_answers(shared_dir):
         if code == 2:
             one_clean_error(p, "belongs to root")
 
+
+def test_the_ownership_refusal_names_the_owner_of_the_file_that_is_not_yours(here):
+    """The folder is yours, its run.json someone else's: the refusal names run.json and its
+    owner (it named the folder's owner: you)."""
+    run = rendered(here)
+    os.chown(run / "run.json", NO_PASSWD_UID, NO_PASSWD_UID)
+    p = cli("submit", str(run), "--backend", "local")
+    assert p.returncode == 2
+    one_clean_error(p, "run.json", f"uid {NO_PASSWD_UID}")
+
+
+def test_submit_wait_onto_a_full_disk_ends_in_one_line(here):
+    """The run folder's file system fills up while `submit --wait` follows the run: run.json
+    can no longer be rewritten. One line, exit 1, no traceback."""
+    from tmpfs_mount import tmpfs
+    with tmpfs(here / "disk", "256k") as disk:
+        wf = here / "wf.yml"
+        wf.write_text("name: full\ndefaults: {container: none}\nsteps:\n"
+                      "  - {name: a, command: 'head -c 400000 /dev/zero"
+                      " > \"$ITWINAI_HPC_RUN_DIR/fill\" || true; sleep 1'}\n"
+                      "  - {name: b, command: 'true', needs: [a]}\n")
+        p = cli("submit", str(wf), "--backend", "local", "-o", str(disk / "run"), "--wait",
+                timeout=120)
+        assert "Traceback" not in p.stderr, p.stderr
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert any(line.startswith("error:") and "No space left" in line
+                   for line in p.stderr.splitlines()), p.stderr
+

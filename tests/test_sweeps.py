@@ -432,4 +432,5 @@ steps:
     assert ".ok-a\".*" not in scripts["b"]
     assert 'for mark in "$ITWINAI_HPC_RUN_DIR/logs/.ok-a".*; do' in scripts["c"]
     # and task 1 leaves exactly the mark b looks for
-    assert ': >"$ITWINAI_HPC_RUN_DIR/logs/.ok-a.1"' in scripts["a-1"]
+    mark = '"$ITWINAI_HPC_RUN_DIR/logs/.ok-a.1'
+    assert f': >{mark}.$$" && mv -f {mark}.$$" {mark}"' in scripts["a-1"]
