@@ -20,9 +20,10 @@ SWEEP_TASK = "ITWINAI_HPC_SWEEP_TASK"      # the task's number
 SWEEP_ID = "ITWINAI_HPC_SWEEP_ID"          # run id + sweep: groups the tasks in MLflow
 LOCAL_JOB = "ITWINAI_HPC_LOCAL_JOB"        # the local backends' process marker
 NO_PROGRESS = "ITWINAI_HPC_NO_PROGRESS"    # the step's watchdog, in seconds (when it has one)
+GPUS_PER_NODE = "ITWINAI_HPC_GPUS_PER_NODE"  # the GPUs the step asked for (when it did)
 
 OWNED = frozenset({RUN_DIR, RUN_ID, STEP, BACKEND, WORKFLOW_FILE, STOP_FILE, MATRIX, SWEEP,
-                   SWEEP_TASK, SWEEP_ID, LOCAL_JOB, NO_PROGRESS})
+                   SWEEP_TASK, SWEEP_ID, LOCAL_JOB, NO_PROGRESS, GPUS_PER_NODE})
 
 # Knobs a user may set (a step's env, or the shell itwinai-hpc runs in).
 DATA_MODE = "ITWINAI_HPC_DATA_MODE"                    # memory or stream (data/loader_settings)

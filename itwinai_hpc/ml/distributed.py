@@ -11,6 +11,9 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from itwinai_hpc.core import job_env
+from itwinai_hpc.core.errors import UserError
+
 
 @dataclass
 class Context:
@@ -42,6 +45,29 @@ SLURM_KEYS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_JOB_NAME", "SLURM_NNO
               "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT", "SLURM_CLUSTER_NAME")
 
 
+def check_gpus_seen(torch, local_rank: int) -> None:
+    """A step that asked for GPUs (resources.gpus-per-node; the job script exports it) must get
+    one per local rank: training on the CPU instead would be silent and hundreds of times
+    slower. A UserError naming what was asked, what torch sees and the likely causes."""
+    asked = int(os.environ.get(job_env.GPUS_PER_NODE) or 0)
+    if not asked:
+        return
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if local_rank < seen:
+        return
+    build = (f"ROCm {torch.version.hip}" if getattr(torch.version, "hip", None) else
+             f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only")
+    visible = ", ".join(f"{k}={os.environ[k]}" for k in ("CUDA_VISIBLE_DEVICES",
+                        "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES") if k in os.environ)
+    raise UserError(f"this step asked for {asked} GPU(s) per node (resources.gpus-per-node), "
+                    f"but local rank {local_rank} sees {seen} (torch {torch.__version__}, "
+                    f"{build}{'; ' + visible if visible else ''}). Likely: an image built for "
+                    "another GPU vendor (a CUDA image on AMD nodes), a driver older than the "
+                    "wheel, a container started without --nv/--rocm, or more processes per "
+                    "node than GPUs. Not training on the CPU instead; for a CPU run set "
+                    "gpus-per-node: 0", field="resources.gpus-per-node")
+
+
 def setup() -> Context:
     """Join torchrun's process group when WORLD_SIZE is set (nccl where this process has a GPU,
     else gloo); otherwise run alone as rank 0 of 1."""
@@ -52,6 +78,7 @@ def setup() -> Context:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     has_gpu = torch.cuda.is_available() and local_rank < torch.cuda.device_count()
+    check_gpus_seen(torch, local_rank)
     device = torch.device(f"cuda:{local_rank}") if has_gpu else torch.device("cpu")
     if has_gpu:
         torch.cuda.set_device(device)

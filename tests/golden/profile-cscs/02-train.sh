@@ -29,6 +29,9 @@ export ITWINAI_HPC_WORKFLOW_FILE=<repo>/use-cases/mnist/training-workflow.yml
 export ITWINAI_HPC_BACKEND=${ITWINAI_HPC_BACKEND:-local}
 # Created when the step should checkpoint and stop early (time limit, preemption).
 export ITWINAI_HPC_STOP_FILE="$ITWINAI_HPC_RUN_DIR/train.STOP"
+# The GPUs this step asked for: a training process that sees none stops with a clear error
+# instead of training on the CPU.
+export ITWINAI_HPC_GPUS_PER_NODE=4
 # The step's environment (workflow defaults.env, then the step's env).
 export MLFLOW_TRACKING_URI=file:/work/project/mlruns
 export MLFLOW_ALLOW_FILE_STORE=true

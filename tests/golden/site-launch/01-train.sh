@@ -27,6 +27,9 @@ export ITWINAI_HPC_WORKFLOW_FILE=<repo>/tests/golden_inputs/site-launch.yml
 export ITWINAI_HPC_BACKEND=${ITWINAI_HPC_BACKEND:-local}
 # Created when the step should checkpoint and stop early (time limit, preemption).
 export ITWINAI_HPC_STOP_FILE="$ITWINAI_HPC_RUN_DIR/train.STOP"
+# The GPUs this step asked for: a training process that sees none stops with a clear error
+# instead of training on the CPU.
+export ITWINAI_HPC_GPUS_PER_NODE=4
 # The step's environment (workflow defaults.env, then the step's env).
 export NCCL_SOCKET_IFNAME=ib0
 export GLOO_SOCKET_IFNAME=ib0
