@@ -17,9 +17,6 @@ MAX_RESULT_BYTES = 1 << 20      # a task's result is a few hundred bytes
 COLUMNS = ("STEP", "JOB ID", "STATE", "ELAPSED", "EXIT", "NODES", "LOG")
 
 
-format_elapsed = clock
-
-
 def _log(path: str | None, run_dir: str, finished: bool) -> str:
     if not path or (finished and "*" not in path and not Path(path).exists()):
         return "-"                      # e.g. a dependent cancelled before it ever started
@@ -33,7 +30,7 @@ def rows(manifest: RunManifest) -> list[tuple[str, ...]]:
     out = []
     for s in sorted(manifest.steps, key=lambda s: s.index):
         state = s.state + (f" ({s.reason})" if s.reason and s.state == "PENDING" else "")
-        out.append((s.name, s.job_id or "-", state, format_elapsed(s.elapsed),
+        out.append((s.name, s.job_id or "-", state, clock(s.elapsed),
                     "-" if s.exit_code is None else str(s.exit_code), s.nodes or "-",
                     _log(s.log, manifest.run_dir, s.finished)))
         if s.plan.sweep and s.plan.sweep_task is None:

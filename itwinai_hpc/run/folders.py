@@ -94,19 +94,12 @@ def not_yours_to_read(folder: Path) -> UserError:
     """The error for a run folder (or its run.json) this user may not read."""
     try:
         st = folder.stat()
-        whose = f"belongs to {_user_name(st.st_uid)} (mode {st.st_mode & 0o777:o})"
+        whose = f"belongs to {guard.user_name(st.st_uid)} (mode {st.st_mode & 0o777:o})"
     except OSError:
         whose = "is not readable by you"
     return UserError(f"permission denied: this run folder {whose}; its owner can show it, or "
                      "share it with `itwinai-hpc render --group-share`", file=str(folder))
 
-
-def _user_name(uid: int) -> str:
-    import pwd
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
 
 
 def check_owner(manifest) -> None:
@@ -117,7 +110,7 @@ def check_owner(manifest) -> None:
         owner = path.stat().st_uid
         if owner != os.getuid():
             what = "run folder" if path == folder else "run folder's run.json"
-            raise UserError(f"this {what} belongs to {_user_name(owner)}, not to you: "
+            raise UserError(f"this {what} belongs to {guard.user_name(owner)}, not to you: "
                             "itwinai-hpc only submits, resumes and cancels your own runs "
                             "(status works on any)", file=str(path))
 

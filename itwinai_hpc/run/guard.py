@@ -17,7 +17,7 @@ from typing import Any
 from itwinai_hpc.core.errors import RunStateError, UserError
 from itwinai_hpc.run import layout
 
-SCRIPTS = "scripts"          # run.json extra: {file name: {"sha256": ..., "mode": ...}}
+SCRIPTS = "scripts"          # run.json extra: {file name: {"sha256": ...}}
 FOLDER = "folder"            # run.json extra: {"id": "dev:inode", "path": ...} at submit
 # Folders the jobs write into: a link there would send their output (and the exit statuses
 # itwinai-hpc believes) elsewhere.
@@ -54,15 +54,14 @@ def sha256(path: Path) -> str:
 
 
 def script_records(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
-    """What render wrote: each script's digest and permission bits, for run.json."""
-    return {name: {"sha256": sha256(folder / name),
-                   "mode": stat.S_IMODE((folder / name).stat().st_mode)} for name in names}
+    """What render wrote: each script's digest, for run.json."""
+    return {name: {"sha256": sha256(folder / name)} for name in names}
 
 
 def check_scripts(run_dir: str, records: dict[str, dict[str, Any]], warn=None) -> None:
     """Refuse scripts that someone else could have swapped or changed since render: a link, a
     file another user owns, a file or folder the group or others may write (render writes
-    neither; the mode it wrote is in run.json). The owner's own edit (another digest) is named,
+    neither). The owner's own edit (another digest) is named,
     not refused: fixing a step's script and resuming is a way to work."""
     folder = Path(run_dir)
     me = os.getuid()
@@ -80,7 +79,7 @@ def check_scripts(run_dir: str, records: dict[str, dict[str, Any]], warn=None) -
         if stat.S_ISLNK(st.st_mode):
             raise _planted(path)
         if st.st_uid != me:
-            raise UserError(f"belongs to {_user(st.st_uid)}, not to you: it was replaced since "
+            raise UserError(f"belongs to {user_name(st.st_uid)}, not to you: it was replaced since "
                             "render, and would run as you; render the workflow again",
                             file=str(path))
         bits = stat.S_IMODE(st.st_mode)
@@ -98,7 +97,7 @@ def _who(mode: int) -> str:
                         if mode & bit)
 
 
-def _user(uid: int) -> str:
+def user_name(uid: int) -> str:
     import pwd
     try:
         return pwd.getpwuid(uid).pw_name

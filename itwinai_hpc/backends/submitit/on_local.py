@@ -20,6 +20,7 @@ import submitit.local.local
 from itwinai_hpc.backends.local.backend import parallel_limit
 from itwinai_hpc.backends.local.procs import alive
 from itwinai_hpc.backends.slurm.exit_status import complete_array
+from itwinai_hpc.backends.submitit.on_slurm import WEEK_MIN
 from itwinai_hpc.backends.submitit.step import SKIPPED, SubmititStep, exit_file
 from itwinai_hpc.core.slurm_syntax import parse_array, time_minutes
 from itwinai_hpc.run import guard, layout
@@ -28,7 +29,6 @@ from itwinai_hpc.run.manifest import RunManifest, StepRecord
 from itwinai_hpc.run.planned import PlannedStep
 from itwinai_hpc.run.states import StepState
 
-WEEK_MIN = 7 * 24 * 60
 CONTROLLER_LOG = "local-controllers.log"   # in the submitit folder: what controllers print
 
 
