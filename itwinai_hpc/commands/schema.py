@@ -1,0 +1,206 @@
+"""`itwinai-hpc schema`: JSON Schemas (draft 2020-12) of the workflow format and of the train,
+inference and preprocessing configs, generated from the typed pydantic models that validate them.
+
+The schema accepts what the loader accepts, no more and no less where JSON Schema can say it:
+unknown keys are refused (the models forbid them), kebab-case names as written in YAML, and a
+`${var}` (or `${matrix.KEY}`) wherever a number, a boolean, a choice or a patterned string goes,
+since the loader substitutes variables before it validates. Descriptions come from the models:
+class docstrings, `Field(description=...)`, and the comment lines written above a field.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import sys
+from typing import Any, get_args
+
+from pydantic import BaseModel
+
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+CONFIGS = ("train", "inference", "preprocess")
+# A value holding a variable reference: substituted (and then checked) by the loader.
+REFERENCE = {"type": "string", "pattern": r"\$\{[^}]+\}",
+             "description": "a ${var} reference, substituted before the value is checked"}
+_FIELD = re.compile(r"^    ([A-Za-z_][A-Za-z0-9_]*)\s*:")
+_COMMENT = re.compile(r"^\s*#\s?(.*)$")
+_TRAILING = re.compile(r"\S\s{2,}#\s+(.*)$")
+
+
+def model_for(kind: str) -> type[BaseModel]:
+    """The model behind `schema` (kind 'workflow') or `schema --config KIND`."""
+    if kind == "workflow":
+        from itwinai_hpc.workflow.schema import Workflow
+        return Workflow
+    if kind == "train":
+        from itwinai_hpc.ml.config import TrainConfig
+        return TrainConfig
+    if kind == "inference":
+        from itwinai_hpc.ml.config import InferenceConfig
+        return InferenceConfig
+    if kind == "preprocess":
+        from itwinai_hpc.data.config import PreprocessConfig
+        return PreprocessConfig
+    raise ValueError(f"no schema for {kind!r}; one of: workflow, {', '.join(CONFIGS)}")
+
+
+def models_in(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """Every model reachable from `root`'s fields, by class name (the schema's $defs keys)."""
+    found: dict[str, type[BaseModel]] = {}
+
+    def visit(tp: Any) -> None:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            if tp.__name__ in found:
+                return
+            found[tp.__name__] = tp
+            for info in tp.model_fields.values():
+                visit(info.annotation)
+        for arg in get_args(tp):
+            visit(arg)
+
+    visit(root)
+    return found
+
+
+def field_comments(model: type[BaseModel]) -> dict[str, str]:
+    """The comment lines written directly above each field (or after it on its line), in the
+    class and the classes it inherits fields from; the nearest class wins."""
+    notes: dict[str, str] = {}
+    for cls in reversed(model.__mro__):
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or cls is BaseModel:
+            continue
+        try:
+            lines, _ = inspect.getsourcelines(cls)
+        except (OSError, TypeError):
+            continue
+        pending: list[str] = []
+        for line in lines:
+            comment = _COMMENT.match(line)
+            if comment:
+                pending.append(comment.group(1).strip())
+                continue
+            field = _FIELD.match(line)
+            if field and field.group(1) in cls.model_fields:
+                trailing = _TRAILING.search(line.split('"')[-1].split("'")[-1])
+                words = pending + ([trailing.group(1).strip()] if trailing else [])
+                words = [w for w in words if not w.startswith(("type:", "noqa"))]
+                if words:
+                    notes[field.group(1)] = " ".join(words)
+            pending = []
+    return notes
+
+
+def descriptions(model: type[BaseModel]) -> dict[str, str]:
+    """Field name -> its description: Field(description=...) else its comment."""
+    notes = field_comments(model)
+    for name, info in model.model_fields.items():
+        if info.description:
+            notes[name] = info.description
+    return notes
+
+
+def _alias(model: type[BaseModel], name: str) -> str:
+    return model.model_fields[name].alias or name
+
+
+def _accept_references(node: Any) -> Any:
+    """Wherever a value must be a number, a boolean, one of a few choices or a string of a
+    pattern, a string with a ${var} in it is accepted too (the loader substitutes first)."""
+    if isinstance(node, list):
+        return [_accept_references(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _accept_references(value) for key, value in node.items()}
+    kind = node.get("type")
+    checked = kind in ("integer", "number", "boolean") or "enum" in node or "const" in node \
+        or (kind == "string" and "pattern" in node)
+    if checked:
+        keep = {k: node.pop(k) for k in ("description", "default", "title") if k in node}
+        return {**keep, "anyOf": [node, dict(REFERENCE)]}
+    if "anyOf" in node:
+        node["anyOf"] = _flat(node["anyOf"])
+    return node
+
+
+def _flat(options: list) -> list:
+    """anyOf members with nested plain anyOfs lifted, one ${var} form at most, none beside a
+    plain string (which holds a reference anyway)."""
+    flat: list = []
+    for option in options:
+        nested = option.get("anyOf") if isinstance(option, dict) and len(option) == 1 else None
+        for item in nested or [option]:
+            if item not in flat:
+                flat.append(item)
+    if {"type": "string"} in flat:
+        flat = [item for item in flat if item != REFERENCE]
+    return flat
+
+
+def _loader_forms(schema: dict) -> None:
+    """Forms the models' before-validators turn into the typed value (schema.py,
+    sbatch_fields.py): what JSON Schema cannot learn from the annotations."""
+    defs = schema.get("$defs", {})
+    step = defs.get("Step", {}).get("properties", {})
+    if "needs" in step:          # a name, a list of names, or {name: ok|any}
+        needs = step["needs"]
+        needs["anyOf"] = [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
+                          {k: needs.pop(k) for k in ("type", "additionalProperties")}]
+    if "array" in step:          # `array: 5` is the string '5'
+        step["array"]["anyOf"].insert(0, {"type": "integer", "minimum": 0})
+    resources = defs.get("Resources", {}).get("properties", {})
+    if "mem" in resources:       # `mem: 1024` is megabytes
+        resources["mem"]["anyOf"].insert(0, {"type": "integer", "minimum": 0})
+
+
+def _tidy(node: Any, top: bool = True) -> Any:
+    """Drop pydantic's generated titles and defaults that are all-null mappings (noise in an
+    editor's hover text)."""
+    if isinstance(node, list):
+        return [_tidy(item, False) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "properties" and isinstance(value, dict):
+            out[key] = {name: _tidy(prop, False) for name, prop in value.items()}
+            continue
+        if key == "title" and not top:
+            continue
+        if key == "default" and isinstance(value, dict) and \
+                all(v is None for v in value.values()) and value:
+            continue
+        out[key] = _tidy(value, False) if key != "$defs" else \
+            {name: _tidy(sub, False) for name, sub in value.items()}
+    return out
+
+
+def build_schema(kind: str = "workflow") -> dict:
+    """The JSON Schema of a workflow file (kind 'workflow') or of a config file."""
+    root = model_for(kind)
+    schema = root.model_json_schema(by_alias=True, mode="validation")
+    schema = _tidy(schema)
+    defs = schema.setdefault("$defs", {})
+    for name, model in models_in(root).items():
+        target = schema if model is root else defs.get(name)
+        if target is None:
+            continue
+        for field, text in descriptions(model).items():
+            prop = target.get("properties", {}).get(_alias(model, field))
+            if prop is not None:
+                prop["description"] = text
+    if kind == "workflow":
+        _loader_forms(schema)
+        schema = _accept_references(schema)
+    title = "itwinai-hpc workflow" if kind == "workflow" else f"itwinai-hpc {kind} config"
+    return {"$schema": DRAFT, "title": title,
+            **{k: v for k, v in schema.items() if k != "title"}}
+
+
+def schema_text(kind: str = "workflow") -> str:
+    return json.dumps(build_schema(kind), indent=2, ensure_ascii=False) + "\n"
+
+
+def cmd_schema(args) -> int:
+    sys.stdout.write(schema_text(args.config or "workflow"))
+    return 0
