@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from itwinai_hpc.core.config_file import read_config
+from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.core.validation import validate_model
 from itwinai_hpc.core.yamlsrc import YamlDoc
 
@@ -76,17 +77,111 @@ class TrainTracking(Section):
 class RegistrySection(Section):
     model_name: str = "model"
     alias: str = "champion"
-    select_by: Literal["val_accuracy"] = "val_accuracy"
+    select_by: str | None = Field(None, description=(
+        "The metric that picks the best epoch and decides whether a new version takes the "
+        "alias: any metric logged per epoch, `val_loss` or `val_<metric>` for each of "
+        "`metrics:` (default: `val_` + the first metric, val_accuracy for a classification, "
+        "val_rmse for a regression). An unknown name is an error at config load that lists "
+        "the metrics logged."))
+    mode: Literal["max", "min"] | None = Field(None, description=(
+        "Which way `select_by` is better: max or min (default by its kind: accuracy, r2 and "
+        "an import path's metric max; rmse, mae, loss min). The champion alias moves to a new "
+        "version only when it is strictly better by this rule."))
 
 
 class TrainConfig(Section):
     """What `itwinai-hpc train` does (use-cases/mnist/mnist-ai-train.yml documents each key)."""
 
-    dataset: str = "mnist"
-    model: str = "mnist-cnn"
+    dataset: str = Field("mnist", description=(
+        "The data set the shards must hold (their manifest's `dataset`, as `write_shards(..., "
+        "dataset=NAME)` or `preprocess` wrote it)."))
+    model: str = Field("mnist-cnn", description=(
+        "A registered model name (mnist-cnn, mnist-cnn-wide: built with the shards' class "
+        "count) or an import path `package.module:callable` (the use case's folder on "
+        "PYTHONPATH), called with `model_args` and returning a torch.nn.Module."))
+    model_args: dict[str, Any] = Field(default_factory=dict, description=(
+        "Keyword arguments for an import-path `model:` (callable(**model_args)); must be empty "
+        "for a registered name."))
+    task: Literal["classification", "regression"] = Field("classification", description=(
+        "classification: targets are class numbers, the model gives one score per class; "
+        "regression: targets are values of the model's output shape (required in the "
+        "shards)."))
+    loss: str | None = Field(None, description=(
+        "cross_entropy, mse, l1, huber, or an import path to fn(pred, target) -> scalar tensor "
+        "(batch mean) or to a loss class; default cross_entropy (classification) or mse "
+        "(regression)."))
+    metrics: list[str] | None = Field(None, description=(
+        "Evaluation metrics, logged per epoch as val_<name> and at the end as test_<name>: "
+        "accuracy (classification), rmse, mae, r2 (regression), or import paths to "
+        "fn(pred, target) -> float (logged under the function's name). Default: [accuracy] "
+        "or [rmse, mae, r2]."))
     trainer: TrainerSection = Field(default_factory=TrainerSection)
     tracking: TrainTracking = Field(default_factory=TrainTracking)
     registry: RegistrySection = Field(default_factory=RegistrySection)
+    # (file, line) of each key as read, for errors raised after validation (model_path.py).
+    _where: dict = PrivateAttr(default_factory=dict)
+
+    def where(self, *path: str) -> tuple[str | None, int | None]:
+        """(file, line) of a key, for an error about it found after loading."""
+        doc = self._where.get("doc")
+        return doc.where(path) if doc is not None else (None, None)
+
+    @property
+    def logged_metrics(self) -> list[str]:
+        """The per-epoch metrics a run logs beside train_loss: val_loss and val_<metric>."""
+        from itwinai_hpc.ml.metrics import metric_name
+
+        return ["val_loss", *(f"val_{metric_name(m)}" for m in self.metrics or [])]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.registry.mode != "min"
+
+
+def resolve_train(config: TrainConfig, doc: YamlDoc) -> TrainConfig:
+    """Fill the defaults that depend on `task` (loss, metrics, registry.select_by and mode)
+    and check what one field alone cannot: a metric or loss the task has not, an import path
+    that is not one, `select_by` naming a metric that is never logged. Located UserErrors."""
+    from itwinai_hpc.ml import losses, metrics
+    from itwinai_hpc.ml.model_path import is_import_path
+
+    config._where["doc"] = doc
+    task = config.task
+
+    def fail(message: str, *path) -> UserError:
+        file, line = doc.where(path)
+        return UserError(message, file=file, line=line, field=".".join(map(str, path)))
+
+    if config.model_args and not is_import_path(config.model):
+        raise fail(f"model_args are for a model given by import path (package.module:callable);"
+                   f" {config.model!r} is a registered name", "model_args")
+    if config.loss is None:
+        config.loss = losses.DEFAULT_LOSS[task]
+    elif config.loss not in losses.BUILTIN and not is_import_path(config.loss):
+        raise fail(f"unknown loss {config.loss!r}: use {', '.join(losses.BUILTIN)} or an import "
+                   "path package.module:callable", "loss")
+    if config.metrics is None:
+        config.metrics = list(metrics.DEFAULT_METRICS[task])
+    for i, m in enumerate(config.metrics):
+        if is_import_path(m):
+            continue
+        allowed = sorted(metrics.FOR_TASK[task])
+        if m not in metrics.BUILTIN or m not in allowed:
+            raise fail(f"{m!r} is not a metric of a {task}: use {', '.join(allowed)} or an "
+                       "import path package.module:fn (fn(pred, target) -> float)", "metrics", i)
+    names = [metrics.metric_name(m) for m in config.metrics]
+    if len(set(names)) != len(names) or "loss" in names:
+        raise fail(f"metric names must be distinct and not 'loss': {names}", "metrics")
+    reg = config.registry
+    if reg.select_by is None:
+        reg.select_by = f"val_{names[0]}" if names else "val_loss"
+    elif reg.select_by not in config.logged_metrics:
+        raise fail(f"{reg.select_by!r} is not logged per epoch; the metrics logged are "
+                   f"{', '.join(config.logged_metrics)} (and train_loss; test_* only at the "
+                   "end, after the best epoch is chosen)", "registry", "select_by")
+    if reg.mode is None:
+        reg.mode = metrics.default_mode(reg.select_by)   # type: ignore[assignment]
+    return config
 
 
 class OutputSection(Section):
@@ -117,12 +212,19 @@ def load_config(kind: type[C], path: str | os.PathLike | None,
     """`kind` from a YAML file (the defaults when `path` is None or the file is empty) with
     `--set KEY=VALUE` overrides applied; every problem is a UserError naming file, line and key
     (or the flag). The loader is core/validation.py's, shared with the preprocessing config."""
-    return validate_model(kind, read_config(path, overrides))
+    return _checked(kind, read_config(path, overrides))
 
 
 def make_config(kind: type[C], values: dict[str, Any] | None = None) -> C:
     """`kind` from a mapping (tests, benchmarks, Python callers), validated like a file."""
-    return validate_model(kind, YamlDoc(file="<config>", data=values or {}))
+    return _checked(kind, YamlDoc(file="<config>", data=values or {}))
+
+
+def _checked(kind: type[C], doc: YamlDoc) -> C:
+    config = validate_model(kind, doc)
+    if isinstance(config, TrainConfig):
+        resolve_train(config, doc)
+    return config
 
 
 def flatten(values: dict, prefix: str = "") -> dict[str, Any]:

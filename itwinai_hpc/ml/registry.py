@@ -60,6 +60,18 @@ class Registration:
     metadata: dict[str, str] = field(default_factory=dict)     # MLmodel metadata
     description: str = ""                                      # the version's page
     extra_files: list[str] = field(default_factory=list)
+    mode: str = "max"                # which way `metric` is better: max or min
+
+
+def better(value: float, current: float | None, mode: str = "max") -> bool:
+    """Whether `value` beats the alias holder's `current` by `mode` (max: higher is better,
+    min: lower is): strictly (a tie keeps the holder); any finite value beats none or a
+    non-finite one."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
+    if current is None or not math.isfinite(current):
+        return True
+    return value > current if mode == "max" else value < current
 
 
 def check_value(reg: Registration) -> float:
@@ -121,7 +133,8 @@ def tensor_signature(model, example):
 
 def register_version(reg: Registration, model_uri: str) -> tuple[str, bool]:
     """Register `model_uri` (a logged model) as a new version of `reg.name` with `reg`'s tags
-    and description; move `reg.alias` to it when `reg.value` beats the holder's `reg.metric`.
+    and description; move `reg.alias` to it when `reg.value` beats the holder's `reg.metric`
+    by `reg.mode` (`better`: max, higher is better; min, lower is).
     Returns (version, became_alias_holder). A non-finite `reg.value` is refused (check_value);
     a holder whose metric is not finite (registered before that check) loses the alias.
 
@@ -143,7 +156,7 @@ def register_version(reg: Registration, model_uri: str) -> tuple[str, bool]:
             if not client.get_registered_model(reg.name).description:
                 client.update_registered_model(reg.name, description=reg.description)
         current = champion_metric(reg.name, reg.alias, reg.metric)
-        wins = current is None or not math.isfinite(current) or value > current
+        wins = better(value, current, reg.mode)
         if wins:
             client.set_registered_model_alias(reg.name, reg.alias, version)
     return version, wins
