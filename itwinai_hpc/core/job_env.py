@@ -25,6 +25,16 @@ GPUS_PER_NODE = "ITWINAI_HPC_GPUS_PER_NODE"  # the GPUs the step asked for (when
 OWNED = frozenset({RUN_DIR, RUN_ID, STEP, BACKEND, WORKFLOW_FILE, STOP_FILE, MATRIX, SWEEP,
                    SWEEP_TASK, SWEEP_ID, LOCAL_JOB, NO_PROGRESS, GPUS_PER_NODE})
 
+# The stop contract. A step asked to stop early (the file $ITWINAI_HPC_STOP_FILE appeared, or
+# SIGUSR2/SIGTERM reached its processes: a time limit, preemption, `touch`) checkpoints and exits
+# with STOP_EXIT, and only then: "stopped early, resume me". 75 is sysexits' EX_TEMPFAIL ("try
+# again later"). The SLURM job script requeues a job whose step left it after the time-limit
+# warning; every backend records a step that ended with it as STOPPED (never COMPLETED), its
+# dependents do not run, `status` shows it, and `itwinai-hpc resume` continues it. A step that
+# ends with 0 after a stop request finished its work (it is not requeued). The built-in trainer
+# and `itwinai_hpc.job` (job.STOP_EXIT) use it.
+STOP_EXIT = 75
+
 # Knobs a user may set (a step's env, or the shell itwinai-hpc runs in).
 DATA_MODE = "ITWINAI_HPC_DATA_MODE"                    # memory or stream (data/loader_settings)
 DATA_MEMORY_BUDGET = "ITWINAI_HPC_DATA_MEMORY_BUDGET"

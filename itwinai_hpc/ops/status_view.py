@@ -11,7 +11,7 @@ from itwinai_hpc.core.slurm_syntax import clock, parse_array
 from itwinai_hpc.run import layout
 from itwinai_hpc.run.exit_status import read_task_exit_statuses
 from itwinai_hpc.run.manifest import RunManifest
-from itwinai_hpc.run.states import SUCCEEDED
+from itwinai_hpc.run.states import SUCCEEDED, from_exit
 
 MAX_RESULT_BYTES = 1 << 20      # a task's result is a few hundred bytes
 COLUMNS = ("STEP", "JOB ID", "STATE", "ELAPSED", "EXIT", "NODES", "LOG")
@@ -64,7 +64,7 @@ def _tasks(manifest: RunManifest, s) -> list[dict]:
         log = layout.log_file(manifest.run_dir, s.plan.job_name, job_id,
                               str(task)) if s.job_id else None
         if code is not None:
-            state = "COMPLETED" if code == 0 else "FAILED"
+            state = str(from_exit(code))
         elif s.finished:
             state = "-" if s.state in SUCCEEDED else s.state
         else:

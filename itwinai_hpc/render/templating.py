@@ -21,7 +21,7 @@ from typing import NoReturn
 import jinja2
 from jinja2.loaders import split_template_path
 
-from itwinai_hpc.core import markers
+from itwinai_hpc.core import job_env, markers
 from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.render.binds import bind_pair
 from itwinai_hpc.run import layout
@@ -75,7 +75,7 @@ def template_env(templates_dir: str | Path | None = None) -> jinja2.Environment:
     env.filters["matrix_variable"] = markers.variable
     env.filters["sbatch_folder"] = sbatch_folder
     env.globals.update(layout=layout, runtime_exports=runtime_exports, task_setup=task_setup,
-                       bind_pair=bind_pair, matrix_json=matrix_json)
+                       bind_pair=bind_pair, matrix_json=matrix_json, job_env=job_env)
     return env
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from itwinai_hpc.core.job_env import STOP_EXIT
 from itwinai_hpc.run import layout
 
 FROM_FILE = "from the exit status the job left in the run folder"
@@ -44,4 +45,6 @@ def describe_exit(code: int) -> str:
         return f"{FROM_FILE}: {code} = killed by SIGTERM (cancelled, or over its time limit)"
     if code > 128:
         return f"{FROM_FILE}: {code} = killed by signal {code - 128}"
+    if code == STOP_EXIT:
+        return f"{FROM_FILE}: {code} = stopped early, to be resumed (`itwinai-hpc resume`)"
     return FROM_FILE

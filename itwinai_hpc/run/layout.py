@@ -61,6 +61,13 @@ def exit_marker(run_dir: str, job_id: str) -> str:
     return f"{run_dir}/{LOGS}/.exit-{job_id}"
 
 
+def stopped_marker(run_dir: str, job_id: str) -> str:
+    """Left by a step's processes that stopped early to be resumed (the stop contract,
+    core/job_env.STOP_EXIT): torchrun reports a worker's 75 as 1, so the job script reads this
+    mark and records 75 all the same. Removed when the job (or its requeued run) starts."""
+    return f"{run_dir}/{LOGS}/.stopped-{job_id}"
+
+
 def started_marker(run_dir: str, job_id: str) -> str:
     """Written when a job's script starts (its mtime is the start time)."""
     return f"{run_dir}/{LOGS}/.started-{job_id}"

@@ -8,7 +8,10 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum
+
+from itwinai_hpc.core.job_env import STOP_EXIT
 
 
 class StepState(str, Enum):
@@ -30,6 +33,10 @@ class StepState(str, Enum):
     # itwinai-hpc's own: a rank made no progress for the step's watchdog duration (it left a
     # mark in the run folder; the step's reason names the rank and node that stopped first).
     HUNG = "HUNG"
+    # itwinai-hpc's own: the step stopped early on request and asked to be resumed (it exited
+    # with core/job_env.STOP_EXIT after its checkpoint). Not a success: dependents do not run;
+    # `resume` continues it from its checkpoint.
+    STOPPED = "STOPPED"
 
     def __str__(self) -> str:
         return str.__str__(self)
@@ -50,8 +57,27 @@ class StepState(str, Enum):
 S = StepState
 # A finished state is final: cached in run.json and never asked about again.
 FINISHED = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.TIMEOUT, S.OUT_OF_MEMORY,
-                      S.NODE_FAIL, S.PREEMPTED, S.HUNG})
+                      S.NODE_FAIL, S.PREEMPTED, S.HUNG, S.STOPPED})
 SUCCEEDED = frozenset({S.COMPLETED})
 # Finished without success because of the step itself (not cancelled as a dependent): the
 # steps whose log a user wants to read first.
-FAILED_ITSELF = FINISHED - SUCCEEDED - {S.CANCELLED}
+FAILED_ITSELF = FINISHED - SUCCEEDED - {S.CANCELLED, S.STOPPED}
+
+
+def from_exit(code: int) -> StepState:
+    """The state of a step (or task) that ended with exit status `code`: 0 COMPLETED, the stop
+    contract's STOP_EXIT STOPPED, anything else FAILED. Every backend reads an exit status
+    through this one rule."""
+    return S.COMPLETED if code == 0 else S.STOPPED if code == STOP_EXIT else S.FAILED
+
+
+def from_exits(codes: Iterable[int]) -> tuple[StepState, int]:
+    """(state, exit code) of a step whose tasks ended with `codes`: a failed task fails it (its
+    code), else a stopped one stops it, else COMPLETED."""
+    codes = list(codes)
+    failed = [c for c in codes if from_exit(c) == S.FAILED]
+    if failed:
+        return S.FAILED, failed[0]
+    if STOP_EXIT in codes:
+        return S.STOPPED, STOP_EXIT
+    return S.COMPLETED, 0

@@ -29,7 +29,7 @@ from itwinai_hpc.core.clock import now_iso
 from itwinai_hpc.core.errors import RunStateError, UserError
 from itwinai_hpc.run import guard, layout
 from itwinai_hpc.run.manifest import RunManifest
-from itwinai_hpc.run.states import StepState
+from itwinai_hpc.run.states import StepState, from_exit
 
 PARALLEL_ENV = job_env.LOCAL_PARALLEL
 RUNNER_LOG = "logs/local-runner.log"
@@ -151,7 +151,7 @@ class LocalBackend(Backend):
         code = marker.read_text().strip() if marker.is_file() else ""
         if code.isdigit():
             s.exit_code = int(code)
-            s.state = StepState.COMPLETED if s.exit_code == 0 else StepState.FAILED
+            s.state = from_exit(s.exit_code)
             s.reason = "from the exit status the step left in the run folder (runner gone)"
         elif s.state == StepState.RUNNING:
             s.state = StepState.FAILED

@@ -27,7 +27,7 @@ from itwinai_hpc.core.clock import now_iso  # noqa: F401  (the local backends re
 from itwinai_hpc.core.slurm_syntax import parse_array
 from itwinai_hpc.run import layout
 from itwinai_hpc.run.manifest import RunManifest, StepRecord
-from itwinai_hpc.run.states import SUCCEEDED, StepState
+from itwinai_hpc.run.states import SUCCEEDED, StepState, from_exits
 from itwinai_hpc.run.submit_env import submit_environment
 
 TICK_S = 0.2
@@ -157,15 +157,16 @@ class Runner:
             rec = m.step(s.name)
             if s.running or s.todo and not cancelling or rec.finished or not s.exit_codes:
                 continue
-            bad = [c for c in s.exit_codes if c != 0]
-            rec.exit_code = bad[0] if bad else 0
-            if s.todo or s.cut or bad and cancelling:
+            state, rec.exit_code = from_exits(s.exit_codes)   # 75 (STOP_EXIT): STOPPED
+            if s.todo or s.cut or state != StepState.COMPLETED and cancelling:
                 rec.state = StepState.CANCELLED
             else:
-                rec.state = StepState.FAILED if bad else StepState.COMPLETED
+                rec.state = state
             rec.elapsed = int(time.time() - (s.started or time.time()))
             if rec.state == StepState.CANCELLED:
                 rec.reason = "cancelled while running"
+            elif rec.state == StepState.STOPPED:
+                rec.reason = "stopped early on request: `itwinai-hpc resume` continues it"
 
     # ---- scheduling ---------------------------------------------------------------------
     def _cancel_dependents_of_failures(self, m: RunManifest) -> None:

@@ -23,10 +23,11 @@ from itwinai_hpc.backends.slurm.exit_status import (
 from itwinai_hpc.backends.slurm.query import SlurmQueryError, detect_accounting, query_jobs
 from itwinai_hpc.backends.slurm.sbatch import submit_with_retry
 from itwinai_hpc.core.clock import now_iso
+from itwinai_hpc.core.job_env import STOP_EXIT
 from itwinai_hpc.run import layout
 from itwinai_hpc.run.manifest import RunManifest, StepRecord
 from itwinai_hpc.run.paths import dependency_option
-from itwinai_hpc.run.states import SUCCEEDED, StepState
+from itwinai_hpc.run.states import SUCCEEDED, StepState, from_exit
 from itwinai_hpc.run.submit_env import submit_environment
 
 
@@ -167,6 +168,8 @@ class SlurmBackend(Backend):
                 if not code and isinstance(own, int) and info.state not in SUCCEEDED:
                     code = own
                 s.exit_code = code
+                if s.state == StepState.FAILED and code == STOP_EXIT:
+                    s.state = StepState.STOPPED     # stopped early to be resumed (job_env)
                 s.elapsed = info.elapsed
                 s.nodes = info.nodes or s.nodes
                 s.reason = info.reason or None
@@ -178,7 +181,7 @@ class SlurmBackend(Backend):
         whether it started (SLURM opens its log then) or a step it needs failed."""
         if isinstance(code, int):
             step.exit_code = code
-            step.state = StepState.COMPLETED if code == 0 else StepState.FAILED
+            step.state = from_exit(code)
             step.reason = describe_exit(code)
             return
         if mode != "dbd" and step.log and Path(step.log).is_file():

@@ -21,12 +21,11 @@ from itwinai_hpc.run.exit_status import (  # noqa: F401
     read_exit_status,
     read_task_exit_statuses,
 )
-from itwinai_hpc.run.states import StepState
+from itwinai_hpc.run.states import StepState, from_exit
 
 
 def info_from_exit_status(job_id: str, code: int) -> JobInfo:
-    state = StepState.COMPLETED if code == 0 else StepState.FAILED
-    return JobInfo(job_id, state, code, 0, reason=describe_exit(code))
+    return JobInfo(job_id, from_exit(code), code, 0, reason=describe_exit(code))
 
 
 def array_task_ids(spec: str) -> set[str]:

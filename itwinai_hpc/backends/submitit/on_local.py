@@ -27,7 +27,7 @@ from itwinai_hpc.run import guard, layout
 from itwinai_hpc.run.exit_status import read_task_exit_statuses
 from itwinai_hpc.run.manifest import RunManifest, StepRecord
 from itwinai_hpc.run.planned import PlannedStep
-from itwinai_hpc.run.states import StepState
+from itwinai_hpc.run.states import StepState, from_exit
 
 CONTROLLER_LOG = "local-controllers.log"   # in the submitit folder: what controllers print
 
@@ -126,8 +126,7 @@ def local_state(run_dir: str, s: StepRecord) -> None:
         state = None if info is None else info.state
     else:
         code = int(word) if word.isdigit() else None
-        state = None if code is None else \
-            StepState.COMPLETED if code == 0 else StepState.FAILED
+        state = None if code is None else from_exit(code)
     if state is None:
         s.state = StepState.FAILED
         s.reason = "submitit's local job ended without a result; see the run's submitit/ folder"
