@@ -30,6 +30,7 @@ class Evaluation:
     confusion: np.ndarray                  # [true class, predicted class] -> count
     loss_sum: float                        # summed cross-entropy
     examples: list[Example] = field(default_factory=list)
+    extra: dict[str, float] = field(default_factory=dict)   # metrics given by import path
 
     @property
     def num_samples(self) -> int:
@@ -92,19 +93,25 @@ def to_pixels(images, normalization: dict[str, float]) -> np.ndarray:
 
 
 def evaluate(ctx: D.Context, model, loader, memory_format, num_classes: int, *,
-             normalization: dict[str, float] | None = None, keep_examples: int = 0
-             ) -> Evaluation:
+             normalization: dict[str, float] | None = None, keep_examples: int = 0,
+             custom: dict | None = None) -> Evaluation:
     """Run `model` (logits out) over `loader` (this rank's rows, normalised images, indices)
-    on every rank; the counts are summed over ranks, examples gathered from all of them."""
+    on every rank; the counts are summed over ranks, examples gathered from all of them.
+    `custom`: metrics by import path (name -> fn(logits, labels)), as metrics.Sums."""
     import torch
+
+    from itwinai_hpc.ml.metrics import Sums
 
     model.eval()
     tally = Tally(num_classes, keep_examples)
+    sums = Sums(list(custom), custom) if custom else None
     with torch.inference_mode():
         for images, labels, index in loader:   # on the device when the reader holds it there
             images = images.to(ctx.device, non_blocking=True, memory_format=memory_format)
             labels = labels.to(ctx.device, non_blocking=True)
             logits = model(images).float()
+            if sums is not None:
+                sums.add(logits, labels)
             loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
             prob, pred = torch.softmax(logits, dim=1).max(dim=1)
             labels, pred, prob = labels.cpu(), pred.cpu(), prob.cpu()
@@ -114,10 +121,16 @@ def evaluate(ctx: D.Context, model, loader, memory_format, num_classes: int, *,
                       index=index.numpy())
     model.train()
     mine = tally.result()
-    totals = D.all_reduce_sum(ctx, [*mine.confusion.ravel().astype(float), mine.loss_sum])
+    extra = sums.vector() if sums is not None else []
+    totals = D.all_reduce_sum(ctx, [*mine.confusion.ravel().astype(float), mine.loss_sum,
+                                    *extra])
+    if sums is not None:
+        sums.load(totals[len(totals) - len(extra):])
+        totals = totals[:len(totals) - len(extra)]
     confusion = np.rint(totals[:-1]).astype(np.int64).reshape(mine.confusion.shape)
     examples = mine.examples
     if keep_examples and ctx.distributed:
         gathered = D.all_gather_object(ctx, examples)
         examples = sorted((e for part in gathered for e in part), key=lambda e: e.index)
-    return Evaluation(confusion, totals[-1], examples[:keep_examples])
+    return Evaluation(confusion, totals[-1], examples[:keep_examples],
+                      sums.values() if sums is not None else {})

@@ -107,12 +107,17 @@ class TrackingSession:
     def register(self, registration, *, test: Evaluation, best_metric: float, epochs: int
                  ) -> tuple[str, bool]:
         from itwinai_hpc.ml import registry, tracking
+        from itwinai_hpc.ml.tasks import metrics_of
 
         registered = registry.log_and_register(registration)
         # After log_model, which would otherwise copy them into their history a second time.
-        tracking.log_metrics({"test_accuracy": test.accuracy, "test_loss": test.loss,
+        scores = {f"test_{k}": v for k, v in metrics_of(test).items()}
+        tracking.log_metrics({**scores, "test_loss": test.loss,
                               f"best_{self.metric}": best_metric}, epochs)
-        tracking.log_evaluation(test, "test")
+        if self.config.task == "regression":
+            tracking.log_regression(test, "test")
+        else:
+            tracking.log_evaluation(test, "test")
         tracking.set_tags({"registered_model": f"{self.model_name}/{registered[0]}"})
         return registered
 
@@ -130,7 +135,8 @@ class TrackingSession:
         samples_per_s, epoch_time_s = run_throughput(mlflow.MlflowClient(), self.run_id)
         result = SweepResult(
             task=sweep.task, step=self.origin.step, matrix=sweep.matrix, metric=self.metric,
-            value=float(value), higher_is_better=True, mlflow_run_id=self.run_id,
+            value=float(value),
+            higher_is_better=self.config.registry.mode != "min", mlflow_run_id=self.run_id,
             experiment=self.config.tracking.experiment, tracking_uri=mlflow.get_tracking_uri(),
             model_name=self.model_name, model_version=model_version, champion=champion,
             samples_per_s=samples_per_s, epoch_time_s=epoch_time_s, nnodes=self.ctx.nnodes,

@@ -149,3 +149,21 @@ def log_evaluation(evaluation: Evaluation, split: str, *, class_names: list[str]
     mlflow.log_table(table, paths[2])
     mlflow.log_figure(figures.misclassified_figure(evaluation, split), paths[3])
     return paths
+
+
+def log_regression(evaluation, split: str) -> list[str]:
+    """A regression's figures under evaluation/SPLIT/: predicted vs true fields with their
+    error maps (fields.png), the predicted-vs-true scatter (scatter.png) and the metrics
+    (metrics.json). Returns the artifact paths."""
+    import mlflow
+
+    from itwinai_hpc.ml import field_figures
+
+    folder = f"evaluation/{split}"
+    paths = [f"{folder}/fields.png", f"{folder}/scatter.png", f"{folder}/metrics.json"]
+    mlflow.log_figure(field_figures.fields_figure(evaluation.examples, split), paths[0])
+    mlflow.log_figure(field_figures.scatter_figure(evaluation.scatter, evaluation.metrics,
+                                                   split), paths[1])
+    mlflow.log_dict({"loss": evaluation.loss, "samples": evaluation.num_samples,
+                     **evaluation.metrics}, paths[2])
+    return paths

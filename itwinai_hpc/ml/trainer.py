@@ -15,10 +15,10 @@ from pathlib import Path
 
 from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.ml import distributed as D
+from itwinai_hpc.ml import tasks
 from itwinai_hpc.ml.checkpoint import checkpoint_path, load_checkpoint
 from itwinai_hpc.ml.config import TrainConfig
-from itwinai_hpc.ml.fit_checks import check_model_takes, check_resumable, check_same_model
-from itwinai_hpc.ml.models import build_model
+from itwinai_hpc.ml.fit_checks import check_resumable, check_same_model
 from itwinai_hpc.ml.progress import progress, progress_done
 from itwinai_hpc.ml.session import TrackingSession
 from itwinai_hpc.ml.training_state import (  # noqa: F401  (the trainer's API)
@@ -110,8 +110,10 @@ def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
     if on_gpu:
         torch.backends.cudnn.benchmark = True   # fixed input shapes: pick the fastest kernels
     torch.manual_seed(tcfg.seed)   # same initial weights on every rank (DDP also broadcasts)
-    model = build_model(config.model, manifest.num_classes)
-    check_model_takes(model, config.model, manifest)
+    model = tasks.build(config, manifest)   # a registered name or an import path
+    tasks.check_fits(config, model, manifest)
+    custom = tasks.custom_metrics(config)    # import paths resolved before any step
+    generic, dtype = tasks.generic(manifest), next(iter(model.parameters())).dtype
     model = model.to(ctx.device)
     memory_format = torch.channels_last if tcfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -129,7 +131,7 @@ def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
     ddp = DDP(model, device_ids=[ctx.device.index] if on_gpu else None) \
         if ctx.distributed else model
     opt, sched = build_optimizer(model, tcfg, epochs * steps_per_epoch, fused=on_gpu)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
+    loss_fn = tasks.loss_function(config)
     train_step = TrainStep(ddp, loss_fn, opt, sched, ctx.device, precision=tcfg.precision,
                            compile=tcfg.compile)
 
@@ -155,7 +157,7 @@ def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
     session = TrackingSession(ctx, config, opts, manifest,
                               resume_run_id=ck.get("mlflow_run_id") if ck else None)
     t = Training(config, opts, ctx, manifest, model, opt, sched, memory_format, session, log,
-                 best, data_device=held_on, train_step=train_step)
+                 best, data_device=held_on, train_step=train_step, custom=custom)
     t.run_id = session.start()
     if ctx.is_main and ck is not None:
         log(f"resuming at epoch {start_epoch + 1} batch {start_batch} from {where} "
@@ -183,6 +185,8 @@ def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
             t0 = time.perf_counter()
             with closing(batches.batches(first)) as epoch_batches:
                 for b, (images, labels) in enumerate(epoch_batches, start=first):
+                    if generic:   # stored dtype -> the model's (tasks.cast)
+                        images, labels = tasks.cast(images, labels, dtype, config.task)
                     loss = train_step(images, labels)
                     progress(tcfg.watchdog_s)
                     loss_sum += loss * labels.shape[0]
@@ -227,14 +231,16 @@ def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
             loss_total, samples = loss_total + partial[0], samples_now + partial[1]
             partial = (0.0, 0.0)
             val = t.evaluate(val_loader)
-            metrics = {"train_loss": loss_total / max(samples, 1), "val_accuracy": val.accuracy,
+            scores = {f"val_{k}": v for k, v in tasks.metrics_of(val).items()}
+            metrics = {"train_loss": loss_total / max(samples, 1), **scores,
                        "val_loss": val.loss, "epoch_time_s": time.perf_counter() - t0,
                        "samples_per_s": samples_now / train_time if train_time else 0.0}
             t.consider(epoch + 1, val)   # never an epoch with a NaN metric
             if ctx.is_main:
                 session.log_epoch(metrics, epoch + 1)
+                shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
                 log(f"epoch {epoch + 1}/{epochs}  train_loss {metrics['train_loss']:.4f}  "
-                    f"val_loss {val.loss:.4f}  val_accuracy {val.accuracy:.4f}  "
+                    f"val_loss {val.loss:.4f}  {shown}  "
                     f"{metrics['epoch_time_s']:.1f}s  {metrics['samples_per_s']:.0f} samples/s",
                     flush=True)
             done = epoch + 1

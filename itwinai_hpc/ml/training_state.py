@@ -13,7 +13,7 @@ from typing import Any
 from itwinai_hpc.ml import distributed as D
 from itwinai_hpc.ml.checkpoint import save_checkpoint
 from itwinai_hpc.ml.config import TrainConfig
-from itwinai_hpc.ml.evaluation import Evaluation, evaluate
+from itwinai_hpc.ml.evaluation import evaluate
 from itwinai_hpc.ml.session import TrackingSession
 
 
@@ -55,10 +55,15 @@ class Best:
     epoch: int | None = None
     state: dict | None = None
 
-    def beaten_by(self, value: float) -> bool:
-        """Whether `value` is a better metric than the best so far: a non-finite one never is
-        (with `>` alone, a first epoch's NaN became the best and then nothing beat it)."""
-        return math.isfinite(value) and (self.metric is None or value > self.metric)
+    def beaten_by(self, value: float, mode: str = "max") -> bool:
+        """Whether `value` is a better metric than the best so far (`mode` max: higher is
+        better; min: lower is): a non-finite one never is (with `>` alone, a first epoch's NaN
+        became the best and then nothing beat it)."""
+        if not math.isfinite(value):
+            return False
+        if self.metric is None:
+            return True
+        return value > self.metric if mode == "max" else value < self.metric
 
 
 @dataclass
@@ -79,6 +84,7 @@ class Training:
     run_id: str | None = None
     data_device: Any = None          # where the readers hold the splits (a GPU when they fit)
     train_step: Any = None           # step.TrainStep: its GradScaler is training state too
+    custom: dict = field(default_factory=dict)   # metrics by import path: name -> callable
 
     @property
     def epochs(self) -> int:
@@ -93,18 +99,28 @@ class Training:
                              shuffle=False, rank_remainder="keep", rank=self.ctx.rank,
                              world_size=self.ctx.world_size, return_index=True, **kw)
 
-    def evaluate(self, loader, keep_examples: int = 0) -> Evaluation:
+    def evaluate(self, loader, keep_examples: int = 0):
+        """An Evaluation (classification) or tasks.RegressionEvaluation of `loader`."""
+        if self.config.task == "regression":
+            from itwinai_hpc.ml.tasks import evaluate_regression
+
+            return evaluate_regression(self.ctx, self.model, loader, self.memory_format,
+                                       self.config, self.custom, keep_examples=keep_examples)
         return evaluate(self.ctx, self.model, loader, self.memory_format,
                         self.manifest.num_classes, normalization=self.manifest.normalization,
-                        keep_examples=keep_examples)
+                        keep_examples=keep_examples, custom=self.custom)
 
     def consider(self, epoch: int, val) -> bool:
         """Make `epoch` the best (with a CPU copy of the weights) when its validation `val`
-        (accuracy, loss) beats the best so far. A NaN or infinite loss disqualifies it too:
-        non-finite logits still give an accuracy (argmax picks the NaN)."""
-        if not (math.isfinite(val.loss) and self.best.beaten_by(val.accuracy)):
+        beats the best so far by registry.select_by and registry.mode. A NaN or infinite loss
+        disqualifies it too: non-finite logits still give an accuracy (argmax picks the NaN)."""
+        from itwinai_hpc.ml.tasks import selected
+
+        reg = self.config.registry
+        value = selected(val, reg.select_by or "val_accuracy")
+        if not (math.isfinite(val.loss) and self.best.beaten_by(value, reg.mode or "max")):
             return False
-        self.best = Best(val.accuracy, epoch, copy.deepcopy(
+        self.best = Best(value, epoch, copy.deepcopy(
             {k: v.cpu() for k, v in self.model.state_dict().items()}))
         return True
 
