@@ -1,7 +1,8 @@
-"""README promises that no other test held to their word and that need no SLURM cluster: run
-ids and their prefixes, where run folders go, the order of a sweep's tasks, site profiles of
-the same name shadowing each other, and the README's first set-up command run as written.
-Real processes (the local backend), real files; each test quotes the sentence it checks."""
+"""README and docs promises that no other test held to their word and that need no SLURM
+cluster: run ids and their prefixes, where run folders go, the order of a sweep's tasks, site
+profiles of the same name shadowing each other, and the README's first set-up command run as
+written. Real processes (the local backend), real files; each test names the page and quotes
+the sentence it checks (tests/test_docs.py checks that the page still says it)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def run_folders(runs: Path) -> list[Path]:
     return sorted(p.parent for p in runs.glob("*/run.json"))
 
 
-# ---- "`RUN` is a run id (or a prefix of one) under `./runs` (`--runs-dir`, `$ITWINAI_HPC_RUNS`),
-#      or a run folder" ----------------------------------------------------------------------
+# ---- docs/concepts.md: "`RUN` is a run id (or a prefix of one) under `./runs` (`--runs-dir`,
+#      `$ITWINAI_HPC_RUNS`), or a run folder" -----------------------------------------------------
 def test_a_run_id_prefix_names_a_run_and_runs_dir_or_env_say_where_runs_are(
         tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -85,8 +86,8 @@ def test_a_run_id_prefix_names_a_run_and_runs_dir_or_env_say_where_runs_are(
     assert main(["status", "gam", "--runs-dir", "runs"]) == 0
 
 
-# ---- "A step with a `matrix` runs once per combination of its values (the first key varies
-#      slowest ...)" ----------------------------------------------------------------------------
+# ---- docs/sweeps.md: "A step with a `matrix` runs once per combination of its values (the first
+#      key varies slowest ...)" -------------------------------------------------------------------
 SWEEP = """name: order
 defaults: {{container: none}}
 steps:
@@ -133,9 +134,9 @@ def test_a_sweeps_tasks_vary_the_first_matrix_key_slowest(tmp_path, monkeypatch,
         [(i, z, a) for i, (z, a) in enumerate(EXPECTED)]
 
 
-# ---- "Profiles in `$ITWINAI_HPC_PROFILES` or `~/.config/itwinai-hpc/profiles` come before the
-#      shipped ones of the same name" + validate's warnings from a profile's partitions and
-#      node sizes ----------------------------------------------------------------------------
+# ---- docs/cluster.md: "Profiles in `$ITWINAI_HPC_PROFILES` or `~/.config/itwinai-hpc/profiles`
+#      come before the shipped ones of the same name" + validate's warnings from a profile's
+#      partitions and node sizes ------------------------------------------------------------------
 def cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", *args], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=120)
@@ -189,8 +190,8 @@ def test_a_profile_of_the_same_name_env_folder_beats_home_beats_shipped(tmp_path
                          if partitions[level] else []), level
 
 
-# ---- README set-up command 1: `bash use-cases/mnist/run-local.sh   # install into .venv, run
-#      the MNIST workflows end to end locally` ------------------------------------------------
+# ---- README.md set-up command 1: `bash use-cases/mnist/run-local.sh   # install into .venv, run
+#      the MNIST workflows end to end locally` ----------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_run_local_sh_trains_registers_and_predicts_every_test_digit(tmp_path):

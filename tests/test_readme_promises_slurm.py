@@ -1,6 +1,6 @@
-"""README promises about SLURM that no other test held to their word, on the real test cluster
+"""README and docs promises about SLURM that no other test held to their word, on the test cluster
 (tests/slurm/start-slurm.sh: node1, node2; the main cluster keeps finished jobs in squeue for
-5 min, the `dbd` one has slurmdbd). Each test quotes the sentence it checks."""
+5 min, the `dbd` one has slurmdbd). Each test names the page and quotes the sentence it checks."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def path_without_slurm(tmp_path: Path) -> str:
     return f"{VENV_BIN}:{bin_dir}"
 
 
-# ---- "`--backend auto` is slurm where `sbatch` answers, else local." --------------------------
+# ---- docs/concepts.md: "`--backend auto` is slurm where `sbatch` answers, else local." ----------
 def test_backend_auto_is_slurm_where_sbatch_answers_and_local_where_there_is_none(
         slurm_cluster, run_folder, monkeypatch):
     wf = write(run_folder / "wf.yml", f"""name: auto
@@ -79,7 +79,7 @@ steps:
     assert (run_folder / f"{local.run_id}.txt").read_text().split()[0] == "local"
 
 
-# ---- "`--no-preflight` skips it" (resume) -----------------------------------------------------
+# ---- docs/concepts.md: "`--no-preflight` skips it" (resume) -------------------------------------
 @pytest.mark.timeout(300)
 def test_resume_no_preflight_skips_sbatch_test_only_and_sbatch_itself_refuses(
         slurm_cluster, run_folder, monkeypatch, capsys):
@@ -154,8 +154,8 @@ steps:
     assert done.step("b").history == [first.step("b").job_id, b.job_id]
 
 
-# ---- "Transient scheduler errors (... `Unable to contact slurm controller` ...) are retried
-#      with backoff; ... so no step is queued twice." -----------------------------------------
+# ---- docs/concepts.md: "Transient scheduler errors (... `Unable to contact slurm controller` ...)
+#      are retried with backoff; ... so no step is queued twice." ---------------------------------
 def _flaky_sbatch(folder: Path, *, test_only_too: bool) -> Path:
     """sbatch that answers UNREACHABLE on its first 2 calls (of real submissions, or of every
     call with test_only_too), counted in a file, then is the real one."""
@@ -215,7 +215,8 @@ def test_submit_retries_an_unreachable_controller_during_the_preflight_too(
         [manifest.step("one").job_id]
 
 
-# ---- "`itwinai-hpc report RUN` shows ... GPUs and energy, from `sacct` where slurmdbd runs" ---
+# ---- docs/concepts.md: "`itwinai-hpc report RUN` shows ... GPUs and energy, from `sacct` where
+#      slurmdbd runs" -----------------------------------------------------------------------------
 def test_report_energy_column_shows_what_sacct_has_and_never_a_made_up_number(
         slurm_cluster_dbd, run_folder, monkeypatch, capsys):
     """The emulated nodes have no energy plugin (AcctGatherEnergyType is none: sacct's
