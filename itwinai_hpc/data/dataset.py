@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 
 from itwinai_hpc.core.errors import UserError
+from itwinai_hpc.data.arrays import is_generic, read_shard_arrays, sample_nbytes, served
 from itwinai_hpc.data.epochs import REMAINDERS, EpochPlan, rank_epoch, samples_per_rank
 from itwinai_hpc.data.loader_settings import DEFAULT_PREFETCH_SHARDS, choose_mode, describe_bytes
-from itwinai_hpc.data.manifest_checks import check_class_counts, check_image_shape
+from itwinai_hpc.data.manifest_checks import check_class_counts
 from itwinai_hpc.data.prefetch import prefetched
-from itwinai_hpc.data.shards import Manifest, ShardInfo, open_shard, read_manifest, read_shard
+from itwinai_hpc.data.rows import _check_split, check_first_shard, read_rows
+from itwinai_hpc.data.shards import Manifest, read_manifest, read_shard
+
+__all__ = ["ShardedLoader", "default_rank_and_world", "read_rows"]
 
 
 def default_rank_and_world() -> tuple[int, int]:
@@ -36,50 +39,6 @@ def default_rank_and_world() -> tuple[int, int]:
     except ImportError:
         pass
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _check_split(manifest: Manifest, split: str) -> None:
-    info = manifest.splits[split]
-    held = sum(s.num_samples for s in info.shards)
-    if held != info.num_samples:
-        raise UserError(f"the {split} shards hold {held} samples, the manifest says "
-                        f"{info.num_samples}", file=str(manifest.path))
-
-
-def check_shard_header(path: Path, shard: ShardInfo, manifest: Manifest) -> None:
-    """That the shard's arrays have the image shape `manifest` states, from the HDF5 header
-    alone (no row read, no checksum pass): a reader that streams checks its first shard so
-    before its first batch. A file that is not a readable shard is left to read_shard."""
-    import h5py
-
-    f, _ = open_shard(path, shard)
-    with f:
-        same_inode = Path(f"/proc/self/fd/{f.fileno()}")
-        try:
-            with h5py.File(same_inode if same_inode.exists() else path, "r") as h5:
-                shape = h5["images"].shape
-        except (OSError, KeyError):
-            return
-    check_image_shape(shape, shard, manifest)
-
-
-def read_rows(manifest: Manifest, split: str, start: int, end: int, *,
-              verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Rows [start, end) of `split` as uint8 images and int64 labels, reading only the shards
-    they overlap, one contiguous slice per shard, each shard's bytes checked against the
-    manifest's sha256 first. Peak memory: the rows plus one shard's slice."""
-    _check_split(manifest, split)
-    images = np.empty((max(0, end - start), *manifest.image_shape), np.uint8)
-    labels = np.empty((max(0, end - start),), np.int64)
-    offset = 0
-    for shard in manifest.splits[split].shards:
-        lo, hi = max(start, offset), min(end, offset + shard.num_samples)
-        if lo < hi:
-            part = read_shard(manifest.shard_path(shard), shard, [(lo - offset, hi - offset)],
-                              verify=verify, manifest=manifest)
-            images[lo - start:hi - start], labels[lo - start:hi - start] = part
-        offset += shard.num_samples
-    return images, labels
 
 
 class ShardedLoader:
@@ -141,24 +100,26 @@ class ShardedLoader:
         wanted = samples_per_rank(self.total, world_size, rank_remainder)
         self.num_samples = wanted if wanted is not None else \
             (rank + 1) * self.total // world_size - rank * self.total // world_size
-        row_bytes = int(np.prod(self.manifest.image_shape)) + 8
-        self.split_bytes = self.total * row_bytes
+        self.split_bytes = self.total * sample_nbytes(self.manifest, split)
         self.mode, self.memory_budget, self._by_size = choose_mode(mode, memory_budget,
                                                                    self.split_bytes)
-        norm = self.manifest.normalization
-        # (x/255 - mean)/std as one multiply-add on the uint8 batch.
-        self._scale = 1.0 / (255.0 * norm["std"])
-        self._shift = -norm["mean"] / norm["std"]
+        # Shards of write_shards: the stored arrays as they are (no cast, no normalisation);
+        # targets None when the split has none. MNIST: normalised float32 images.
+        self.generic = is_generic(self.manifest)
+        self._names = served(self.manifest, split) if self.generic else ["images", "labels"]
+        if not self.generic:
+            norm = self.manifest.normalization
+            # (x/255 - mean)/std as one multiply-add on the uint8 batch.
+            self._scale = 1.0 / (255.0 * norm["std"])
+            self._shift = -norm["mean"] / norm["std"]
         if self.mode == "memory":
-            images, labels = read_rows(self.manifest, split, 0, self.total, verify=verify)
-            check_class_counts(self.manifest, split, labels)
-            self._images = torch.from_numpy(images).to(self.device)
-            self._labels = torch.from_numpy(labels).to(self.device)
-        elif self._shards:
-            # Before the first batch, not mid-epoch: the arrays have the manifest's image shape
-            # (the first shard's header only: no row is read here).
-            first = self._shards[0]
-            check_shard_header(self.manifest.shard_path(first), first, self.manifest)
+            held = read_rows(self.manifest, split, 0, self.total, verify=verify)
+            if held[1] is not None and self.manifest.num_classes:
+                check_class_counts(self.manifest, split, held[1])
+            self._held = tuple(torch.from_numpy(a).to(self.device) for a in held
+                               if a is not None)
+        else:
+            check_first_shard(self.manifest, split)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -191,10 +152,11 @@ class ShardedLoader:
             line += f"; {self.staged.describe()}"
         return line
 
-    def _batch(self, images, labels, order: np.ndarray) -> tuple:
+    def _batch(self, tensors: list, order: np.ndarray) -> tuple:
         import torch
 
-        if not self.raw:
+        images, labels = tensors[0], tensors[1] if len(tensors) > 1 else None
+        if not self.raw and not self.generic:
             images = images.unsqueeze(1).float().mul_(self._scale).add_(self._shift)
         if self.return_index:
             return images, labels, torch.from_numpy(order)
@@ -216,7 +178,7 @@ class ShardedLoader:
         rows = torch.from_numpy(plan.order).to(self.device)
         for b in range(start_batch, len(self)):
             idx = rows[b * self.batch_size:(b + 1) * self.batch_size]
-            yield self._batch(self._images.index_select(0, idx), self._labels.index_select(0, idx),
+            yield self._batch([t.index_select(0, idx) for t in self._held],
                               plan.order[b * self.batch_size:(b + 1) * self.batch_size])
 
     def _load_piece(self, piece) -> tuple:
@@ -224,13 +186,18 @@ class ShardedLoader:
         import torch
 
         shard = self._shards[piece.shard]
-        images, labels = read_shard(self.manifest.shard_path(shard), shard, list(piece.ranges),
-                                    verify=self.verify, manifest=self.manifest)
-        images, labels = torch.from_numpy(images), torch.from_numpy(labels)
+        path, ranges = self.manifest.shard_path(shard), list(piece.ranges)
+        if self.generic:
+            got = read_shard_arrays(path, shard, ranges, self._names, self.manifest,
+                                    verify=self.verify)
+            arrays = [got[n] for n in self._names]
+        else:
+            arrays = list(read_shard(path, shard, ranges, verify=self.verify,
+                                     manifest=self.manifest))
+        tensors = tuple(torch.from_numpy(a) for a in arrays)
         if self.device.type == "cuda":  # pinned, so the copy does not stage through pageable memory
-            images = images.pin_memory().to(self.device)
-            labels = labels.pin_memory().to(self.device)
-        return images, labels
+            tensors = tuple(t.pin_memory().to(self.device) for t in tensors)
+        return tensors
 
     def _stream(self, plan: EpochPlan, start_batch: int) -> Iterator[tuple]:
         import torch
@@ -250,7 +217,8 @@ class ShardedLoader:
         try:
             for b in range(start_batch, len(self)):
                 p0, p1 = b * self.batch_size, min((b + 1) * self.batch_size, len(plan.order))
-                images, labels, q = [], [], p0
+                parts: list[list] = [[] for _ in self._names]
+                q = p0
                 while q < min(p1, end):
                     k = int(np.searchsorted(plan.bounds, q, side="right")) - 1
                     while arrived <= k:  # pieces arrive in order
@@ -261,14 +229,13 @@ class ShardedLoader:
                     for done in [j for j in loaded if j < k]:
                         del loaded[done]  # positions only grow: never needed again
                     stop = min(p1, end, int(plan.bounds[k + 1]))
-                    images.append(loaded[k][0].index_select(0, local[q:stop]))
-                    labels.append(loaded[k][1].index_select(0, local[q:stop]))
+                    for got, t in zip(parts, loaded[k]):
+                        got.append(t.index_select(0, local[q:stop]))
                     q = stop
                 if p1 > end:
-                    images.append(padding[0][max(p0, end) - end:p1 - end])
-                    labels.append(padding[1][max(p0, end) - end:p1 - end])
-                yield self._batch(torch.cat(images) if len(images) > 1 else images[0],
-                                  torch.cat(labels) if len(labels) > 1 else labels[0],
+                    for got, t in zip(parts, padding):
+                        got.append(t[max(p0, end) - end:p1 - end])
+                yield self._batch([torch.cat(p) if len(p) > 1 else p[0] for p in parts],
                                   plan.order[p0:p1])
         finally:
             pieces.close()

@@ -180,6 +180,7 @@ class SplitInfo:
     num_samples: int
     class_counts: list[int]
     shards: list[ShardInfo] = field(default_factory=list)
+    arrays: list[str] = field(default_factory=list)  # names held (write_shards); [] = images
 
 
 @dataclass
@@ -195,12 +196,18 @@ class Manifest:
     chunk_rows: int
     splits: dict[str, SplitInfo]
     format: str = FORMAT
+    # write_shards: {name: {"dtype": "float32", "shape": [sample dims]}}; {} = uint8 images.
+    arrays: dict[str, dict] = field(default_factory=dict)
     path: Path | None = None  # where it was read from; not written
 
     def to_json(self) -> dict:
         d = asdict(self)
         d.pop("path")
+        if not d["arrays"]:  # the images format's manifests stay byte for byte as they were
+            d.pop("arrays")
         for split in d["splits"].values():
+            if not split["arrays"]:
+                split.pop("arrays")
             for shard in split["shards"]:
                 for key in SIDECAR_ONLY:
                     shard.pop(key)
