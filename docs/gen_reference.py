@@ -77,10 +77,12 @@ def default_text(name: str, prop: dict, required: list[str]) -> str:
 
 
 def cell(text: str) -> str:
-    """Text for a table cell: pipes escaped, and outside `code` spans also < > and *."""
-    parts = text.replace("|", "\\|").replace("\n", " ").split("`")
+    """Text for a table cell: outside `code` spans, pipes, < > and * escaped (inside one, a
+    pipe is the table's business no more)."""
+    parts = text.replace("\n", " ").split("`")
     for i in range(0, len(parts), 2):
-        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;").replace("*", "\\*")
+        parts[i] = parts[i].replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;") \
+            .replace("*", "\\*")
     return "`".join(parts)
 
 

@@ -14,9 +14,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from itwinai_hpc.commands.schema import models_in
 from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.core.yamlsrc import load_yaml, parse_yaml
 from itwinai_hpc.workflow.load import load_workflow
+from itwinai_hpc.workflow.schema import Workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_WORKFLOWS = sorted(ROOT.glob("use-cases/**/*workflow*.yml"))
@@ -156,3 +158,14 @@ def test_the_schema_in_the_docs_is_what_the_command_prints():
     for kind in CONFIGS:
         assert json.loads((ROOT / f"docs/schema/{kind}.schema.json").read_text()) == \
             schema("--config", kind), f"run .venv/bin/python docs/gen_reference.py ({kind})"
+
+
+def test_every_workflow_field_has_a_description_an_editor_shows_on_hover():
+    s = schema()
+    for name, model in models_in(Workflow).items():
+        node = s if model is Workflow else s["$defs"][name]
+        for field, info in model.model_fields.items():
+            prop = node["properties"][info.alias or field]
+            assert prop.get("description"), \
+                f"{name}.{info.alias or field}: write a comment above the field in its model " \
+                "(or a line in FIELD_HELP, itwinai_hpc/commands/schema.py)"

@@ -91,9 +91,75 @@ def field_comments(model: type[BaseModel]) -> dict[str, str]:
     return notes
 
 
+# What a field means where its model says nothing (no Field description, no comment above it):
+# "Model.field" or "*.field" (any model). A comment in the model wins over these.
+FIELD_HELP = {
+    "Workflow.name": "The workflow's name: jobs are named <name>.<step>, run ids start with it.",
+    "*.description": "Free text, for the people who read the file.",
+    "Workflow.vars": "Variables for ${name} anywhere below (scalars; they may refer to each "
+                     "other, to ${env:NAME[:-default]} and to the built-ins workflow_dir, "
+                     "workdir, run_dir, run_id).",
+    "Workflow.defaults": "Settings every step starts from; a step's own win field by field, "
+                         "its lists extend these.",
+    "Workflow.steps": "The steps, each a job; `needs` orders them (a DAG).",
+    "*.env": "Variables exported into the job, single-quoted: taken literally.",
+    "*.launch": "How the launcher is started where a site needs more than the default.",
+    "*.resources": "SLURM resources (the #SBATCH lines).",
+    "*.container": "The image the step runs in and how; `none` runs it on the node as it is.",
+    "ListReplace.replace": "The items that replace the defaults' list.",
+    "Launch.torchrun-args": "Extra torchrun options, e.g. [--numa-binding=exclusive].",
+    "Launch.srun-args": "Extra srun options for the launch, e.g. [--cpu-bind=none].",
+    "Resources.partition": "sbatch --partition (a comma-separated list is allowed).",
+    "Resources.account": "sbatch --account.",
+    "Resources.qos": "sbatch --qos.",
+    "Resources.time": "sbatch --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS.",
+    "Resources.nodes": "sbatch --nodes.",
+    "Resources.ntasks-per-node": "sbatch --ntasks-per-node (launcher srun: one rank per task).",
+    "Resources.gpus-per-node": "GPUs per node: --gpus-per-node=N, or --gres=gpu:N with "
+                               "gpu-flag: gres.",
+    "Resources.cpus-per-task": "sbatch --cpus-per-task; also OMP_NUM_THREADS (split between "
+                               "torchrun's processes) unless env sets it.",
+    "Resources.mem": "sbatch --mem per node: 4G, 500M, or a plain number of megabytes.",
+    "Resources.constraint": "sbatch --constraint (node features).",
+    "Resources.extra-sbatch": "Further long sbatch options, e.g. [--exclusive, "
+                              "--reservation=NAME]; flags itwinai-hpc sets itself are refused "
+                              "with the reason.",
+    "Container.image": "The image: a .sif file, docker://..., or what the runtime takes (an EDF "
+                       ".toml for container-engine).",
+    "Container.runtime": "The container runtime (the profile's; apptainer where none is set).",
+    "Container.binds": "Paths bound into the container: PATH or SRC:DEST[:ro].",
+    "Container.options": "Extra options of the runtime's exec/run command.",
+    "Step.name": "The step's name (letters, digits, _ and -): job name <workflow>.<name>.",
+    "Step.max-parallel": "With matrix: how many tasks run at once.",
+    "Step.sweep": "Written by itwinai-hpc on the steps a resource-changing matrix expands into; "
+                  "not for workflow files.",
+    "Step.launcher": "none: the command runs once; srun: once per task (a DDP launcher too); "
+                     "torchrun: one agent per node starting nproc-per-node processes.",
+    "Step.command": "One shell line, as you would type it; what ${...} brings into it is "
+                    "quoted.",
+    "Step.args": "Arguments after the command, each quoted as one word.",
+    "Step.array": "A SLURM job array, e.g. 0-9%2 (the task in $SLURM_ARRAY_TASK_ID).",
+    "Step.nproc-per-node": "torchrun: processes per node (default: gpus-per-node, else 1).",
+    "Step.requeue": "Checkpoint and requeue before the time limit.",
+    "Step.watchdog": "Stop ranks that make no progress.",
+    "SweepTask.task": "This combination's index.",
+    "SweepTask.tasks": "How many combinations the sweep has.",
+    "SweepTask.values": "This combination's matrix values.",
+    "Requeue.before-limit": "Seconds before the time limit at which SLURM warns the job.",
+    "Requeue.max-requeues": "How often the job may be requeued.",
+    "Watchdog.no-progress": "How long a rank may report no progress, in SLURM's time grammar.",
+}
+
+
 def descriptions(model: type[BaseModel]) -> dict[str, str]:
-    """Field name -> its description: Field(description=...) else its comment."""
+    """Field name -> its description: Field(description=...) else its comment, else
+    FIELD_HELP."""
     notes = field_comments(model)
+    for name in model.model_fields:
+        alias = _alias(model, name)
+        text = FIELD_HELP.get(f"{model.__name__}.{alias}") or FIELD_HELP.get(f"*.{alias}")
+        if text and name not in notes:
+            notes[name] = text
     for name, info in model.model_fields.items():
         if info.description:
             notes[name] = info.description
