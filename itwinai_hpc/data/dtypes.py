@@ -18,7 +18,8 @@ def numeric_dtype(dtype, *, what: str, where: str | None = None) -> np.dtype:
     except TypeError:
         dt = None
     if dt is None or dt.kind not in NUMERIC_KINDS or dt.fields is not None:
-        raise UserError(f"{what} has dtype {dt if dt is not None else dtype!r}, expected a "
+        got = str(dt) if dt is not None else repr(dtype)
+        raise UserError(f"{what} has dtype {got}, expected a "
                         "numeric dtype (bool, int, uint, float or complex); convert it "
                         "yourself first (nothing is converted silently)", file=where)
     return dt.newbyteorder("=")

@@ -25,7 +25,7 @@ from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data.config import SPLITS, PreprocessConfig
 from itwinai_hpc.data.gather import take
 from itwinai_hpc.data.loader_settings import describe_bytes
-from itwinai_hpc.data.registry import DatasetSpec, get_dataset
+from itwinai_hpc.data.registry import DatasetSpec, check_raw, get_dataset
 from itwinai_hpc.data.shard_plan import (
     PlannedShard,
     SplitRows,
@@ -88,7 +88,7 @@ def _image_blocks(rows: SplitRows, shard: PlannedShard, chunk_rows: int,
     step = max(1, BLOCK_BYTES // (row_bytes * chunk_rows)) * chunk_rows
     for a in range(shard.start, shard.end, step):
         block = take(rows.images, rows.source_rows(a, min(a + step, shard.end)))
-        block = block.astype(np.uint8, copy=False)
+        assert block.dtype == np.uint8  # check_raw refused anything else: never cast
         for part in np.array_split(block.reshape(-1), max(1, block.size >> 20)):
             sums[0] += int(part.sum(dtype=np.uint64))
             sums[1] += int(np.square(part, dtype=np.uint16).sum(dtype=np.uint64))
@@ -228,6 +228,7 @@ def preprocess(source: str, output: str | os.PathLike, config: PreprocessConfig 
     config = config or PreprocessConfig()
     spec = get_dataset(config.dataset)
     raw = spec.load(source)
+    check_raw(raw, spec)
     splits = split_data(raw, config)
     plan = plan_shards(config, {s: len(splits[s]) for s in SPLITS})
     pid = plan_id(config, raw, splits)

@@ -62,3 +62,22 @@ def get_dataset(name: str, *, file: str | None = None) -> DatasetSpec:
         raise UserError(f"unknown dataset {name!r}; valid datasets: {valid}", file=file,
                         field="dataset")
     return _REGISTRY[name]
+
+
+def check_raw(raw: RawData, spec: DatasetSpec) -> None:
+    """A registered data set's arrays are what the uint8-image shards hold: uint8 pixels and
+    integer labels. Anything else is refused, never cast (a float32 field of 280.4 K became 24
+    when it was): such data goes through write_shards, which stores any numeric dtype."""
+    for name in ("train_images", "test_images", "train_labels", "test_labels"):
+        array = getattr(raw, name)
+        dtype = getattr(array, "dtype", None)
+        want = "uint8" if name.endswith("images") else "an integer dtype"
+        ok = dtype == np.uint8 if name.endswith("images") else \
+            dtype is not None and dtype.kind in "iu"
+        if not ok:
+            raise UserError(f"data set {spec.name!r} returned {name} of dtype {dtype}, expected "
+                            f"{want}: the image shards hold uint8 pixels and nothing is "
+                            "converted silently; for other data (float fields, regression "
+                            "targets) write shards with itwinai_hpc.data.write_shards, or "
+                            "preprocess NetCDF/Zarr/NumPy files with a `variables:` config",
+                            field=name)
