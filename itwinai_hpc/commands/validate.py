@@ -14,7 +14,9 @@ def cmd_validate(args) -> int:
     from itwinai_hpc.workflow.load import load_workflow
     args.workflow = workflow_path(args)
     loaded = load_workflow(args.workflow, args.overrides, profile=args.profile)
-    for warning in implausible_values(loaded.workflow, loaded.doc, loaded.site.profile):
+    from itwinai_hpc.workflow.site_checks import site_warnings
+    for warning in implausible_values(loaded.workflow, loaded.doc, loaded.site.profile) + \
+            site_warnings(loaded.workflow, loaded.doc, loaded.site, loaded.workdir):
         print(f"warning: {warning.format()}", file=sys.stderr)
     jobs = plan(loaded.workflow, loaded.site.profile)
     print(f"{args.workflow}: OK: workflow '{loaded.workflow.name}', {len(jobs)} step(s), "
@@ -24,7 +26,8 @@ def cmd_validate(args) -> int:
         after = f"  (after {needs})" if job.needs else ""
         r = job.resources
         print(f"  {job.index:>2}. {job.name:<16} {job.launcher:<9} nodes={r.nodes}"
-              f" gpus-per-node={r.gpus_per_node}{after}")
+              f" gpus-per-node={r.gpus_per_node}"
+              f" cpus-per-task={r.cpus_per_task or '-'} mem={r.mem or '-'}{after}")
         if job.sweep and job.sweep_task is None:
             print(f"      sweep: {job.sweep_size} tasks over {', '.join(job.matrix_keys)}, "
                   f"one job array ({job.array})")

@@ -15,6 +15,7 @@ from itwinai_hpc.run.planned import (
 )
 from itwinai_hpc.workflow.graph import topological_order
 from itwinai_hpc.workflow.matrix import combinations, task_name, value_text
+from itwinai_hpc.workflow.profiles import node_share
 from itwinai_hpc.workflow.schema import (
     Container,
     Launch,
@@ -31,7 +32,9 @@ def plan(wf: Workflow, site=None) -> list[PlannedStep]:
     """The steps in dependency order (stable: file order among independent steps). `site` (a
     profiles.Profile) goes under the workflow's defaults: the workflow's values win, lists
     extend; its GPU vendor resolves `container.gpu: auto`. A profile's container settings say
-    how containers are entered there; a step without an image still runs without one."""
+    how containers are entered there; a step without an image still runs without one.
+    Sizes: the step's own cpus-per-task/mem > the profile's GPU share of a node (GPU steps)
+    > the workflow's defaults > the profile's defaults (profiles.node_share)."""
     d = merge(site.defaults, wf.defaults) if site else wf.defaults
     gpu_vendor = site.node.gpu_vendor if site else "nvidia"
     order = topological_order(wf)
@@ -41,7 +44,8 @@ def plan(wf: Workflow, site=None) -> list[PlannedStep]:
     planned = []
     for i, name in enumerate(order, start=1):
         step = by_name[name]
-        res = _resources(merge(d.resources, step.resources))
+        res = _resources(node_share(merge(d.resources, step.resources), step.resources,
+                                     site.node if site else None))
         container = _resolve_container(d.container, step.container, gpus=res.gpus_per_node,
                                        vendor=gpu_vendor)
         env = {**_strs(d.env), **_strs(step.env)}

@@ -22,6 +22,7 @@ from itwinai_hpc.workflow.graph import check_graph
 from itwinai_hpc.workflow.matrix import expand_matrices
 from itwinai_hpc.workflow.profiles import LoadedProfile, load_profile
 from itwinai_hpc.workflow.schema import Workflow
+from itwinai_hpc.workflow.site_checks import site_refusals
 from itwinai_hpc.workflow.variables import substitute_document
 
 # What ${run_dir} and ${run_id} become where there is no run (validate).
@@ -74,6 +75,9 @@ def resolve_workflow(doc: YamlDoc, path: str | Path, overrides: tuple[str, ...] 
     # workflow stays as written, naming its profile, so its resolved copy renders the same.
     site = load_profile(profile or wf.profile)
     wf = wf.model_copy(update={"profile": site.name})
+    refused = site_refusals(wf, doc, site)      # what this site would refuse (site_checks.py)
+    if refused:
+        raise UserErrors(by_line(refused))
     return LoadedWorkflow(wf, path, doc, tuple(overrides), run_dir, run_id, workdir, site)
 
 

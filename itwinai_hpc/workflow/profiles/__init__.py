@@ -15,14 +15,15 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import StrictInt
+from pydantic import Field, StrictInt
 
 from itwinai_hpc.core import job_env
 from itwinai_hpc.core.errors import UserError, UserErrors
 from itwinai_hpc.core.validation import did_you_mean, validate_model
 from itwinai_hpc.core.yamlsrc import parse_yaml
+from itwinai_hpc.workflow.sbatch_fields import MEM
 from itwinai_hpc.workflow.schema import Defaults, merge
 from itwinai_hpc.workflow.schema_base import _Model
 
@@ -31,11 +32,27 @@ DEFAULT = "generic"
 
 
 class NodeInfo(_Model):
-    """What a site's GPU node has: for `container.gpu: auto` and validate's warnings."""
+    """What a site's GPU node has: for `container.gpu: auto`, a GPU step's share of a node
+    (render/plan.py) and validate's warnings. `cores` counts CPUs as SLURM does (hardware
+    threads where the site counts them)."""
 
     cores: StrictInt | None = None
     gpus: StrictInt | None = None
     gpu_vendor: Literal["nvidia", "amd", "none"] = "nvidia"
+    # A GPU's share of a node, as the site's examples ask for it: a step that asks for G GPUs
+    # per node gets G x these (cpus split over its tasks) unless the step itself sets them.
+    cpus_per_gpu: Annotated[StrictInt, Field(ge=1)] | None = None
+    mem_per_gpu: Annotated[str, Field(pattern=MEM)] | None = None
+
+
+class SiteRules(_Model):
+    """What validate checks for this site beyond node sizes (workflow/site_checks.py)."""
+
+    # resources a job there should name: a warning when neither the workflow nor the
+    # environment sbatch reads (SBATCH_ACCOUNT, SBATCH_QOS) sets it; the text says why
+    expect: dict[Literal["account", "qos", "partition"], str] = {}
+    # a GPU step's container image should look like this site's GPU build (ROCm on AMD)
+    image_hint: str | None = None
 
 
 class Profile(_Model):
@@ -45,6 +62,9 @@ class Profile(_Model):
     unverified: list[str] = []
     partitions: list[str] = []
     node: NodeInfo = NodeInfo()
+    rules: SiteRules = SiteRules()
+    # the site's own recommended images (documentation: `profiles --show` prints them)
+    images: dict[str, str] = {}
     defaults: Defaults = Defaults()
 
 
@@ -162,6 +182,24 @@ def _read_text(path: Path) -> str:
 def apply(defaults: Defaults, profile: Profile) -> Defaults:
     """The workflow's defaults over the profile's (lists extend, the workflow's values win)."""
     return merge(profile.defaults, defaults)
+
+
+def node_share(r, own, node: NodeInfo | None):
+    """A GPU step's Resources `r` (defaults < step, merged) with the profile's share of a node:
+    cpus-per-gpu and mem-per-gpu times the GPUs it asks for per node (the CPUs split over its
+    tasks), over the workflow's defaults: those are written for every step and every site (a
+    laptop's 2 CPUs would starve torchrun's workers on a 56-core node), the share is what the
+    site's own examples ask for. What the step itself sets (`own`) wins."""
+    gpus = r.gpus_per_node or 0
+    if node is None or gpus <= 0:
+        return r
+    update: dict = {}
+    if node.cpus_per_gpu and own.cpus_per_task is None:
+        update["cpus_per_task"] = max(1, node.cpus_per_gpu * gpus // (r.ntasks_per_node or 1))
+    if node.mem_per_gpu and own.mem is None:
+        number = node.mem_per_gpu.rstrip("KMGT")
+        update["mem"] = f"{int(number) * gpus}{node.mem_per_gpu[len(number):]}"
+    return r.model_copy(update=update) if update else r
 
 
 def describe(loaded: LoadedProfile) -> str:
