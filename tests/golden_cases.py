@@ -34,9 +34,15 @@ CASES = {
 }
 # The MNIST training workflow as each shipped site profile renders it (2 nodes x their GPUs).
 PROFILES = {"jsc": 4, "lumi": 8, "vega": 4, "cscs": 4, "nersc": 4}
+# Images the site's runtime takes: a registry image for Shifter, an EDF for the container
+# engine, the ROCm build on LUMI (the workflow's default is the NVIDIA .sif).
+IMAGES = {"nersc": "docker:itwinai/itwinai-hpc:latest", "cscs": "edf/itwinai-hpc.toml",
+          "lumi": "container/itwinai-hpc-rocm.sif"}
 for _name, _gpus in PROFILES.items():
     CASES[f"profile-{_name}"] = (MNIST_TRAIN, ("steps.train.resources.nodes=2",
-                                               f"steps.train.resources.gpus-per-node={_gpus}"),
+                                               f"steps.train.resources.gpus-per-node={_gpus}",
+                                               *([f"vars.image={IMAGES[_name]}"]
+                                                 if _name in IMAGES else [])),
                                  _name)
 
 

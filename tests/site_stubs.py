@@ -17,9 +17,9 @@ record() {  # record NAME ARGS...: one JSON line with the arguments and the envi
 import json, os, sys
 keep = ("SLURMD_NODENAME", "SLURM_NODEID", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME",
         "OMP_NUM_THREADS", "SRUN_CPUS_PER_TASK", "MIOPEN_USER_DB_PATH", "HEAD", "PORT",
-        "MASTER_ADDR", "RANK", "WORLD_SIZE")
-print(json.dumps({"tool": sys.argv[1], "args": sys.argv[2:],
-                  "env": {k: os.environ[k] for k in keep if k in os.environ}}))
+        "MASTER_ADDR", "RANK", "WORLD_SIZE", "NCCL_IB_DISABLE")
+env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("SINGULARITYENV_")}
+print(json.dumps({"tool": sys.argv[1], "args": sys.argv[2:], "cwd": os.getcwd(), "env": env}))
 PY
 }
 '''
@@ -33,7 +33,7 @@ while (($#)) && [[ $1 == -* ]]; do shift; done
 if [[ ${1:-} == bash && ${2:-} == -c ]]; then
   id=0
   for node in $STUB_NODES; do
-    SLURMD_NODENAME=$node SLURM_NODEID=$id SLURM_PROCID=$id SLURM_LOCALID=0 bash -c "$3" || exit $?
+    SLURMD_NODENAME=$node SLURM_NODEID=$id SLURM_PROCID=$id SLURM_LOCALID=0 bash -c "$3" "${@:4}" || exit $?
     id=$((id + 1))
   done
 fi
@@ -65,15 +65,20 @@ exec "$@"
     "torchrun": RECORD + 'record torchrun "$@"\n',
     "python": RECORD + 'record python "$@"\n',
     "module": RECORD + 'record module "$@"\n',
+    "itwinai-hpc": RECORD + 'record itwinai-hpc "$@"\n',
 }
 STUBS["singularity"] = STUBS["apptainer"].replace("record apptainer", "record singularity")
 
 
-def install(folder: Path) -> Path:
-    """The stand-ins in `folder`/bin; returns that folder (put it first on PATH)."""
+def install(folder: Path, without: tuple[str, ...] = ()) -> Path:
+    """The stand-ins in `folder`/bin, but those named in `without` (a node that lacks them);
+    returns that folder (put it first on PATH)."""
     bin_dir = folder / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     for name, body in STUBS.items():
+        if name in without:
+            (bin_dir / name).unlink(missing_ok=True)
+            continue
         path = bin_dir / name
         path.write_text("#!/bin/bash\n" + body)
         path.chmod(0o755)
@@ -81,14 +86,14 @@ def install(folder: Path) -> Path:
 
 
 def run_sbatch_script(script: Path, folder: Path, nodes: list[str], job_id: int = 1234,
-                      fake_paths: list[str] = ()) -> tuple[subprocess.CompletedProcess,
-                                                            list[dict]]:
+                      fake_paths: list[str] = (), without: tuple[str, ...] = ()
+                      ) -> tuple[subprocess.CompletedProcess, list[dict]]:
     """Run `script` as the batch shell of job `job_id` on `nodes`. `fake_paths` (site files a
     bind names, e.g. /opt/cray) are made to exist for this run only, in a private mount
-    namespace (overlays over their parent folders)."""
+    namespace (overlays over their parent folders). `without`: stand-ins left out."""
     log = folder / f"stub-{script.stem}.jsonl"
     log.unlink(missing_ok=True)
-    env = {**os.environ, "PATH": f"{install(folder)}:{os.environ['PATH']}",
+    env = {**os.environ, "PATH": f"{install(folder, without)}:{os.environ['PATH']}",
            "STUB_LOG": str(log), "STUB_NODES": " ".join(nodes), "SLURM_JOB_ID": str(job_id),
            "SLURM_JOB_NODELIST": ",".join(nodes), "SLURM_NNODES": str(len(nodes)),
            "SLURM_NODEID": "0", "SLURMD_NODENAME": nodes[0],   # the batch shell: first node

@@ -139,7 +139,8 @@ def test_lumi_enters_singularity_with_rocm_site_binds_and_a_miopen_cache_per_nod
     assert runtime and all(c["args"][:2] == ["exec", "--rocm"] and "--nv" not in c["args"]
                            for c in runtime)
     assert "/usr/lib64/libcxi.so.1" in runtime[0]["args"]      # a file bind, not mkdir'ed
-    assert ["use", "/appl/local/containers/ai-modules"] == calls_of(calls, "module")[0]["args"]
+    assert [["use", "/appl/local/laifs/modules"], ["load", "lumi-aif-singularity-bindings"]] \
+        == [c["args"] for c in calls_of(calls, "module")]
     torchrun = calls_of(calls, "torchrun")
     assert [c["env"]["MIOPEN_USER_DB_PATH"] for c in torchrun] == \
         ["/tmp/alice-miopen-1234-0", "/tmp/alice-miopen-1234-1"]   # expanded in each task
@@ -154,7 +155,7 @@ def test_vega_asks_for_gres_gpus_and_enters_apptainer_with_nv(tmp_path):
 
 
 def test_cscs_runs_each_task_in_the_container_engine_and_torch_distributed_run(tmp_path):
-    calls = launch(tmp_path, "cscs", 4, "defaults.container.image=/users/alice/pytorch.toml")
+    calls = launch(tmp_path, "cscs", 4, "vars.image=/users/alice/pytorch.toml")
     srun = calls_of(calls, "srun")
     assert "--environment=/users/alice/pytorch.toml" in srun[0]["args"]
     assert not calls_of(calls, "apptainer")                   # the batch shell stays outside
@@ -165,10 +166,10 @@ def test_cscs_runs_each_task_in_the_container_engine_and_torch_distributed_run(t
 
 
 def test_nersc_asks_for_the_shifter_image_and_enters_it_in_each_task(tmp_path):
-    calls = launch(tmp_path, "nersc", 4)
+    calls = launch(tmp_path, "nersc", 4, "vars.image=docker:alice/itwinai-hpc:1.0")
     lines = sbatch_lines(tmp_path / "run" / "02-train.sbatch")
-    assert "#SBATCH --image=container/itwinai-hpc.sif" in lines
-    assert "#SBATCH --module=gpu" in lines and "#SBATCH --constraint=gpu" in lines
+    assert "#SBATCH --image=docker:alice/itwinai-hpc:1.0" in lines
+    assert "#SBATCH --module=gpu,nccl-plugin" in lines and "#SBATCH --constraint=gpu" in lines
     shifter = calls_of(calls, "shifter")
     assert len(shifter) == 2 and shifter[0]["args"][0].startswith("--volume=")
     assert len(calls_of(calls, "torchrun")) == 2
@@ -176,7 +177,8 @@ def test_nersc_asks_for_the_shifter_image_and_enters_it_in_each_task(tmp_path):
 
 @pytest.mark.parametrize("profile", SHIPPED)
 def test_every_profiles_scripts_pass_shellcheck(tmp_path, profile):
-    render_training(tmp_path, profile, 4, "defaults.container.image=/x/image.sif")
+    image = {"nersc": "docker:x/image:1", "cscs": "/x/image.toml"}.get(profile, "/x/image.sif")
+    render_training(tmp_path, profile, 4, f"vars.image={image}")
     files = [str(p) for p in (tmp_path / "run").iterdir() if p.suffix in (".sh", ".sbatch")]
     p = subprocess.run(["shellcheck", "--severity=style", *files], capture_output=True,
                        text=True)

@@ -16,7 +16,6 @@ SLURM_JOB_NODELIST=$(hostname)
 export SLURM_JOB_NODELIST
 export SLURM_NTASKS=1
 export SLURM_NTASKS_PER_NODE=1
-export SLURM_CPUS_PER_TASK=2
 export SLURM_SUBMIT_DIR=/work/project
 
 # Where this run lives, for the step's own code (and for `itwinai-hpc status`). A backend that
@@ -31,19 +30,42 @@ export ITWINAI_HPC_STOP_FILE="$ITWINAI_HPC_RUN_DIR/preprocess.STOP"
 # The step's environment (workflow defaults.env, then the step's env).
 export MLFLOW_TRACKING_URI=file:/work/project/mlruns
 export MLFLOW_ALLOW_FILE_STORE=true
-export OMP_NUM_THREADS=2
 # Leave the exit status in the run folder: on a cluster without accounting it is all that
 # `itwinai-hpc status` can learn once the job has left the queue.
 # SIGTERM (scancel, the time limit) is trapped so that the file says 143: a shell killed by it
 # would record the status of its last command, often 0. Files are written beside their name and
 # renamed over it (a link planted at the name is replaced, never written through), and a write
 # that fails (the run folder moved away) never changes the step's own exit status.
-trap '{ echo "$?" >"$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID.$$" && mv -f "$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID.$$" "$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID"; } || true' EXIT
+# The stop contract (core/job_env.py): a step that stopped early to be resumed exits 75, and
+# is recorded STOPPED; torchrun turns a worker's 75 into 1, so its processes also leave a mark.
+rm -f "$ITWINAI_HPC_RUN_DIR/logs/.stopped-$SLURM_JOB_ID"
+stop_status() {
+  if (($1 != 0)) && [[ -e "$ITWINAI_HPC_RUN_DIR/logs/.stopped-$SLURM_JOB_ID" ]]; then echo 75; else echo "$1"; fi
+}
+on_exit() {
+  local status=$?
+  status=$(stop_status "$status")
+  { echo "$status" >"$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID.$$" && mv -f "$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID.$$" "$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID"; } || true
+  exit "$status"
+}
+trap on_exit EXIT
 trap 'exit 143' TERM
 
 echo "[itwinai-hpc] $(date -Is) step $ITWINAI_HPC_STEP of run $ITWINAI_HPC_RUN_ID: local job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST}"
 
 # The step runs inside container/itwinai-hpc.sif: fail early, and clearly, where the runtime is missing.
+# A node with singularity but no apptainer (Vega's own scripts use singularity): the same
+# options and image work there; a wrapper named apptainer, first on PATH (srun tasks inherit
+# it), runs singularity with the APPTAINERENV_* variables as SINGULARITYENV_*.
+if ! command -v apptainer >/dev/null 2>&1 && command -v singularity >/dev/null 2>&1; then
+  mkdir -p "$ITWINAI_HPC_RUN_DIR/.singularity-as-apptainer"
+  # shellcheck disable=SC2016  # (the wrapper's own code, expanded when it runs)
+  printf '#!/bin/bash\nfor v in ${!APPTAINERENV_@}; do export "SINGULARITYENV_${v#APPTAINERENV_}=${!v}"; done\nexec %q "$@"\n' \
+    "$(command -v singularity)" > "$ITWINAI_HPC_RUN_DIR/.singularity-as-apptainer/apptainer"
+  chmod +x "$ITWINAI_HPC_RUN_DIR/.singularity-as-apptainer/apptainer"
+  export PATH="$ITWINAI_HPC_RUN_DIR/.singularity-as-apptainer:$PATH"
+  echo "[itwinai-hpc] no apptainer on $(hostname): running the container with singularity" >&2
+fi
 if ! command -v apptainer >/dev/null 2>&1; then
   echo "[itwinai-hpc] 'apptainer' not found on $(hostname): load the module that provides it, or set 'container: none' for this step" >&2
   exit 127

