@@ -33,7 +33,8 @@ while (($#)) && [[ $1 == -* ]]; do shift; done
 if [[ ${1:-} == bash && ${2:-} == -c ]]; then
   id=0
   for node in $STUB_NODES; do
-    SLURMD_NODENAME=$node SLURM_NODEID=$id SLURM_PROCID=$id SLURM_LOCALID=0 bash -c "$3" "${@:4}" || exit $?
+    SLURMD_NODENAME=$node SLURM_NODEID=$id SLURM_PROCID=$id SLURM_LOCALID=0 \
+      bash -c "$3" "${@:4}" || exit $?
     id=$((id + 1))
   done
 fi

@@ -75,7 +75,7 @@ class _Report:
 
 
 def _profile_sets(site: LoadedProfile, path: tuple) -> bool:
-    value = site.profile
+    value: object = site.profile
     for key in path:
         value = getattr(value, str(key).replace("-", "_"), None)
     return value is not None
