@@ -169,3 +169,13 @@ def test_every_workflow_field_has_a_description_an_editor_shows_on_hover():
             assert prop.get("description"), \
                 f"{name}.{info.alias or field}: write a comment above the field in its model " \
                 "(or a line in FIELD_HELP, itwinai_hpc/commands/schema.py)"
+
+
+def test_the_workflow_schema_needs_nothing_a_login_node_lacks():
+    """`itwinai-hpc schema` runs where only the base package is installed: no torch, mlflow,
+    numpy or h5py is imported (as for validate and render)."""
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "itwinai_hpc.cli", "schema"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and json.loads(p.stdout)["title"] == "itwinai-hpc workflow"
+    imported = {line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines()}
+    assert not imported & {"torch", "mlflow", "numpy", "h5py"}, imported & {"torch", "numpy"}
