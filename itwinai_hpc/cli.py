@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the schema of that config file instead of a workflow's")
     p.set_defaults(func=_command("schema", "cmd_schema"))
 
-    _command("doctor_args", "register")((sub, workflow_args, run_folder_args, _command))
+    _command("extra_args", "register")((sub, workflow_args, run_folder_args, _command))
     _add_optional_commands(sub)
     _group_command_help(parser, sub)
     return parser
