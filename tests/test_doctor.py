@@ -242,3 +242,39 @@ def test_a_node_of_the_allocation_without_ranks_fails_the_ranks_check():
     check = check_ranks(f, want(2, 2))
     assert check.status == "fail"
     assert "2 of 4 ranks started" in check.summary and "no rank on nid001" in check.summary
+
+
+def test_a_job_that_dies_before_its_checks_fails_with_its_log_and_the_likely_cause(
+        here, capsys):
+    # python3 where the step runs is one without itwinai-hpc: a setup line (a module load, a
+    # conda activate) put the system's first
+    wf = here / "wf.yml"
+    wf.write_text("name: bare\nsteps:\n  - {name: train, command: itwinai-hpc train,\n"
+                  "     setup: ['export PATH=/usr/bin:$PATH']}\n")
+    rc, report = doctor(capsys, str(wf))
+    (check,) = report["checks"]
+    assert rc == 1 and report["job_state"] == "FAILED"
+    assert (check["name"], check["status"]) == ("job", "fail")
+    assert "before its checks wrote their facts" in check["summary"]
+    assert "No module named" in check["details"]["log_tail"]
+    assert any("lacks itwinai-hpc or torch" in a for a in check["advice"])
+
+
+def test_a_job_still_running_at_the_timeout_is_cancelled_and_fails(here, capsys):
+    wf = here / "wf.yml"
+    wf.write_text("name: slow\nsteps:\n  - name: train\n    command: x\n"
+                  "    setup: [sleep 60]\n")
+    rc, report = doctor(capsys, str(wf), "--timeout", "3")
+    (check,) = report["checks"]
+    assert rc == 1 and check["status"] == "fail"
+    assert check["summary"].startswith("the smoke job had not ended after --timeout 3 s")
+    assert report["job_state"] == "CANCELLED"
+
+
+def test_a_step_without_torchrun_is_one_rank_and_idle_nodes_are_a_warning():
+    f = facts(2, 1)
+    f["ranks"] = f["ranks"][:1]
+    alone = Expected(nodes=2, processes_per_node=1, gpus_per_node=0, alone=True)
+    check = check_ranks(f, alone)
+    assert check.status == "warn" and "1 of 1 ranks started" in check.summary
+    assert "1 allocated node(s) stay idle" in check.summary

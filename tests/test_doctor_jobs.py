@@ -10,9 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_containers import image, place  # noqa: F401  (fixtures: the stand-in and its image)
+import test_containers
 
 from itwinai_hpc.cli import main
+
+# test_containers' fixtures: the stand-in first on PATH, a folder outside the default binds
+# (place) and the stand-in's image of this venv (image)
+image, place = test_containers.image, test_containers.place
 
 
 def by_name(report: dict) -> dict[str, dict]:

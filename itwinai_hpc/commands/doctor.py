@@ -87,7 +87,8 @@ def _report(manifest, doctor, job, backend: str, gave_up: bool, timeout) -> dict
                     gpus_per_node=job.resources.gpus_per_node,
                     container=f"{c.runtime} {c.image}" if c else None,
                     container_gpu=c.gpu if c else "none", data=doctor.data,
-                    data_here=bool(doctor.data) and Path(doctor.data).is_dir())
+                    data_here=bool(doctor.data) and Path(doctor.data).is_dir(),
+                    alone=job.launcher != "torchrun")
     if facts is None:
         checks = [_job_failed(manifest, step, gave_up, timeout)]
     else:

@@ -32,6 +32,7 @@ class Expected:
     container_gpu: str = "none"       # nvidia, amd or none: --nv / --rocm
     data: str | None = None
     data_here: bool = False           # the data folder exists at the login node
+    alone: bool = False               # launcher none: one process, in the batch shell
 
 
 def expand_hostlist(text: str) -> list[str]:
@@ -61,7 +62,7 @@ def _expand_one(part: str) -> list[str]:
 
 def check_ranks(facts: dict, want: Expected) -> Check:
     ranks = facts["ranks"]
-    expected = want.nodes * want.processes_per_node
+    expected = 1 if want.alone else want.nodes * want.processes_per_node
     per_node = Counter(r["node"] for r in ranks)
     where = ", ".join(f"{n} [{', '.join(str(r['rank']) for r in ranks if r['node'] == n)}]"
                       for n in per_node)
@@ -79,9 +80,9 @@ def check_ranks(facts: dict, want: Expected) -> Check:
         if stray:
             problems.append(f"ranks on {', '.join(stray)}, not in SLURM_JOB_NODELIST "
                             f"{facts['nodelist']}")
-        if idle:
+        if idle and not want.alone:
             problems.append(f"no rank on {', '.join(idle)} (allocated)")
-    elif len(per_node) > want.nodes:
+    elif len(per_node) > (1 if want.alone else want.nodes):
         problems.append(f"ranks on {len(per_node)} hosts, {want.nodes} asked")
     uneven = {n: c for n, c in per_node.items() if c != want.processes_per_node}
     if uneven and len(ranks) == expected:
@@ -97,6 +98,11 @@ def check_ranks(facts: dict, want: Expected) -> Check:
                f"on {where}; all joined within {joined:.1f} s")
     if allocated is not None and facts.get("backend") != "local":
         summary += f" (SLURM_JOB_NODELIST {facts['nodelist']})"
+    if want.alone and allocated is not None and len(allocated) > 1:
+        return Check("ranks", WARN, summary + "; the step's launcher (none) runs one process, "
+                     f"so {len(allocated) - 1} allocated node(s) stay idle", [
+                         "launcher: torchrun spreads a training over the nodes; else ask for "
+                         "one node"], details)
     few = sorted({r["cpus"] for r in ranks if r["cpus"] < 2})
     if want.gpus_per_node and few:
         return Check("ranks", WARN, summary + f"; a rank may use {few[0]} CPU", [
