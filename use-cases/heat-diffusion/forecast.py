@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import h5py
 import numpy as np
@@ -21,14 +22,21 @@ import xarray as xr
 from heat_forecast.pairs import pair_index, split_members
 
 
+def refuse(message: str) -> NoReturn:
+    """Bad input: one line naming the file, exit 2 (nothing is written)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--predictions", required=True, type=Path)
     p.add_argument("--input", required=True, type=Path, help="the NetCDF file preprocessed")
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--lead", type=int, default=1)
-    p.add_argument("--validation-members", type=int, default=4)
-    p.add_argument("--test-members", type=int, default=4)
+    p.add_argument("--validation-members", type=int, default=None,
+                   help="members for validation (default: a sixth, at least 1)")
+    p.add_argument("--test-members", type=int, default=None,
+                   help="members for test (default: a sixth, at least 1)")
     return p.parse_args(argv)
 
 
@@ -42,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     test = split_members(members, args.validation_members, args.test_members)["test"]
     index = pair_index(test, times, args.lead)
     if predicted.shape[0] != len(index) or predicted.shape[-2:] != truth.shape[-2:]:
-        raise SystemExit(f"error: {args.predictions}: predictions {predicted.shape} do not fit "
+        refuse(f"{args.predictions}: predictions {predicted.shape} do not fit "
                          f"{len(index)} test pairs of {truth.shape[-2:]} fields in {args.input} "
                          "(same --lead and member counts as preprocess.py?)")
     valid = truth.isel(member=test, time=slice(args.lead, None))

@@ -10,8 +10,13 @@ CHANNELS = ("temperature", "diffusivity", "heat_source")
 SPLITS = ("train", "validation", "test")
 
 
-def split_members(members: int, validation: int, test: int) -> dict[str, np.ndarray]:
-    """The last `test` members for test, the `validation` before them, the rest for training."""
+def split_members(members: int, validation: int | None = None,
+                  test: int | None = None) -> dict[str, np.ndarray]:
+    """The last `test` members for test, the `validation` before them, the rest for training;
+    by default a sixth of the members each (at least one): 24 -> 16/4/4, 6 -> 4/1/1."""
+    share = max(1, round(members / 6))
+    validation = share if validation is None else validation
+    test = share if test is None else test
     if validation < 1 or test < 1 or members - validation - test < 1:
         raise ValueError(f"{members} members cannot give at least one to each split "
                          f"(validation {validation}, test {test})")
