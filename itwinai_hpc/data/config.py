@@ -12,6 +12,11 @@ Keys (all optional; the defaults suit MNIST on a laptop):
     compression: none         # none | gzip | lzf
     chunk_rows: 256           # HDF5 chunk = this many whole images
     normalization: dataset    # dataset (published mean/std) | computed (from the train split)
+
+NetCDF, Zarr and NumPy sources (source_config.py): `arrays` (variables -> inputs/targets),
+`split` (by index or a coordinate), `format`, `shard_size`; with `arrays`, `dataset` is only the
+name recorded in the manifest (default: the source's file name) and the image-only keys
+(validation_size, shards, chunk_rows, normalization) are refused.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from itwinai_hpc.core.config_file import read_config
-from itwinai_hpc.core.errors import UserErrors
+from itwinai_hpc.core.errors import UserError, UserErrors
 from itwinai_hpc.core.validation import validate_model
 from itwinai_hpc.core.yamlsrc import YamlDoc
 from itwinai_hpc.data.shards import COMPRESSIONS
+from itwinai_hpc.data.source_config import ArraysSection, FormatName, SplitSection
 
 SPLITS = ("train", "validation", "test")
 
@@ -48,6 +54,11 @@ class PreprocessConfig(BaseModel):
     compression: str = "none"
     chunk_rows: Annotated[int, Field(ge=1)] = 256
     normalization: Literal["dataset", "computed"] = "dataset"
+    # NetCDF, Zarr, NumPy sources (None: a registered uint8-image data set)
+    arrays: ArraysSection | None = None
+    split: SplitSection | None = None
+    format: FormatName | None = None
+    shard_size: Annotated[int, Field(ge=1)] | str | None = None
 
     @field_validator("validation_size", mode="before")
     @classmethod
@@ -81,7 +92,7 @@ class PreprocessConfig(BaseModel):
         return value
 
     def as_dict(self) -> dict:
-        return self.model_dump()
+        return self.model_dump(exclude_none=True)  # an image config's plan id as before
 
     def validation_count(self, num_train: int) -> int:
         if isinstance(self.validation_size, float):
@@ -92,13 +103,35 @@ class PreprocessConfig(BaseModel):
 KEYS = tuple(PreprocessConfig.model_fields)
 
 
+IMAGE_ONLY = ("validation_size", "shards", "chunk_rows", "normalization")
+ARRAYS_ONLY = ("split", "format", "shard_size")
+
+
 def _validated(doc: YamlDoc) -> PreprocessConfig:
     try:
-        return validate_model(PreprocessConfig, doc)
+        config = validate_model(PreprocessConfig, doc)
     except UserErrors as e:
         if len(e.errors) == 1:  # one problem: the error itself, so callers see file/line/field
             raise e.errors[0] from None
         raise
+    errors = []
+    for key in IMAGE_ONLY if config.arrays else ARRAYS_ONLY:
+        if key in config.model_fields_set:
+            file, line = doc.where((key,))
+            why = ("is for registered image data sets; with `arrays:` choose samples with "
+                   "`split:` and the shard size with `shard_size:`" if config.arrays else
+                   "needs an `arrays:` section (a NetCDF, Zarr or NumPy source)")
+            errors.append(UserError(why, file=file, line=line, field=key))
+    if config.arrays and config.split is None:
+        file, line = doc.where(("arrays",))
+        errors.append(UserError("needs a `split:` section saying which samples go into train, "
+                                "validation and test (by: index, or by a coordinate such as "
+                                "time)", file=file, line=line, field="split"))
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise UserErrors(errors)
+    return config
 
 
 def make_config(values: dict, *, file: str | None = None,

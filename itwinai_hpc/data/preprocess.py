@@ -215,6 +215,21 @@ def default_shard_index() -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
+def _from_files(source: str, output: str | os.PathLike, config: PreprocessConfig,
+                shard_index: int | None, finalize_only: bool) -> PreprocessResult:
+    """A NetCDF, Zarr or NumPy source (from_files.py): one task writes every shard."""
+    from itwinai_hpc.data.from_files import preprocess_files
+
+    if finalize_only or shard_index not in (None, 0):
+        raise UserError("a NetCDF, Zarr or NumPy source is preprocessed by one task, which "
+                        "writes every shard and the manifest: run it without --finalize, "
+                        "--shard-index or a job array", field="--shard-index")
+    manifest = preprocess_files(source, output, config)
+    assert manifest.path is not None
+    return PreprocessResult(written=[s.file for split in manifest.splits.values()
+                                     for s in split.shards], manifest=manifest.path)
+
+
 def preprocess(source: str, output: str | os.PathLike, config: PreprocessConfig | None = None,
                *, shard_index: int | None = None, finalize_only: bool = False,
                progress: bool | None = None) -> PreprocessResult:
@@ -226,6 +241,8 @@ def preprocess(source: str, output: str | os.PathLike, config: PreprocessConfig 
     UserError if a shard is missing. A re-run skips shards that verify and repairs the rest.
     """
     config = config or PreprocessConfig()
+    if config.arrays is not None:
+        return _from_files(source, output, config, shard_index, finalize_only)
     spec = get_dataset(config.dataset)
     raw = spec.load(source)
     check_raw(raw, spec)

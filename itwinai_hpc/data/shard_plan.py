@@ -55,7 +55,10 @@ class PlannedShard:
 
 
 def count_shards(config: PreprocessConfig) -> int:
-    """How many array tasks a job array needs: one per shard, all splits together."""
+    """How many array tasks a job array needs: one per shard, all splits together (a NetCDF,
+    Zarr or NumPy source: one task writes every shard)."""
+    if config.arrays is not None:
+        return 1
     return sum(config.shards[split] for split in SPLITS)
 
 
