@@ -31,7 +31,7 @@ def data_folder(folder: Path) -> int:
     return 4 * 2**20 + 17
 
 
-def container_workflow(place: Path, image: Path, binds: str) -> Path:
+def container_workflow(place: Path, image: Path, binds: str, runtime: str = "apptainer") -> Path:
     """The training step of a workflow whose data and MLflow store lie outside the working
     directory (and outside every default bind): only container.binds shows them."""
     wf = place / "workflow" / "wf.yml"
@@ -39,7 +39,7 @@ def container_workflow(place: Path, image: Path, binds: str) -> Path:
 name: boxed
 vars: {{data: {place}/data, store: {place}/store}}
 defaults:
-  container: {{image: {image}, binds: {binds}}}
+  container: {{runtime: {runtime}, image: {image}, binds: {binds}}}
   env:
     MLFLOW_TRACKING_URI: file:${{store}}/mlruns
     MLFLOW_ALLOW_FILE_STORE: "true"
@@ -96,12 +96,14 @@ def test_doctor_passes_inside_the_container_and_leaves_an_mlflow_run(place, imag
 
 def test_a_data_folder_the_container_does_not_bind_fails_with_the_bind_to_add(place, image,
                                                                               capsys):
+    # (with the stand-in's other name: the lines singularity gets are apptainer's)
     data_folder(place / "data")
     (place / "store").mkdir()
-    wf = container_workflow(place, image, '["${store}"]')
+    wf = container_workflow(place, image, '["${store}"]', runtime="singularity")
     rc, report = doctor_json(capsys, str(wf), "--backend", "local", "--allreduce-mb", "1")
     checks = by_name(report)
     assert rc == 1 and report["failed"] == 1
+    assert report["container"] == f"singularity {image}"
     assert checks["data"]["status"] == "fail"
     assert checks["data"]["summary"] == (f"{place}/data is not there inside the job on "
                                          f"{checks['data']['details']['per_node'][0]['node']}, "
