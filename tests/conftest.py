@@ -161,10 +161,23 @@ def _stop(cluster: SlurmCluster) -> None:
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Slow tests (training on real digits, fault injection) get 900 s unless they say."""
+    """Slow tests (training on real digits, fault injection) get 900 s unless they say. A test
+    that asks for a cluster fixture is a `slurm` test even where it forgot the marker (so
+    `-m "not slurm"` never starts a cluster)."""
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(900))
+        if (not item.get_closest_marker("slurm")
+                and any(f.startswith("slurm_cluster") for f in getattr(item, "fixturenames", ()))):
+            item.add_marker(pytest.mark.slurm)
+
+
+@pytest.fixture(autouse=True)
+def _slurm_tests_get_the_main_cluster(request) -> None:
+    """Every `slurm` test has the main cluster up and SLURM_CONF set before it starts, so it
+    passes alone and in any order, not only after another test asked for `slurm_cluster`."""
+    if request.node.get_closest_marker("slurm"):
+        request.getfixturevalue("slurm_cluster")
 
 
 @pytest.fixture(scope="session")

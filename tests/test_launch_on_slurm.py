@@ -181,6 +181,7 @@ def test_srun_launches_ddp_with_gloo_on_two_nodes_times_two_tasks(slurm_cluster,
 
 # ---- the rendezvous hook: torchrun over other host names -----------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_torchrun_rendezvous_over_rewritten_host_names_completes_on_two_nodes(slurm_cluster,
                                                                              run_folder):
@@ -273,6 +274,7 @@ def run_big(script: Path, env: dict[str, str], times: int) -> list[int]:
     return statuses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "srun"])
 def test_the_launch_survives_5000_node_names_under_pipefail(tmp_path, launcher):
     script = render_big(tmp_path, launcher)

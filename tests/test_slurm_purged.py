@@ -113,6 +113,7 @@ def mode(request, purged, monkeypatch) -> str:
     return request.param
 
 
+@pytest.mark.slow
 def test_an_array_step_with_a_failed_task_is_failed_before_the_purge(purged, mode):
     shards = step(purged[mode].before, "shards")
     assert (shards["state"], shards["exit_code"]) == ("FAILED", 5)

@@ -137,6 +137,7 @@ steps:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_a_step_warned_of_its_time_limit_is_checkpointed_requeued_and_completes(
         slurm_cluster, run_folder):

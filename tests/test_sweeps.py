@@ -300,6 +300,7 @@ def wait_slurm(run_dir: Path, timeout: float = 150) -> RunManifest:
     return RunManifest.load(run_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_slurm_a_throttled_array_sweep_runs_one_task_at_a_time_and_any_runs_after_a_failure(
         slurm_cluster, run_folder, capsys):

@@ -98,6 +98,7 @@ def test_resume_exclude_reaches_sbatch_and_stays_in_run_json(tmp_path, monkeypat
     assert "--exclude=node2,node3" in cmd and cmd[-1].endswith(".sbatch")
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.timeout(600)
 def test_a_hung_rank_on_two_nodes_shows_the_step_hung_naming_rank_and_node(slurm_cluster,
@@ -113,6 +114,7 @@ def test_a_hung_rank_on_two_nodes_shows_the_step_hung_naming_rank_and_node(slurm
     assert f"rank 1 on {mark['node']}" in step.reason
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.timeout(600)
 def test_resume_exclude_keeps_the_node_a_step_hung_on_out(slurm_cluster, run_folder):
@@ -131,6 +133,7 @@ def test_resume_exclude_keeps_the_node_a_step_hung_on_out(slurm_cluster, run_fol
     assert after.step("train").nodes not in (None, hung_on)
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.timeout(600)
 def test_a_hung_step_with_requeue_is_requeued_and_then_completes(slurm_cluster, run_folder):

@@ -59,6 +59,7 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)   # one process, stops at step 10: ~15 s, more on busy cores
 def test_a_diverging_training_fails_and_registers_nothing(mnist_shards, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -97,6 +98,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)   # two processes (gloo), stop at step 10: ~20 s, more on busy cores
 def test_both_ranks_of_a_diverging_ddp_training_exit_1_without_hanging(mnist_shards, tmp_path):
     """The two ranks as torchrun starts them (its environment; gloo on the CPU), but launched

@@ -74,6 +74,7 @@ def log_shards_at_once(store_uri: str, shards: str, barrier, rounds: int, result
                 results.put((round_, f"{type(e).__name__}: {e}"))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_tasks_starting_at_the_same_moment_all_log_their_datasets(tmp_path, mnist_shards):
     """MLflow's file store makes a dataset's record once per experiment; a second process that
@@ -104,6 +105,7 @@ def logged_model_uri(store_uri: str) -> str:
         tracking.end_run()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("store", ["file", "sqlite"])
 def test_champion_ends_on_the_best_of_tasks_registering_at_the_same_moment(store, tmp_path,
