@@ -206,6 +206,7 @@ def warned_shell_step(cluster, folder: Path, capsys, body: str, requeue: dict,
     return rc, RunManifest.load(folder / "run").step("work"), Path(work.log).read_text()
 
 
+@pytest.mark.slow
 def test_a_step_that_ignores_the_stop_file_is_requeued_once_the_grace_is_over(
         slurm_cluster, tmp_path, capsys):
     rc, work, log = warned_shell_step(slurm_cluster, tmp_path, capsys, "sleep 4\n",

@@ -279,6 +279,7 @@ def test_resume_asks_slurm_first_and_a_refusal_queues_nothing_and_changes_nothin
     assert slurm_cluster.active_jobs([s.job_id for s in manifest.steps]) == set()
 
 
+@pytest.mark.slow
 def test_resume_after_a_failure_reruns_only_the_failed_step_and_its_dependents(
         slurm_cluster, run_folder, capsys):
     wf = chain_workflow(run_folder, fail_step="b")
@@ -356,6 +357,7 @@ steps:
     assert log[-1] == "leak.show 1 1"
 
 
+@pytest.mark.slow
 def test_a_two_node_step_sees_both_nodes_and_its_torchrun_rendezvous_resolves(
         slurm_cluster, run_folder, capsys):
     probe = write(run_folder / "probe.py", """
