@@ -30,7 +30,9 @@ def add_parser(subparsers) -> None:
                     "the current holder. Checkpoints go to --checkpoint-dir (default "
                     "$ITWINAI_HPC_RUN_DIR/checkpoints); a re-run with the same folder resumes "
                     "exactly where the last one stopped. SIGTERM, SIGUSR2 or the file "
-                    "$ITWINAI_HPC_STOP_FILE make every rank checkpoint and exit 0. A loss that "
+                    "$ITWINAI_HPC_STOP_FILE make every rank checkpoint and exit 75 (stopped "
+                    "early, to be resumed: SLURM requeues it, `itwinai-hpc resume` continues "
+                    "it). A loss that "
                     "diverges (inf or NaN for trainer.nan_patience steps in a row) stops every "
                     "rank with exit 1 and registers nothing.")
     p.add_argument("--config", metavar="FILE",
@@ -136,6 +138,9 @@ def run_train(args: argparse.Namespace) -> int:
                                 field="--" + flag.replace("_", "-"))
             setattr(config.trainer, flag, value)
     trainer = get_trainer(config.trainer.name)
+    from itwinai_hpc.ml.tasks import preflight
+
+    preflight(config)   # the config's import paths, before any process group or GPU
     run_dir = os.environ.get(job_env.RUN_DIR)
     checkpoint_dir = args.checkpoint_dir or (
         layout.checkpoint_dir(run_dir, os.environ.get(job_env.SWEEP),
@@ -155,8 +160,15 @@ def run_train(args: argparse.Namespace) -> int:
         if ctx.is_main and not checkpoint_dir:
             print("note: no --checkpoint-dir and no $ITWINAI_HPC_RUN_DIR: this run cannot be "
                   "resumed", flush=True)
-        trainer(config, opts, ctx)
+        result = trainer(config, opts, ctx)
         done = True
+        if result.status == "stopped" and opts.stop_after_epochs is None:
+            # Asked to stop (stop file, SIGTERM, SIGUSR2), checkpointed: the stop contract's
+            # status, and the mark that keeps it 75 through torchrun (core/job_env.STOP_EXIT).
+            from itwinai_hpc.ml import job
+
+            job.mark_stopped()
+            return job.STOP_EXIT
     except TrainingFailed as e:
         # Every rank raised it at the same point (they agreed), so they leave together; one
         # line for the whole job, no traceback: exit 1, a runtime failure.

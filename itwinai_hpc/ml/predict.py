@@ -63,11 +63,15 @@ def predict(config: InferenceConfig, data: str, model_uri: str, output: str | os
     if config.split not in manifest.splits:
         raise UserError(f"no split {config.split!r} in {manifest.path}; it has "
                         f"{', '.join(manifest.splits)}", field="split")
-    output = output_file(output)
     tracking.configure(tracking_uri)
     resolved, about = registry.resolve_model_uri(model_uri)
     with reading_model(model_uri):
         shapes = served_shapes(resolved)
+        task = served_task(resolved)
+    if task == "regression":   # arrays in, arrays out: predictions.h5
+        return _predict_arrays(config, manifest, model_uri, resolved, about, shapes[0], output,
+                               data)
+    output = output_file(output)
     check_model_fits(model_uri, about, manifest, *shapes)
     loader = _loader(manifest, config)    # reads and checks the split before any MLflow run
     from itwinai_hpc.ml.served import graph_on  # torch: only once the data is known good
@@ -87,6 +91,46 @@ def predict(config: InferenceConfig, data: str, model_uri: str, output: str | os
     tracking.end_run("FINISHED")
     accuracy = evaluation.accuracy if rows else None
     return PredictResult(output, rows, accuracy, model_uri, about.get("model_version"), run_id)
+
+
+def served_task(uri: str) -> str | None:
+    """The `task` in a registered model's MLmodel metadata (served_arrays.contract); None for
+    the MNIST pixel classifier, which predates it."""
+    import mlflow.models
+
+    return (mlflow.models.get_model_info(uri).metadata or {}).get("task")
+
+
+def _predict_arrays(config, manifest, model_uri, resolved, about, input_shape, output, data
+                    ) -> PredictResult:
+    """A regression model's predictions -> DIR/predictions.h5 (predict_arrays.py), its
+    metrics and figures against the split's targets where it has them."""
+    from itwinai_hpc.ml import predict_arrays as A
+    from itwinai_hpc.ml import registry, tracking
+    from itwinai_hpc.ml.store_reading import reading_model
+
+    path = A.output_file(output)
+    A.check_model_fits(model_uri, manifest, input_shape)
+    from itwinai_hpc.ml.served import graph_on
+
+    device = inference_device()
+    with reading_model(model_uri):
+        model = graph_on(registry.load_model(resolved), device)
+    run_id = _start_run(config, about)
+    try:
+        predictions, evaluation = A.predict_rows(model, manifest, config, device)
+        A.write_h5(path, predictions, {"model_uri": model_uri, "split": config.split,
+                                       **{f"model.{k}": v for k, v in about.items()}})
+        _log_run(config, manifest, model_uri, about, len(predictions), None, path, data)
+        if evaluation is not None:
+            tracking.log_metrics({**evaluation.metrics, "loss": evaluation.loss}, 0)
+            tracking.log_regression(evaluation, config.split)
+    except BaseException:
+        tracking.end_run("FAILED")
+        raise
+    tracking.end_run("FINISHED")
+    return PredictResult(path, len(predictions), None, model_uri, about.get("model_version"),
+                         run_id)
 
 
 class PredictionsNotWritten(RuntimeError):
@@ -200,7 +244,7 @@ def _log_run(config, manifest, model_uri, about, rows, evaluation, output: Path,
     tracking.log_params({"model_uri": model_uri, "data": os.path.abspath(data),
                          "split": config.split, "batch_size": config.batch_size,
                          "num_samples": rows, **{f"model.{k}": v for k, v in about.items()}})
-    if rows:
+    if rows and evaluation is not None:
         tracking.log_metrics({"accuracy": evaluation.accuracy, "loss": evaluation.loss}, 0)
         tracking.log_evaluation(evaluation, config.split)
     log_shards(manifest, {config.split: "inference"})

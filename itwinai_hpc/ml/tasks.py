@@ -44,6 +44,19 @@ def build(config: TrainConfig, manifest):
     return build_model(config.model, manifest.num_classes, file=file)
 
 
+def preflight(config: TrainConfig) -> None:
+    """Before any process group, device or data: every import path of the config resolves
+    (model, loss, metrics) and the model's factory returns an nn.Module (built once on the
+    CPU and dropped). Located UserErrors, exit 2."""
+    if is_import_path(config.model):
+        from itwinai_hpc.ml.model_path import build_from_path
+
+        build_from_path(config.model, dict(config.model_args), where=config.where("model"))
+    if config.loss and is_import_path(config.loss):
+        resolve_callable(config.loss, where=config.where("loss"), field="loss")
+    custom_metrics(config)
+
+
 def custom_metrics(config: TrainConfig) -> dict:
     """{logged name: callable} for the metrics given by import path."""
     return {metric_name(m): resolve_callable(m, where=config.where("metrics", i),
@@ -73,19 +86,22 @@ def check_fits(config: TrainConfig, model, manifest) -> None:
     from itwinai_hpc.data.dataset import read_rows
     from itwinai_hpc.data.manifest_checks import dims
 
-    where = str(manifest.path)
+    shards = str(manifest.path)
     if config.task == "regression":
         lacking = [s for s in ("train", "validation", "test")
                    if s in manifest.splits and "targets" not in manifest.splits[s].arrays]
         if lacking or "targets" not in manifest.arrays:
-            raise UserError(f"task: regression needs targets, and the {', '.join(lacking) or 'all'}"
-                            " split(s) of these shards have none; write them with "
+            file, line = config.where("task")
+            raise UserError(f"a regression needs targets, and the {', '.join(lacking) or 'all'} "
+                            f"split(s) of the shards in {shards} have none; write them with "
                             "write_shards(..., {split: {'inputs': X, 'targets': Y}})",
-                            file=where, field="targets")
+                            file=file, line=line, field="task")
     elif not manifest.num_classes:
-        raise UserError("task: classification needs class numbers as targets (num_classes > 0 "
-                        "in the manifest); for values, set task: regression", file=where,
-                        field="num_classes")
+        file, line = config.where("task")
+        raise UserError(f"a classification needs class numbers as targets (the shards in "
+                        f"{shards} have num_classes 0); for values, set task: regression",
+                        file=file, line=line, field="task")
+    file, line = config.where("model")
     split = "validation" if "validation" in manifest.splits else "train"
     inputs, targets = read_rows(manifest, split, 0, min(2, manifest.splits[split].num_samples),
                                 verify=False)[:2]
@@ -98,9 +114,10 @@ def check_fits(config: TrainConfig, model, manifest) -> None:
             out = model(x.to(dtype) if x.is_floating_point() else x)
     except Exception as e:
         first = next((s for s in str(e).splitlines() if s.strip()), type(e).__name__)
-        raise UserError(f"model {config.model!r} cannot take these shards' inputs ("
-                        f"{x.dtype}, {dims(x.shape[1:])} per sample): {type(e).__name__}: "
-                        f"{first}", file=where, field="inputs") from None
+        raise UserError(f"model {config.model!r} cannot take the inputs of the shards in "
+                        f"{shards} ({x.dtype}, {dims(x.shape[1:])} per sample): "
+                        f"{type(e).__name__}: {first}", file=file, line=line,
+                        field="model") from None
     finally:
         model.train(training)
     want = tuple(targets.shape[1:]) if config.task == "regression" else (manifest.num_classes,)
@@ -108,8 +125,8 @@ def check_fits(config: TrainConfig, model, manifest) -> None:
     if not isinstance(out, torch.Tensor) or got != want:
         what = "the targets' sample shape" if config.task == "regression" else "one score per class"
         raise UserError(f"model {config.model!r} gives outputs of {dims(got) or type(out).__name__}"
-                        f" per sample, {what} is {dims(want)}; the loss needs them equal",
-                        file=where, field="targets")
+                        f" per sample, {what} is {dims(want)} (shards in {shards}); the loss "
+                        "needs them equal", file=file, line=line, field="model")
 
 
 def cast(inputs, targets, dtype, task: str):
