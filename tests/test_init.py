@@ -33,8 +33,8 @@ def test_each_template_writes_a_use_case_that_validates_and_lints(tmp_path, caps
     rc, out = _init(capsys, "demo", "--dir", str(folder), "--template", template)
     assert rc == 0, out
     files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-    own = {"train.py"} if template == "script" else {"train.yml"}
-    assert {"workflow.yml", "inference.yml", "preprocess.py", "demo/__init__.py",
+    own = {"train.py", "predict.py"} if template == "script" else {"train.yml", "inference.yml"}
+    assert {"workflow.yml", "preprocess.py", "demo/__init__.py",
             "demo/model.py", "README.md", "apptainer.def", "requirements.txt"} | own <= files
     assert main(["validate", str(folder / "workflow.yml")]) == 0, capsys.readouterr().err
     lint = subprocess.run([str(Path(sys.executable).parent / "ruff"), "check", "--no-cache",

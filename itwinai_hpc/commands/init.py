@@ -29,8 +29,10 @@ def files_for(template: str, package: str) -> dict[str, str]:
              "preprocess.py": "preprocess.py.j2", f"{package}/__init__.py": "package.py.j2",
              f"{package}/model.py": "model.py.j2", "README.md": "README.md.j2",
              "apptainer.def": "apptainer.def.j2", "requirements.txt": "requirements.txt.j2"}
-    if template == "script":
+    if template == "script":                # own loop; predicts through plain mlflow.pyfunc
         files["train.py"] = "train.py.j2"
+        files["predict.py"] = "predict.py.j2"
+        del files["inference.yml"]
     else:
         files["train.yml"] = "train.yml.j2"
     return files
@@ -88,7 +90,9 @@ def render_files(name: str, template: str, target: Path, folder: str) -> dict[st
     for path, source in files_for(template, package).items():
         text = env.get_template(source).render(**context)
         texts[path] = f"{schema[path]}\n{text}" if path in schema else text
-    texts.update(schema_files)
+    kinds = {SCHEMAS[path] for path in texts if path in SCHEMAS}
+    texts.update({path: text for path, text in schema_files.items()
+                  if path.split("/")[1].split(".")[0] in kinds})
     return texts
 
 
