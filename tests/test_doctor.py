@@ -42,9 +42,10 @@ def by_name(report: dict) -> dict[str, dict]:
 
 def test_a_failing_check_exits_1_and_says_what_to_do(here, capsys):
     # Asking for a GPU on this CPU machine: the rank sees none (torch's own answer, no stub);
-    # an MLflow store under a regular file cannot be written, not even by root.
+    # an MLflow store under a regular file cannot be written, not even by root. Two nodes on
+    # the local backend are this machine once, and said so.
     (here / "blocker").write_text("a file, not a folder\n")
-    rc, report = doctor(capsys, "--gpus-per-node", "1", "--allreduce-mb", "1",
+    rc, report = doctor(capsys, "--gpus-per-node", "1", "--allreduce-mb", "1", "--nodes", "2",
                         "--data", str(here / "nowhere"),
                         "--set", f"defaults.env.MLFLOW_TRACKING_URI=file:{here}/blocker/mlruns")
     checks = by_name(report)
@@ -55,7 +56,9 @@ def test_a_failing_check_exits_1_and_says_what_to_do(here, capsys):
     assert any("vendor" in a for a in checks["gpus"]["advice"])
     assert checks["mlflow"]["status"] == "fail" and "blocker" in checks["mlflow"]["summary"]
     assert any("writable from the compute nodes" in a for a in checks["mlflow"]["advice"])
-    # the all-reduce ran on gloo though a GPU was asked: said, not hidden
+    assert checks["backend"]["status"] == "warn" and "asks for 2 nodes; the local backend " \
+        "runs it on this machine alone" in checks["backend"]["summary"]
+    assert checks["ranks"]["status"] == "pass" and "1 of 1 ranks" in checks["ranks"]["summary"]
     assert checks["data"]["status"] == "warn" and "does not exist yet" in \
         checks["data"]["summary"]
     # the text report: one line per check, advice under it
@@ -278,3 +281,4 @@ def test_a_step_without_torchrun_is_one_rank_and_idle_nodes_are_a_warning():
     check = check_ranks(f, alone)
     assert check.status == "warn" and "1 of 1 ranks started" in check.summary
     assert "1 allocated node(s) stay idle" in check.summary
+

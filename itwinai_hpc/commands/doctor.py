@@ -82,7 +82,9 @@ def _report(manifest, doctor, job, backend: str, gave_up: bool, timeout) -> dict
     facts_file = run_dir / RESULT
     facts = json.loads(facts_file.read_text()) if facts_file.is_file() else None
     c = job.container
-    want = Expected(nodes=job.resources.nodes,
+    # The local backend runs every step on this machine alone, whatever nodes it asks for.
+    local_only = backend == "local" and job.resources.nodes > 1
+    want = Expected(nodes=1 if backend == "local" else job.resources.nodes,
                     processes_per_node=job.nproc_per_node if job.launcher == "torchrun" else 1,
                     gpus_per_node=job.resources.gpus_per_node,
                     container=f"{c.runtime} {c.image}" if c else None,
@@ -95,6 +97,10 @@ def _report(manifest, doctor, job, backend: str, gave_up: bool, timeout) -> dict
         logs = [p.read_text(errors="replace") for p in sorted((run_dir / LOG_DIR).glob("*"))
                 if p.is_file()]
         checks = judge(facts, want, logs)
+        if local_only:
+            checks.insert(0, Check("backend", WARN, f"the step asks for {job.resources.nodes} "
+                                   "nodes; the local backend runs it on this machine alone",
+                                   ["--backend slurm (or submitit) to check the nodes"]))
         if step.state != "COMPLETED":
             checks.append(Check("job", FAIL, f"the smoke job ended {step.state} (exit code "
                                 f"{step.exit_code}) after its checks", [
