@@ -282,3 +282,14 @@ def test_a_step_without_torchrun_is_one_rank_and_idle_nodes_are_a_warning():
     assert check.status == "warn" and "1 of 1 ranks started" in check.summary
     assert "1 allocated node(s) stay idle" in check.summary
 
+
+
+def test_gpus_beyond_the_request_warn_and_gloo_on_a_gpu_step_is_named():
+    from itwinai_hpc.commands.doctor_checks import check_gpus
+    f = facts(2, 4)
+    for r in f["ranks"]:
+        r["gpus"]["seen"] = 8                  # CUDA_VISIBLE_DEVICES not set by SLURM
+    check = check_gpus(f, want(2, 4))
+    assert check.status == "warn" and "seen per node: nid000 8, nid001 8" in check.summary
+    gloo = check_allreduce(facts(2, 4, backend="gloo"), want(2, 4), [])
+    assert gloo.status == "warn" and "NCCL was not used" in gloo.summary
