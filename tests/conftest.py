@@ -9,6 +9,7 @@ import getpass
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -178,6 +179,30 @@ def _slurm_tests_get_the_main_cluster(request) -> None:
     passes alone and in any order, not only after another test asked for `slurm_cluster`."""
     if request.node.get_closest_marker("slurm"):
         request.getfixturevalue("slurm_cluster")
+
+
+_MLFLOW_GLOBALS = (("mlflow.tracking._tracking_service.utils", "_tracking_uri",
+                    "MLFLOW_TRACKING_URI"),
+                   ("mlflow.tracking._model_registry.utils", "_registry_uri",
+                    "MLFLOW_REGISTRY_URI"))
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_settings_stay_in_their_test() -> Iterator[None]:
+    """mlflow.set_tracking_uri/set_registry_uri (tracking.configure) set a process-wide URI and
+    the environment variable that every later subprocess inherits: put both back after each
+    test, so that no test reads or writes another test's store (what module and session
+    fixtures set before the test stays)."""
+    saved = [(getattr(sys.modules.get(module), name, None), os.environ.get(var))
+             for module, name, var in _MLFLOW_GLOBALS]
+    yield
+    for (module, name, var), (value, env) in zip(_MLFLOW_GLOBALS, saved):
+        if sys.modules.get(module) is not None:
+            setattr(sys.modules[module], name, value)
+        if env is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = env
 
 
 @pytest.fixture(scope="session")

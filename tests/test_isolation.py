@@ -1,0 +1,39 @@
+"""What one test sets process-wide does not reach the next (tests/conftest.py puts it back):
+MLflow's tracking and registry URIs, which tracking.configure sets together with the environment
+variables every later subprocess inherits. Checked in a pytest session of its own (pytester)
+with this folder's conftest: a test that sets them, then one that must not see them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+pytest_plugins = ["pytester"]
+
+TWO_TESTS = '''
+import os
+
+from itwinai_hpc.ml import tracking
+
+
+def test_a_points_mlflow_at_its_own_store(tmp_path):
+    uri = tracking.configure(f"file:{tmp_path / 'mine'}")
+    import mlflow
+    assert mlflow.get_tracking_uri() == uri == os.environ["MLFLOW_TRACKING_URI"]
+    assert mlflow.get_registry_uri() == uri == os.environ["MLFLOW_REGISTRY_URI"]
+
+
+def test_b_does_not_see_that_store():
+    import mlflow
+    for value in (mlflow.get_tracking_uri(), mlflow.get_registry_uri(),
+                  os.environ.get("MLFLOW_TRACKING_URI", ""),
+                  os.environ.get("MLFLOW_REGISTRY_URI", "")):
+        assert "mine" not in value, value
+'''
+
+
+def test_mlflow_uris_set_by_one_test_are_put_back_before_the_next(pytester):
+    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
+    pytester.makepyfile(test_two=TWO_TESTS)
+    result = pytester.runpytest("-p", "no:randomly", "-p", "no:cacheprovider", "-q",
+                                "test_two.py")
+    result.assert_outcomes(passed=2)
