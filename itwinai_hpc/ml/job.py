@@ -1,17 +1,78 @@
-"""`from itwinai_hpc import job`: what a training script of your own gets from the job it runs
-in, without the built-in trainer. Reads the job-environment contract (core/job_env.py and
-torchrun's RANK/LOCAL_RANK/WORLD_SIZE); never asks the scheduler. No torch at import.
+"""`from itwinai_hpc import job`: what a training script of your own gets from the step it runs
+in, without the built-in trainer: requeue with exact resume, MLflow discipline, the champion.
+
+Where am I:
+    job.rank(), job.local_rank(), job.world_size()   torchrun's RANK/LOCAL_RANK/WORLD_SIZE
+                                                     (srun's SLURM_PROCID/...; 0, 0, 1 alone)
+    job.device()        cuda:LOCAL_RANK where this rank has a GPU, else cpu; a step that asked
+                        for GPUs (gpus-per-node) and sees none stops with a clear error
+    job.run_dir()       the itwinai-hpc run folder (None when run by hand)
+    job.checkpoint_dir()  the step's checkpoint folder, the same for every requeue and
+                        `itwinai-hpc resume` of this step (a sweep task: its own); created
+    job.save_checkpoint(state), job.load_checkpoint()   rank 0 writes atomically (old or new,
+                        never half), every rank waits for it; None when there is none yet
+
+The stop contract (one rule for every backend; core/job_env.STOP_EXIT):
+    A step is asked to stop early when the file $ITWINAI_HPC_STOP_FILE appears (SLURM's
+    time-limit warning, submitit's checkpoint, or you: `touch RUN/STEP.STOP`) or its processes
+    get SIGUSR2 or SIGTERM. Check `job.should_stop()` between steps; when it says True:
+    checkpoint, then `job.exit_stopped()` on every rank. That exits with status 75
+    (job.STOP_EXIT, sysexits' EX_TEMPFAIL) and leaves a mark in the run folder, so that
+    torchrun, which reports any failed worker as 1, is still recorded as 75. Then:
+      - SLURM (`requeue:` on the step): the job is requeued, and its next run resumes;
+      - every backend (slurm, local, submitit) records the step STOPPED, never COMPLETED; its
+        dependents do not run; `itwinai-hpc status` shows it; `itwinai-hpc resume` runs it
+        again (it continues from job.load_checkpoint()).
+    Exiting 0 after a stop request means "finished": nothing resumes it.
+    `should_stop()` is COLLECTIVE once torch.distributed is initialised: every rank must call
+    it at the same point (e.g. every N steps, the same N everywhere), and every rank gets the
+    same answer (an all_reduce MAX over what each rank saw: only some ranks may see the file
+    or get the signal). Without a process group it is this process's own answer.
+    `job.stop_requested()` is the per-rank, non-blocking view; never stop on it alone under
+    DDP (the other ranks would hang in their next collective). Signal handlers for SIGTERM and
+    SIGUSR2 are installed at the first `should_stop()`/`stop_requested()`/`watch_stop()` call:
+    call `job.watch_stop()` at start-up to catch them from then on.
+
+MLflow and the registry (rank 0 only; other ranks get None):
+    job.mlflow_run(experiment, tracking_uri=None, params=None)  starts the step's MLflow run
+        with the tags `status` and `scaling` read (run, step, sweep task and matrix values,
+        world size, nodes, processes per node, provenance), or, after a requeue or `resume`,
+        resumes the SAME run (its id is kept in checkpoint_dir()). Log `samples_per_s` and
+        `epoch_time_s` per epoch (step=epoch) for `itwinai-hpc scaling`.
+    job.register(model, input_example, metric="val_rmse", mode="min")  logs the model (pt2,
+        pyfunc signature from `input_example`, a numpy batch of >= 2) and registers it; the
+        alias (default champion) moves to it only when its metric beats the holder's by `mode`
+        (max: higher is better; min: lower is; default by the metric's kind). The value is the
+        run's last logged `metric` unless `value=` is given. In a sweep it also writes the
+        task's result file (`status` shows "N of M reported" and the best). Returns
+        (version, became_champion).
+    job.report(metric, value, mode=)  the sweep result alone, for a script that registers
+        nothing.
+
+Also: job.progress() / job.progress_done() (the watchdog's heartbeat, watchdog.no-progress).
+Nothing here asks a scheduler; no torch or mlflow at import.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
 
-from itwinai_hpc.core import job_env
+import itwinai_hpc.run.layout as layout
+from itwinai_hpc.core import atomic, job_env
+from itwinai_hpc.ml.job_mlflow import mlflow_run, register, report
 from itwinai_hpc.ml.progress import HUNG_EXIT, progress, progress_done
 
-__all__ = ["HUNG_EXIT", "local_rank", "progress", "progress_done", "rank", "run_dir",
-           "world_size"]
+STOP_EXIT = job_env.STOP_EXIT
+
+__all__ = ["HUNG_EXIT", "STOP_EXIT", "checkpoint_dir", "device", "exit_stopped", "load_checkpoint",
+           "local_rank", "mark_stopped", "mlflow_run", "progress", "progress_done", "rank",
+           "register", "report", "run_dir", "save_checkpoint", "should_stop", "stop_requested",
+           "watch_stop", "world_size"]
+
+_stop: Any = None      # distributed.StopRequest, once watched
 
 
 def rank() -> int:
@@ -32,3 +93,131 @@ def world_size() -> int:
 def run_dir() -> str | None:
     """The itwinai-hpc run folder this step belongs to (None outside a run)."""
     return os.environ.get(job_env.RUN_DIR) or None
+
+
+def device():
+    """torch.device: cuda:LOCAL_RANK (made current) where this rank has a GPU, else cpu. A step
+    that asked for GPUs and sees none is a UserError, never a silent CPU run."""
+    import torch
+
+    from itwinai_hpc.ml.distributed import check_gpus_seen
+
+    check_gpus_seen(torch, local_rank())
+    if torch.cuda.is_available() and local_rank() < torch.cuda.device_count():
+        dev = torch.device(f"cuda:{local_rank()}")
+        torch.cuda.set_device(dev)
+        return dev
+    return torch.device("cpu")
+
+
+def checkpoint_dir() -> Path:
+    """The step's checkpoint folder (layout.checkpoint_dir, as the built-in trainer's): stable
+    across requeues and resumes of the same step; a sweep task's own. ./checkpoints outside a
+    run. Created."""
+    rd = run_dir()
+    path = Path(layout.checkpoint_dir(rd, os.environ.get(job_env.SWEEP),
+                                      os.environ.get(job_env.SWEEP_TASK)) if rd
+                else "checkpoints")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _context():
+    """distributed.Context of this process: the process group when one is initialised."""
+    from itwinai_hpc.ml import distributed as D
+
+    backend, r, w = None, rank(), world_size()
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            backend, r, w = dist.get_backend(), dist.get_rank(), dist.get_world_size()
+    except ImportError:
+        pass
+    import torch
+
+    dev = torch.device(f"cuda:{local_rank()}") if backend == "nccl" else torch.device("cpu")
+    return D.Context(r, w, local_rank(), dev, backend,
+                     local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+
+
+def watch_stop():
+    """Start watching for a stop request (SIGTERM, SIGUSR2, the stop file); idempotent."""
+    global _stop
+    from itwinai_hpc.ml import distributed as D
+    from itwinai_hpc.ml.cli import stop_file
+
+    if _stop is None:
+        found = stop_file()
+        _stop = D.StopRequest(_context(), Path(found) if found else None)
+    else:
+        _stop.ctx = _context()    # the process group may have started since
+    return _stop
+
+
+def stop_requested() -> bool:
+    """Whether THIS process was asked to stop (per rank, no communication)."""
+    return watch_stop().local()
+
+
+def should_stop() -> bool:
+    """Whether to checkpoint and stop now: collective under torch.distributed (every rank calls
+    it at the same point and gets the same answer), this process's own answer otherwise."""
+    return watch_stop().agreed()
+
+
+def save_checkpoint(state: dict) -> Path:
+    """Rank 0 writes `state` (torch.save) atomically to checkpoint_dir()/checkpoint.pt; every
+    rank calls it and returns once it is on disk (a barrier under torch.distributed)."""
+    from itwinai_hpc.ml import distributed as D
+    from itwinai_hpc.ml.checkpoint import checkpoint_path
+    from itwinai_hpc.ml.checkpoint import save_checkpoint as save
+
+    folder = checkpoint_dir()
+    if rank() == 0:
+        save(state, folder)
+    D.barrier(_context())
+    return checkpoint_path(folder)
+
+
+def load_checkpoint() -> dict | None:
+    """The checkpoint in checkpoint_dir() (on the CPU), or None when there is none yet."""
+    from itwinai_hpc.ml.checkpoint import load_checkpoint as load
+
+    return load(checkpoint_dir())
+
+
+def _job_id() -> str | None:
+    """The job id the job script names its marks with (an array task: ARRAYID_TASK)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return layout.task_job_id(array, task) if array and task else \
+        os.environ.get("SLURM_JOB_ID") or None
+
+
+def mark_stopped() -> Path | None:
+    """Leave the stopped mark (layout.stopped_marker) the job script reads: the step stopped
+    early to be resumed. Every rank may call it; None outside a run."""
+    rd, job_id = run_dir(), _job_id()
+    if not rd or not job_id:
+        return None
+    return atomic.write_text(Path(layout.stopped_marker(rd, job_id)), f"rank {rank()}\n")
+
+
+def exit_stopped(reason: str | None = None) -> NoReturn:
+    """End this process as "stopped early, resume me": call it on every rank once the
+    checkpoint is written. Rank 0 ends the MLflow run KILLED with the tag itwinai_hpc.stopped
+    (resumed later, it goes back to RUNNING); rank 0 removes the stop file (served: a resume
+    must not stop at once); every rank leaves the mark, waits for the others and exits
+    STOP_EXIT (75)."""
+    from itwinai_hpc.ml import distributed as D
+    from itwinai_hpc.ml.job_mlflow import end_stopped
+
+    why = reason or (_stop.reason() if _stop is not None else "asked to stop")
+    if rank() == 0:
+        end_stopped(why)
+    watch_stop().consume()     # rank 0: the request is served; a resume must not stop at once
+    mark_stopped()
+    ctx = _context()
+    D.teardown(ctx, together=True)
+    sys.stdout.flush()
+    sys.exit(STOP_EXIT)

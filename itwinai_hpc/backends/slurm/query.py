@@ -20,7 +20,10 @@ from itwinai_hpc.run.states import FINISHED, SUCCEEDED, StepState
 FINAL_STATES = FINISHED
 # The final state of an array is the worst of its tasks': a failure of the job's own code
 # beats a consequence of it (CANCELLED often just follows a failed dependency).
-_WORSE = ("COMPLETED", "CANCELLED", "PREEMPTED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "FAILED")
+# itwinai-hpc's STOPPED (a task that exited 75, read from its exit status file; SLURM's own
+# "STOPPED" is folded into SUSPENDED below) is worse than success only.
+_WORSE = ("COMPLETED", "STOPPED", "CANCELLED", "PREEMPTED", "TIMEOUT", "OUT_OF_MEMORY",
+          "NODE_FAIL", "FAILED")
 # SLURM's other names, folded into the states above. COMPLETING is not final yet: its exit
 # code is known but the job is still winding down, and a caller that caches final states
 # must not cache it.
