@@ -33,6 +33,11 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+# A step that runs until the test creates the file `go` in the run's working folder (at most
+# 120 s): "still running" without a sleep that a loaded machine outlasts.
+UNTIL_GO = "for i in $(seq 1200); do test -e go && break; sleep 0.1; done"
+
+
 def workflow(folder: Path, text: str) -> Path:
     path = folder / "wf.yml"
     path.write_text("defaults: {container: none}\n" + text)
@@ -93,7 +98,8 @@ def test_two_submits_of_one_rendered_folder_submit_it_once(here):
 def test_status_from_another_host_reports_and_changes_nothing(here):
     """A runner on another login node (or container, pid namespace) cannot be checked from
     here: before, status marked the healthy run FAILED and the real runner gave up."""
-    wf = workflow(here, "name: far\nsteps:\n  - {name: a, command: sleep 3; touch done}\n")
+    # the step runs until the test says `go` (a file), however slow the checks below are
+    wf = workflow(here, f"name: far\nsteps:\n  - {{name: a, command: '{UNTIL_GO}; touch done'}}\n")
     assert main(["submit", str(wf), "--backend", "local", "-o", "run"]) == 0
     manifest = RunManifest.load(here / "run")
     with manifest.updating() as m:        # as if the runner had been started on login02
@@ -105,6 +111,7 @@ def test_status_from_another_host_reports_and_changes_nothing(here):
     assert c.returncode == 1 and "cancel it on that host" in c.stderr
     assert cli("resume", "run").returncode == 1
     assert str(RunManifest.load(here / "run").step("a").state) in ("PENDING", "RUNNING")
+    (here / "go").touch()
     deadline = time.monotonic() + 30
     while RunManifest.load(here / "run").step("a").state != "COMPLETED":
         assert time.monotonic() < deadline       # the real runner went on and recorded it
@@ -113,7 +120,7 @@ def test_status_from_another_host_reports_and_changes_nothing(here):
 
 
 def test_a_decoy_run_folder_neither_becomes_the_newest_run_nor_gets_anything_killed(here):
-    wf = workflow(here, "name: mine\nsteps:\n  - {name: a, command: sleep 4}\n")
+    wf = workflow(here, f"name: mine\nsteps:\n  - {{name: a, command: '{UNTIL_GO}'}}\n")
     assert main(["submit", str(wf), "--backend", "local"]) == 0
     mine = next((here / "runs").iterdir())
     victim = subprocess.Popen(["sleep", "30"])
@@ -133,6 +140,7 @@ def test_a_decoy_run_folder_neither_becomes_the_newest_run_nor_gets_anything_kil
     assert cli("cancel", str(decoy)).returncode == 2         # not yours to act on
     assert alive(victim.pid)
     victim.kill()
+    (here / "go").touch()
 
 
 def test_status_of_a_finished_run_writes_nothing(here):
@@ -148,7 +156,10 @@ def test_status_shows_the_last_state_when_the_folder_cannot_be_written(here, mon
                                                                       capsys):
     wf = workflow(here, "name: full\nsteps:\n  - {name: a, command: sleep 2; sleep 30}\n")
     assert main(["submit", str(wf), "--backend", "local", "-o", "run"]) == 0
-    time.sleep(1)
+    deadline = time.monotonic() + 30
+    while RunManifest.load(here / "run").step("a").state != "RUNNING":
+        assert time.monotonic() < deadline, "the step did not start in 30 s"
+        time.sleep(0.1)
     os.kill(RunManifest.load(here / "run").extra["local"]["runner_pid"], 9)   # state to record
     import errno
 
