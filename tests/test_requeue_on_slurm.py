@@ -224,10 +224,12 @@ def test_a_step_that_ends_on_its_own_after_the_warning_is_not_requeued(slurm_clu
     assert slurm_cluster.job_fields(work.job_id)["Restarts"] == "0"
 
 
-def test_max_requeues_ends_the_requeueing_and_fails_the_step(slurm_cluster, tmp_path, capsys):
+def test_max_requeues_ends_the_requeueing_and_leaves_the_step_stopped(slurm_cluster, tmp_path,
+                                                                      capsys):
     body = ('until [[ -e $ITWINAI_HPC_STOP_FILE ]]; do sleep 0.2; done\n'
-            'rm -f "$ITWINAI_HPC_STOP_FILE"\n')        # checkpoints and stops, never finishes
+            'exit 75\n')        # checkpoints and stops (the stop contract), never finishes
     rc, work, log = warned_shell_step(slurm_cluster, tmp_path, capsys, body,
                                       {"before-limit": 60, "max-requeues": 1}, attempts=2)
     assert "requeued 1 times already (requeue.max-requeues): giving up" in log, log
-    assert (rc, work.state) == (1, "FAILED")
+    # stopped at a checkpoint: `itwinai-hpc resume` continues it
+    assert (rc, work.state, work.exit_code) == (1, "STOPPED", 75)

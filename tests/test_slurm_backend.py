@@ -472,6 +472,7 @@ steps:
 
 WORK_SH = """
 # 40 one-second steps, progress in count.txt; honours $ITWINAI_HPC_STOP_FILE as a trainer does
+# (checkpointed in count.txt, exits 75)
 n=$(cat count.txt 2>/dev/null || echo 0)
 echo "start at $n, restart ${SLURM_RESTART_COUNT:-0}"
 while ((n < 40)); do
@@ -479,7 +480,7 @@ while ((n < 40)); do
   n=$((n + 1))
   echo "$n" >>steps.log
   echo "$n" >count.txt
-  if [[ -e $ITWINAI_HPC_STOP_FILE ]]; then rm -f "$ITWINAI_HPC_STOP_FILE"; exit 0; fi
+  if [[ -e $ITWINAI_HPC_STOP_FILE ]]; then exit 75; fi   # the stop contract: resume me
 done
 """
 
