@@ -48,7 +48,7 @@ def _expand_one(part: str) -> list[str]:
     if not m:
         return [part]
     head, tail = part[:m.start()], part[m.end():]
-    out = []
+    out: list[str] = []
     for item in m.group(1).split(","):
         lo, _, hi = item.partition("-")
         if not hi:
