@@ -15,7 +15,7 @@ import numpy as np
 
 from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data.dtypes import numeric_dtype
-from itwinai_hpc.data.gather import take
+from itwinai_hpc.data.gather import release
 from itwinai_hpc.data.manifest_checks import dims
 
 SPLITS = ("train", "validation", "test")
@@ -77,8 +77,8 @@ def check_chunk(split: str, chunk, spec: Spec | None, where: str) -> tuple[dict,
 
 
 def _rows(array, lo: int, hi: int, dtype: np.dtype) -> np.ndarray:
-    if isinstance(array, np.ndarray):
-        return take(array, slice(lo, hi))  # a mapped file's pages are released as it goes
+    if isinstance(array, np.ndarray):  # a view: copied once, into the shard's buffer
+        return array[lo:hi]
     return np.asarray(array[lo:hi], dtype=dtype)
 
 
@@ -96,7 +96,10 @@ def blocks(split: str, data, spec: Spec | None) -> tuple[Spec, Iterator[dict[str
 
         def sliced() -> Iterator[dict[str, np.ndarray]]:
             for lo in range(0, n, step):
-                yield {k: _rows(a, lo, min(n, lo + step), got[k][0]) for k, a in arrays.items()}
+                block = {k: _rows(a, lo, min(n, lo + step), got[k][0]) for k, a in arrays.items()}
+                yield block
+                for rows in block.values():  # copied by now: a mapped file's pages go back
+                    release(rows)
         return got, sliced()
     if not isinstance(data, Iterable) or isinstance(data, (str, bytes)):
         raise UserError(f"split {split!r} is a {type(data).__name__}, expected a mapping of "

@@ -15,6 +15,7 @@ import numpy as np
 from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data.config import PreprocessConfig
 from itwinai_hpc.data.dtypes import numeric_dtype
+from itwinai_hpc.data.gather import release
 from itwinai_hpc.data.sources import Source, guess_format, split_indices
 
 BLOCK_BYTES = 16 << 20  # source rows read per step
@@ -74,11 +75,14 @@ def _blocks(src: Source, names: dict[str, list[str]], dim: str, lo: int, hi: int
     step = max(1, BLOCK_BYTES // max(1, row_bytes))
     for a in range(lo, hi, step):
         b = min(hi, a + step)
-        block = {}
+        block, views = {}, []
         for key, variables in names.items():
             parts = [src.rows(v, dim, a, b) for v in variables]
             block[key] = np.stack(parts, axis=1) if stack[key] else parts[0]
+            views += parts
         yield block
+        for view in views:  # copied by now: a mapped .npy's pages go back to the kernel
+            release(view)
 
 
 def preprocess_files(source: str, output: str | Path, config: PreprocessConfig):

@@ -54,3 +54,17 @@ def take(array: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
         last = min(len(mm), int(offsets[hi - 1]) + row_bytes + _MARGIN)
         mm.madvise(mmap.MADV_DONTNEED, first, last - first)
     return out
+
+
+def release(view: np.ndarray) -> None:
+    """Give the pages of a memory-mapped `view` (rows of an np.memmap, already copied) back
+    to the kernel; a no-op for an in-memory array. Lets a caller copy a contiguous slice of a
+    mapped file straight into its own buffer, with no intermediate copy."""
+    mm = mapping_of(view)
+    if mm is None or not hasattr(mm, "madvise") or view.nbytes == 0:
+        return
+    start = view.ctypes.data - np.frombuffer(mm, np.uint8).ctypes.data
+    first = max(0, start - _MARGIN)
+    first -= first % mmap.PAGESIZE
+    last = min(len(mm), start + view.nbytes + _MARGIN)
+    mm.madvise(mmap.MADV_DONTNEED, first, last - first)

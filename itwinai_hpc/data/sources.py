@@ -102,8 +102,8 @@ class Source:
 
     def rows(self, name: str, dim: str, lo: int, hi: int) -> np.ndarray:
         v = self.var[name]
-        if self.format == "numpy":
-            return np.asarray(v[lo:hi])  # type: ignore[index]
+        if self.format == "numpy":  # of a .npy: a view of the mapped file (gather.release)
+            return v[lo:hi]  # type: ignore[index]
         return np.asarray(v.isel({dim: slice(lo, hi)}).transpose(dim, ...).values)  # type: ignore[attr-defined]
 
     def length(self, name: str, dim: str) -> int:
