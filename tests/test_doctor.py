@@ -293,3 +293,10 @@ def test_gpus_beyond_the_request_warn_and_gloo_on_a_gpu_step_is_named():
     assert check.status == "warn" and "seen per node: nid000 8, nid001 8" in check.summary
     gloo = check_allreduce(facts(2, 4, backend="gloo"), want(2, 4), [])
     assert gloo.status == "warn" and "NCCL was not used" in gloo.summary
+
+
+def test_a_job_that_timed_out_points_at_the_rendezvous_and_the_interfaces():
+    from itwinai_hpc.commands.doctor import _failure_advice
+    advice = _failure_advice("[itwinai-hpc] job 7 on node[1-2]\n", "TIMEOUT", False)
+    assert any("GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME" in a for a in advice)
+    assert not any("GLOO_SOCKET_IFNAME" in a for a in _failure_advice("", "FAILED", False))

@@ -155,10 +155,15 @@ def _failure_advice(tail: str, state: str, gave_up: bool) -> list[str]:
         advice.append("the job waited in the queue: run the doctor again with a longer "
                       "--timeout, or a partition/QOS that starts sooner (--set "
                       "defaults.resources.partition=...)")
-    if "TIME" in state:
+    if state == "TIMEOUT":
         advice.append("the ranks did not all meet before the time limit: can every node "
-                      "reach the first one (rendezvous on its port)? the log shows which "
+                      "reach the first one (rendezvous on its port)? gloo and NCCL pick an "
+                      "interface by themselves: name the node's fast one in the step's env "
+                      "(GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME; Vega: ib0); the log shows which "
                       "node's agent waited")
+    if state == "OUT_OF_MEMORY":
+        advice.append("the job ran out of memory: raise resources.mem (or --allreduce-mb "
+                      "lower)")
     advice.append("read the whole log: itwinai-hpc logs RUN")
     return advice
 
