@@ -54,10 +54,13 @@ class PreprocessConfig(BaseModel):
     compression: str = "none"
     chunk_rows: Annotated[int, Field(ge=1)] = 256
     normalization: Literal["dataset", "computed"] = "dataset"
-    # NetCDF, Zarr, NumPy sources (None: a registered uint8-image data set)
+    # NetCDF, Zarr or NumPy source: which variables make `inputs` and `targets`
     arrays: ArraysSection | None = None
+    # with `arrays`: the samples of each split, by index or by a coordinate such as time
     split: SplitSection | None = None
+    # with `arrays`: the source's format (default: from its file name)
     format: FormatName | None = None
+    # with `arrays`: samples per shard, or bytes such as 256MB (the default)
     shard_size: Annotated[int, Field(ge=1)] | str | None = None
 
     @field_validator("validation_size", mode="before")

@@ -48,7 +48,9 @@ class ArraysSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    # a variable, or a list of variables stacked as channels (axis 1)
     inputs: str | list[str]
+    # as inputs; optional (a split without targets serves None)
     targets: str | list[str] | None = None
 
     @field_validator("inputs", "targets", mode="before")
@@ -67,10 +69,15 @@ class SplitSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    # `index`, or a coordinate (a 1-D, increasing variable) such as time
     by: str = "index"
-    dim: str | None = None  # default: `by`'s dimension, else the first input's first
+    # the sample dimension (default: `by`'s dimension, else the first input's first)
+    dim: str | None = None
+    # [start, end): indices; [first, last]: coordinate values such as 2020-01-31T18:00
     train: list[Bound] | None = None
+    # as train; ranges must not overlap
     validation: list[Bound] | None = None
+    # as train
     test: list[Bound] | None = None
 
     @field_validator("train", "validation", "test", mode="before")
