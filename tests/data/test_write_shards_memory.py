@@ -1,6 +1,6 @@
 """Peak memory of write_shards, preprocess from a NumPy file and the streaming reader stays
 about one shard (the reader: the few shards it holds), not the data set: measured as the growth
-of a fresh process's peak RSS (resource.getrusage) over its RSS after the imports, on a float32
+of a fresh process's peak RSS (VmHWM) over its RSS after the imports, on a float32
 set twenty times a shard. The 2 GB version with numbers is benchmarks/bench_preprocess.py --fields.
 """
 
@@ -17,14 +17,18 @@ SAMPLE_BYTES = 2 * 64 * 64 * 4
 MB = 1 << 20
 
 SCRIPT = r"""
-import json, resource, sys
+import json, sys
 import numpy as np, h5py
 from itwinai_hpc.data import write_shards
 from itwinai_hpc.data.config import make_config
 from itwinai_hpc.data.preprocess import preprocess
 
 def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # This process's own high-water mark. (getrusage's ru_maxrss is no use here: Linux carries
+    # the parent's peak across fork and exec, so a child of a big pytest process would start
+    # "peaked" and hide its own growth.)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 what, out, samples, shard = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 if what == "read":  # torch only where it is used: its import alone takes seconds
