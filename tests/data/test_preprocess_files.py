@@ -75,6 +75,18 @@ def test_netcdf_split_by_time_through_the_cli(tmp_path):
     _check(tmp_path / "out", ds)
 
 
+def test_one_task_writes_a_file_source(tmp_path):
+    from itwinai_hpc.data.preprocess import count_shards
+
+    (tmp_path / "pre.yml").write_text(CONFIG)
+    assert count_shards(load_config(tmp_path / "pre.yml")) == 1
+    _fields().to_netcdf(tmp_path / "era.nc", engine="h5netcdf")
+    with pytest.raises(UserError) as e:
+        preprocess(str(tmp_path / "era.nc"), tmp_path / "out",
+                   load_config(tmp_path / "pre.yml"), shard_index=3, progress=False)
+    assert "one task" in str(e.value) and not (tmp_path / "out").exists()
+
+
 def test_zarr_split_by_time(tmp_path):
     ds = _fields()
     ds.to_zarr(tmp_path / "era.zarr", consolidated=False)

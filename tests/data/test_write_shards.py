@@ -181,3 +181,31 @@ def test_device_batches_pass_float_fields_through_uncast(written, prefetch):
     test = DeviceBatches(ShardedLoader(out, "test", 8, raw=True, shuffle=False), "cpu",
                          torch.contiguous_format, prefetch=prefetch)
     assert all(t is None for _, t in test.batches())
+
+
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_an_odd_split_over_two_ranks_pads_as_for_mnist(written, mode):
+    """15 validation samples on 2 ranks: 8 each, rank 1 repeating one, every sample seen."""
+    out, _, x, y = written
+    seen = []
+    for rank in (0, 1):
+        loader = ShardedLoader(out, "validation", 3, rank=rank, world_size=2, mode=mode,
+                               return_index=True)
+        got = list(loader)
+        assert len(loader) == 3 and sum(len(i) for i, _, _ in got) == 8
+        for inputs, targets, index in got:
+            assert np.array_equal(inputs.numpy(), x[60 + index.numpy()])
+            assert np.array_equal(targets.numpy(), y[60 + index.numpy()])
+            seen += index.tolist()
+    assert sorted(set(seen)) == list(range(15)) and len(seen) == 16
+
+
+def test_importing_the_package_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, itwinai_hpc.data; from itwinai_hpc.data import write_shards; "
+            "print(sorted(m for m in ('torch', 'numpy', 'h5py', 'xarray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
