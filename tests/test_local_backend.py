@@ -436,15 +436,15 @@ steps:
     launcher: srun
     resources: {ntasks-per-node: 2}
     command: bash -c
-    args: ['if [[ $SLURM_PROCID == 1 ]]; then exit 3; fi; sleep 30; touch survived']
+    args: ['if [[ $SLURM_PROCID == 1 ]]; then until test -s t0.pid; do sleep 0.1; done; exit 3;
+            fi; echo $$ > t0.pid; sleep 30; touch survived']
 """)
-    t0 = time.monotonic()
     p, run_dir = submit(workflow, "--wait", env=no_slurm)
     assert p.returncode == 1, p.stderr
     manifest = RunManifest.load(run_dir)
     assert manifest.step("pair").state == "FAILED" and manifest.step("pair").exit_code == 3
-    assert time.monotonic() - t0 < 20                  # task 0 did not sleep its 30 s
-    assert not (workdir / "survived").exists()
+    assert not alive(int((workdir / "t0.pid").read_text()))   # task 0 stopped in its sleep,
+    assert not (workdir / "survived").exists()                # not left to finish it
 
 
 def test_a_step_that_cannot_be_started_fails_alone_and_its_parent_stays_completed(workdir,
