@@ -40,6 +40,7 @@ def by_name(report: dict) -> dict[str, dict]:
     return {c["name"]: c for c in report["checks"]}
 
 
+@pytest.mark.slow
 def test_a_failing_check_exits_1_and_says_what_to_do(here, capsys):
     # Asking for a GPU on this CPU machine: the rank sees none (torch's own answer, no stub);
     # an MLflow store under a regular file cannot be written, not even by root. Two nodes on

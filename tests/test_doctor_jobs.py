@@ -17,6 +17,7 @@ from itwinai_hpc.cli import main
 # test_containers' fixtures: the stand-in first on PATH, a folder outside the default binds
 # (place) and the stand-in's image of this venv (image)
 image, place = test_containers.image, test_containers.place
+pytestmark = pytest.mark.slow          # a torchrun job each: 20-60 s
 
 
 def by_name(report: dict) -> dict[str, dict]:
