@@ -17,6 +17,7 @@ from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data.dtypes import numeric_dtype
 from itwinai_hpc.data.gather import release
 from itwinai_hpc.data.manifest_checks import dims
+from itwinai_hpc.data.shards import COMPRESSIONS
 
 SPLITS = ("train", "validation", "test")
 BLOCK_BYTES = 16 << 20  # rows taken from an array per step
@@ -131,3 +132,24 @@ def merge_spec(spec: Spec | None, split: str, got: Spec) -> Spec:
                             f"{dims(merged[name][1]) or 'scalar'} as in the other splits")
         merged.setdefault(name, value)
     return merged
+
+
+def check_options(dataset: str, num_classes: int, compression: str) -> None:
+    if not isinstance(dataset, str) or not dataset:
+        raise UserError(f"dataset must be a non-empty name, got {dataset!r}", field="dataset")
+    if type(num_classes) is not int or num_classes < 0:
+        raise UserError(f"num_classes must be a whole number >= 0, got {num_classes!r}",
+                        field="num_classes")
+    if compression not in COMPRESSIONS:
+        raise UserError(f"compression must be one of {', '.join(COMPRESSIONS)}, got "
+                        f"{compression!r}", field="compression")
+
+
+def check_classes(spec: Spec, num_classes: int) -> None:
+    if not num_classes:
+        return
+    target = spec.get("targets")
+    if target is None or target[0].kind not in "iu" or target[1]:
+        got = "none" if target is None else f"{target[0]} {target[1] or 'scalar'}"
+        raise UserError(f"num_classes={num_classes} needs targets of one integer class number "
+                        f"per sample; array 'targets' is {got}", field="num_classes")

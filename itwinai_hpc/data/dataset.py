@@ -51,6 +51,9 @@ class ShardedLoader:
     each epoch. mode "auto" (default; $ITWINAI_HPC_DATA_MODE) keeps a split of at most
     memory_budget bytes ($ITWINAI_HPC_DATA_MEMORY_BUDGET, default 256 MiB) in memory and streams
     a larger one, prefetch_shards ahead; `describe()` says which, for the training log.
+
+    Shards of write_shards (`generic`): (inputs, targets) in the stored dtype, B x sample
+    shape, never cast or normalised (raw has no effect); targets None when the split has none.
     """
 
     def __init__(self, manifest: str | os.PathLike | Manifest, split: str, batch_size: int, *,

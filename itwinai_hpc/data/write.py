@@ -25,10 +25,9 @@ import numpy as np
 
 from itwinai_hpc.core import atomic
 from itwinai_hpc.core.errors import UserError
-from itwinai_hpc.data.chunks import SPLITS, Spec, blocks, merge_spec
+from itwinai_hpc.data.chunks import SPLITS, Spec, blocks, check_classes, check_options, merge_spec
 from itwinai_hpc.data.loader_settings import describe_bytes, parse_bytes
 from itwinai_hpc.data.shards import (
-    COMPRESSIONS,
     FORMAT,
     MANIFEST_NAME,
     Manifest,
@@ -126,27 +125,6 @@ class _SplitWriter:
         self.total += n
 
 
-def _check_options(dataset: str, num_classes: int, compression: str) -> None:
-    if not isinstance(dataset, str) or not dataset:
-        raise UserError(f"dataset must be a non-empty name, got {dataset!r}", field="dataset")
-    if type(num_classes) is not int or num_classes < 0:
-        raise UserError(f"num_classes must be a whole number >= 0, got {num_classes!r}",
-                        field="num_classes")
-    if compression not in COMPRESSIONS:
-        raise UserError(f"compression must be one of {', '.join(COMPRESSIONS)}, got "
-                        f"{compression!r}", field="compression")
-
-
-def _check_classes(spec: Spec, num_classes: int) -> None:
-    if not num_classes:
-        return
-    target = spec.get("targets")
-    if target is None or target[0].kind not in "iu" or target[1]:
-        got = "none" if target is None else f"{target[0]} {target[1] or 'scalar'}"
-        raise UserError(f"num_classes={num_classes} needs targets of one integer class number "
-                        f"per sample; array 'targets' is {got}", field="num_classes")
-
-
 def _plan_id(dataset: str, arrays: dict, infos: dict[str, list[ShardInfo]]) -> str:
     content = {"dataset": dataset, "arrays": arrays,
                "shards": {s: [i.sha256 for i in v] for s, v in infos.items()}}
@@ -190,7 +168,7 @@ def write_shards(output_dir: str | os.PathLike, splits: Mapping, *, dataset: str
     numbers 0..num_classes-1 (class counts recorded); 0: anything else (regression). Bad input
     is a UserError naming the split, array, dtype or shape and the expected one; nothing is
     left half-written."""
-    _check_options(dataset, num_classes, compression)
+    check_options(dataset, num_classes, compression)
     if not isinstance(splits, Mapping) or not splits:
         raise UserError(f"splits must map {', '.join(SPLITS)} to arrays, got {splits!r}")
     unknown = [s for s in splits if s not in SPLITS]
@@ -202,13 +180,15 @@ def write_shards(output_dir: str | os.PathLike, splits: Mapping, *, dataset: str
         got, streams[split] = blocks(split, splits[split], spec)
         spec = merge_spec(spec, split, got)
     assert spec is not None
-    _check_classes(spec, num_classes)
+    check_classes(spec, num_classes)
     output = Path(output_dir)
     created = not output.exists()
-    output.mkdir(parents=True, exist_ok=True)
-    tmp = output / f".write-shards.{socket.gethostname()}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        tmp = _temporary_folder(output)
+    except OSError as e:
+        raise UserError(f"cannot create the output folder ({e.strerror or e})",
+                        file=str(output)) from None
     inputs_bytes = spec["inputs"][0].itemsize * math.prod(spec["inputs"][1])
     chunk_rows = max(1, min(4096, CHUNK_BYTES // max(1, inputs_bytes)))
     infos: dict[str, list[ShardInfo]] = {}
@@ -244,6 +224,26 @@ def write_shards(output_dir: str | os.PathLike, splits: Mapping, *, dataset: str
         if created and not (output / MANIFEST_NAME).exists():
             shutil.rmtree(output, ignore_errors=True)
     return read_manifest(output)
+
+
+def _temporary_folder(output: Path) -> Path:
+    """`.write-shards.HOST.PID.tmp` in `output`, after removing those of killed processes on
+    this host (never a live one's, nor another host's)."""
+    host = socket.gethostname()
+    for old in output.glob(f".write-shards.{host}.*.tmp"):
+        pid = old.name.split(".")[-2]
+        try:
+            if pid.isdigit() and int(pid) != os.getpid():
+                os.kill(int(pid), 0)
+                continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = output / f".write-shards.{host}.{os.getpid()}.tmp"
+    tmp.mkdir()
+    return tmp
 
 
 def _check_space(output: Path, needed: int, compression: str) -> None:

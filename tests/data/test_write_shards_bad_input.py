@@ -118,3 +118,25 @@ def test_preprocess_refuses_float_pixels_instead_of_casting_them_to_uint8(tmp_pa
     assert "train_images" in message and "float32" in message and "uint8" in message
     assert "write_shards" in message
     _nothing_written(out)
+
+
+def test_an_output_that_is_a_file_is_one_error(tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+    with pytest.raises(UserError) as e:
+        write_shards(tmp_path / "out", {"train": {"inputs": _fields(3)}}, dataset="f")
+    assert "cannot create the output folder" in str(e.value) and "out" in str(e.value)
+
+
+def test_a_killed_writers_temporary_folder_is_removed_by_the_next_run(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    out = tmp_path / "out"
+    left = out / f".write-shards.{socket.gethostname()}.{dead}.tmp"
+    left.mkdir(parents=True)
+    (left / "train-00000.h5").write_bytes(b"half")
+    write_shards(out, {"train": {"inputs": _fields(3)}}, dataset="f")
+    assert not left.exists() and not [p for p in out.iterdir() if p.name.startswith(".")]
