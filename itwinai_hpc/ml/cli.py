@@ -14,6 +14,7 @@ from pathlib import Path
 
 import itwinai_hpc.run.layout as layout
 from itwinai_hpc.core import job_env
+from itwinai_hpc.ml.job_where import mark_stopped, stop_file
 
 STORE_HELP = ("MLflow store: a folder, or a URI such as sqlite:///mlflow.db (default: "
               "$MLFLOW_TRACKING_URI, else ./mlruns)")
@@ -111,14 +112,6 @@ def port_number(text: str) -> int:
     return port
 
 
-def stop_file(env=os.environ) -> str | None:
-    """The file whose appearance asks this step to checkpoint and stop: $ITWINAI_HPC_STOP_FILE,
-    which every job script exports; by hand, $ITWINAI_HPC_RUN_DIR/$ITWINAI_HPC_STEP.STOP."""
-    if env.get(job_env.STOP_FILE):
-        return env[job_env.STOP_FILE]
-    if env.get(job_env.RUN_DIR) and env.get(job_env.STEP):
-        return layout.stop_file(env[job_env.RUN_DIR], env[job_env.STEP])
-    return None
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -165,10 +158,8 @@ def run_train(args: argparse.Namespace) -> int:
         if result.status == "stopped" and opts.stop_after_epochs is None:
             # Asked to stop (stop file, SIGTERM, SIGUSR2), checkpointed: the stop contract's
             # status, and the mark that keeps it 75 through torchrun (core/job_env.STOP_EXIT).
-            from itwinai_hpc.ml import job
-
-            job.mark_stopped()
-            return job.STOP_EXIT
+            mark_stopped()
+            return job_env.STOP_EXIT
     except TrainingFailed as e:
         # Every rank raised it at the same point (they agreed), so they leave together; one
         # line for the whole job, no traceback: exit 1, a runtime failure.

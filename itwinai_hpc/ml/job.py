@@ -55,14 +55,23 @@ Nothing here asks a scheduler; no torch or mlflow at import.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-import itwinai_hpc.run.layout as layout
-from itwinai_hpc.core import atomic, job_env
+from itwinai_hpc.core import job_env
 from itwinai_hpc.ml.job_mlflow import mlflow_run, register, report
+from itwinai_hpc.ml.job_where import (
+    checkpoint_dir,
+    context,
+    device,
+    local_rank,
+    mark_stopped,
+    rank,
+    run_dir,
+    stop_file,
+    world_size,
+)
 from itwinai_hpc.ml.progress import HUNG_EXIT, progress, progress_done
 
 STOP_EXIT = job_env.STOP_EXIT
@@ -75,83 +84,16 @@ __all__ = ["HUNG_EXIT", "STOP_EXIT", "checkpoint_dir", "device", "exit_stopped",
 _stop: Any = None      # distributed.StopRequest, once watched
 
 
-def rank() -> int:
-    """This process's rank among all (torchrun's RANK, srun's SLURM_PROCID), 0 alone."""
-    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
-
-
-def local_rank() -> int:
-    """This process's rank on its node (LOCAL_RANK, SLURM_LOCALID), 0 alone."""
-    return int(os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or 0)
-
-
-def world_size() -> int:
-    """How many processes train together (WORLD_SIZE, SLURM_NTASKS), 1 alone."""
-    return int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
-
-
-def run_dir() -> str | None:
-    """The itwinai-hpc run folder this step belongs to (None outside a run)."""
-    return os.environ.get(job_env.RUN_DIR) or None
-
-
-def device():
-    """torch.device: cuda:LOCAL_RANK (made current) where this rank has a GPU, else cpu. A step
-    that asked for GPUs and sees none is a UserError, never a silent CPU run."""
-    import torch
-
-    from itwinai_hpc.ml.distributed import check_gpus_seen
-
-    check_gpus_seen(torch, local_rank())
-    if torch.cuda.is_available() and local_rank() < torch.cuda.device_count():
-        dev = torch.device(f"cuda:{local_rank()}")
-        torch.cuda.set_device(dev)
-        return dev
-    return torch.device("cpu")
-
-
-def checkpoint_dir() -> Path:
-    """The step's checkpoint folder (layout.checkpoint_dir, as the built-in trainer's): stable
-    across requeues and resumes of the same step; a sweep task's own. ./checkpoints outside a
-    run. Created."""
-    rd = run_dir()
-    path = Path(layout.checkpoint_dir(rd, os.environ.get(job_env.SWEEP),
-                                      os.environ.get(job_env.SWEEP_TASK)) if rd
-                else "checkpoints")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _context():
-    """distributed.Context of this process: the process group when one is initialised."""
-    from itwinai_hpc.ml import distributed as D
-
-    backend, r, w = None, rank(), world_size()
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            backend, r, w = dist.get_backend(), dist.get_rank(), dist.get_world_size()
-    except ImportError:
-        pass
-    import torch
-
-    dev = torch.device(f"cuda:{local_rank()}") if backend == "nccl" else torch.device("cpu")
-    return D.Context(r, w, local_rank(), dev, backend,
-                     local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
-
-
 def watch_stop():
     """Start watching for a stop request (SIGTERM, SIGUSR2, the stop file); idempotent."""
     global _stop
     from itwinai_hpc.ml import distributed as D
-    from itwinai_hpc.ml.cli import stop_file
 
     if _stop is None:
         found = stop_file()
-        _stop = D.StopRequest(_context(), Path(found) if found else None)
+        _stop = D.StopRequest(context(), Path(found) if found else None)
     else:
-        _stop.ctx = _context()    # the process group may have started since
+        _stop.ctx = context()    # the process group may have started since
     return _stop
 
 
@@ -176,7 +118,7 @@ def save_checkpoint(state: dict) -> Path:
     folder = checkpoint_dir()
     if rank() == 0:
         save(state, folder)
-    D.barrier(_context())
+    D.barrier(context())
     return checkpoint_path(folder)
 
 
@@ -185,22 +127,6 @@ def load_checkpoint() -> dict | None:
     from itwinai_hpc.ml.checkpoint import load_checkpoint as load
 
     return load(checkpoint_dir())
-
-
-def _job_id() -> str | None:
-    """The job id the job script names its marks with (an array task: ARRAYID_TASK)."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    return layout.task_job_id(array, task) if array and task else \
-        os.environ.get("SLURM_JOB_ID") or None
-
-
-def mark_stopped() -> Path | None:
-    """Leave the stopped mark (layout.stopped_marker) the job script reads: the step stopped
-    early to be resumed. Every rank may call it; None outside a run."""
-    rd, job_id = run_dir(), _job_id()
-    if not rd or not job_id:
-        return None
-    return atomic.write_text(Path(layout.stopped_marker(rd, job_id)), f"rank {rank()}\n")
 
 
 def exit_stopped(reason: str | None = None) -> NoReturn:
@@ -217,7 +143,7 @@ def exit_stopped(reason: str | None = None) -> NoReturn:
         end_stopped(why)
     watch_stop().consume()     # rank 0: the request is served; a resume must not stop at once
     mark_stopped()
-    ctx = _context()
+    ctx = context()
     D.teardown(ctx, together=True)
     sys.stdout.flush()
     sys.exit(STOP_EXIT)

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from itwinai_hpc.core import atomic
+from itwinai_hpc.ml import job_where as job
 
 RUN_ID_FILE = "mlflow_run_id"    # in job.checkpoint_dir(): the step's MLflow run, for resumes
 
@@ -37,8 +38,6 @@ def mlflow_run(experiment: str = "itwinai-hpc", *, tracking_uri: str | None = No
     cluster; itwinai_hpc.kind=train, .world_size, .nnodes, .procs_per_node, .gpus_per_node).
     `params` are logged once (a resumed run keeps its own). The store: `tracking_uri`, else
     $MLFLOW_TRACKING_URI, else ./mlruns (a folder is allowed)."""
-    from itwinai_hpc.ml import job
-
     if job.rank() != 0:
         return None
     import mlflow
@@ -53,7 +52,7 @@ def mlflow_run(experiment: str = "itwinai-hpc", *, tracking_uri: str | None = No
     tracking.configure(tracking_uri)
     origin = Provenance.from_env()
     slurm = {k: os.environ[k] for k in D.SLURM_KEYS if k in os.environ}
-    ctx = job._context()
+    ctx = job.context()
     if ctx.backend is None:    # no process group (yet): what torchrun says
         ctx.world_size = job.world_size()
         ctx.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
@@ -116,8 +115,6 @@ def register(model, input_example, *, metric: str, mode: str | None = None,
     A non-finite value is refused (ValueError), nothing logged. In a sweep the task's result
     file is written too (report). Returns (version, became alias holder); None on other ranks.
     """
-    from itwinai_hpc.ml import job
-
     if job.rank() != 0:
         return None
     import numpy as np
@@ -148,7 +145,6 @@ def report(metric: str, value: float, *, mode: str | None = None, model_name: st
     (sweep.SweepResult, what `status` shows as reported and best), with the run's throughput
     (scaling.run_throughput of its per-epoch samples_per_s and epoch_time_s). Returns the
     file's path; None elsewhere (not a sweep task, no run folder, not rank 0)."""
-    from itwinai_hpc.ml import job
     from itwinai_hpc.ml.sweep import SweepTask
 
     sweep, rd = SweepTask.from_env(), job.run_dir()
