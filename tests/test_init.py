@@ -160,3 +160,32 @@ def test_each_template_runs_end_to_end_on_the_local_backend(run_folder, capsys, 
     assert "registered demo version 1" in logs["train"]
     predictions = "predictions.csv" if template == "classification" else "predictions.h5"
     assert (Path(run.run_dir) / predictions).is_file()
+
+
+@pytest.mark.slow
+def test_the_script_templates_train_py_stops_on_the_stop_file_and_resumes_where_it_stopped(
+        tmp_path, capsys):
+    folder = tmp_path / "demo"
+    assert _init(capsys, "demo", "--dir", str(folder), "--template", "script")[0] == 0
+    env = {**os.environ, "PYTHONPATH": str(folder), "MLFLOW_ALLOW_FILE_STORE": "true",
+           "MLFLOW_TRACKING_URI": f"file:{tmp_path / 'mlruns'}",
+           "ITWINAI_HPC_STOP_FILE": str(tmp_path / "train.STOP")}
+    for var in ("ITWINAI_HPC_RUN_DIR", "ITWINAI_HPC_STEP", "RANK", "WORLD_SIZE"):
+        env.pop(var, None)
+
+    def run(script: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(folder / script), *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=240)
+
+    assert run("preprocess.py", "--output", "shards", "--samples", "200").returncode == 0
+    (tmp_path / "train.STOP").touch()
+    stopped = run("train.py", "--data", "shards", "--epochs", "2", "--stop-check-every", "1")
+    assert stopped.returncode == 75, stopped.stderr[-2000:]     # "stopped early, resume me"
+    assert (tmp_path / "checkpoints").is_dir()
+    assert "registered" not in stopped.stdout
+    (tmp_path / "train.STOP").unlink(missing_ok=True)
+    resumed = run("train.py", "--data", "shards", "--epochs", "2", "--stop-check-every", "1")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming at epoch 1, batch 1" in resumed.stdout
+    assert "epoch 1/2" in resumed.stdout and "epoch 2/2" in resumed.stdout
+    assert "registered demo version 1 as @champion" in resumed.stdout
