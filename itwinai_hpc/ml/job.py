@@ -16,9 +16,12 @@ The stop contract (one rule for every backend; core/job_env.STOP_EXIT):
     A step is asked to stop early when the file $ITWINAI_HPC_STOP_FILE appears (SLURM's
     time-limit warning, submitit's checkpoint, or you: `touch RUN/STEP.STOP`) or its processes
     get SIGUSR2 or SIGTERM. Check `job.should_stop()` between steps; when it says True:
-    checkpoint, then `job.exit_stopped()` on every rank. That exits with status 75
-    (job.STOP_EXIT, sysexits' EX_TEMPFAIL) and leaves a mark in the run folder, so that
-    torchrun, which reports any failed worker as 1, is still recorded as 75. Then:
+    checkpoint, then `job.exit_stopped()` on every rank. That ends the MLflow run KILLED
+    (tag itwinai_hpc.stopped), removes the stop file (the request is served), leaves a mark
+    in the run folder (`job.mark_stopped()`: torchrun reports any failed worker as 1, the job
+    script reads the mark and records 75 all the same) and exits with status 75 (job.STOP_EXIT,
+    sysexits' EX_TEMPFAIL). A script that cannot call it: exit 75 from every process after
+    `job.mark_stopped()`. Then:
       - SLURM (`requeue:` on the step): the job is requeued, and its next run resumes;
       - every backend (slurm, local, submitit) records the step STOPPED, never COMPLETED; its
         dependents do not run; `itwinai-hpc status` shows it; `itwinai-hpc resume` runs it
