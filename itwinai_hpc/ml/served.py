@@ -105,10 +105,12 @@ def trainable_files(classifier: PixelClassifier, folder: Path, spec: dict) -> li
     return [str(weights), str(meta)]
 
 
-def load_trainable(model_uri: str, *, tracking_uri: str | None = None) -> PixelClassifier:
-    """A registered model as an `nn.Module` (PixelClassifier, eval mode, logits out) that can
-    be fine-tuned: `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN_ID/model`. Reads
-    only tensors (torch.load weights_only=True), never a pickle."""
+def load_trainable(model_uri: str, *, tracking_uri: str | None = None) -> torch.nn.Module:
+    """A registered model as an `nn.Module` (eval mode) that can be fine-tuned:
+    `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN_ID/model`. MNIST's: a
+    PixelClassifier (logits out); a model given by import path: that module itself, rebuilt
+    with its model_args (its package importable). Reads only tensors (torch.load
+    weights_only=True), never a pickle."""
     import mlflow
 
     from itwinai_hpc.ml.models import build_model
@@ -119,6 +121,13 @@ def load_trainable(model_uri: str, *, tracking_uri: str | None = None) -> PixelC
     root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     extra = root / "extra_files"
     spec = json.loads((extra / TRAINABLE_SPEC).read_text())
+    if "model_args" in spec:   # served_arrays: the use case's own nn.Module, by import path
+        from itwinai_hpc.ml.model_path import build_from_path
+
+        net = build_from_path(spec["architecture"], spec["model_args"])
+        net.load_state_dict(torch.load(extra / TRAINABLE_WEIGHTS, map_location="cpu",
+                                       weights_only=True))
+        return net.eval()
     net = build_model(spec["architecture"], spec["num_classes"])
     model = PixelClassifier(net, spec["normalization"]["mean"], spec["normalization"]["std"])
     state = torch.load(extra / TRAINABLE_WEIGHTS, map_location="cpu", weights_only=True)

@@ -115,7 +115,8 @@ def test_trains_on_two_ranks_and_the_champion_is_the_lowest_val_rmse(use_case, t
     assert {"evaluation/test/fields.png", "evaluation/test/scatter.png"} <= shown
 
 
-def test_predict_writes_h5_in_sample_order_and_plain_pyfunc_loads_it(use_case, trained):
+def test_predict_writes_h5_in_sample_order_and_plain_pyfunc_loads_it(use_case, trained,
+                                                                     monkeypatch):
     import h5py
     import mlflow
 
@@ -139,6 +140,15 @@ def test_predict_writes_h5_in_sample_order_and_plain_pyfunc_loads_it(use_case, t
     assert (str(schema.type), schema.shape) == ("float32", (-1, 2, 16, 16))
     direct = model.predict(inputs.astype(np.float32))
     np.testing.assert_allclose(predictions, direct, rtol=1e-5, atol=1e-5)   # same order
+    import torch
+
+    from itwinai_hpc.ml.served import load_trainable
+
+    monkeypatch.syspath_prepend(str(use_case.root))   # the package, as its PYTHONPATH
+    net = load_trainable("models:/tinyfield@champion")   # the package's own class, to fine-tune
+    assert type(net).__name__ == "StepNet" and not net.training
+    with torch.no_grad():
+        np.testing.assert_allclose(net(torch.from_numpy(inputs)).numpy(), direct, atol=1e-5)
     rmse = float(np.sqrt(np.mean((predictions - targets) ** 2)))
     runs = mlflow.search_runs(experiment_names=["tinyfield-inf"], output_format="list")
     assert runs[0].data.metrics["rmse"] == pytest.approx(rmse, rel=1e-4)
