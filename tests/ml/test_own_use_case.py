@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from ml_helpers import itwinai_hpc, ml_env, torchrun_train
+from ml_helpers import ml_env, torchrun_train
 
 NET = """
 import torch
@@ -126,10 +126,15 @@ def test_predict_writes_h5_in_sample_order_and_plain_pyfunc_loads_it(use_case, t
     inf = use_case.root / "inference.yml"
     inf.write_text("dataset: tinyfield\nbatch_size: 16\ntracking: {experiment: tinyfield-inf, "
                    "system_metrics_every_s: 0}\n")
+    from itwinai_hpc.cli import main
+
     out = use_case.root / "out"
-    p = itwinai_hpc(["predict", "--config", str(inf), "--data", str(use_case.shards), "--model",
-                     "models:/tinyfield@champion", "--output", f"{out}/"], use_case.env)
-    assert p.returncode == 0, p.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{use_case.store}")
+    monkeypatch.syspath_prepend(str(use_case.root))   # the package, as its PYTHONPATH
+    # In this process (the console script's main): a second start-up of torch and MLflow
+    # would cost more than the predictions.
+    assert main(["predict", "--config", str(inf), "--data", str(use_case.shards), "--model",
+                 "models:/tinyfield@champion", "--output", f"{out}/"]) == 0
     with h5py.File(out / "predictions.h5") as f:
         predictions = f["predictions"][:]
     inputs, targets = read_rows(read_manifest(use_case.shards), "test", 0, 50)[:2]
@@ -144,7 +149,6 @@ def test_predict_writes_h5_in_sample_order_and_plain_pyfunc_loads_it(use_case, t
 
     from itwinai_hpc.ml.served import load_trainable
 
-    monkeypatch.syspath_prepend(str(use_case.root))   # the package, as its PYTHONPATH
     net = load_trainable("models:/tinyfield@champion")   # the package's own class, to fine-tune
     assert type(net).__name__ == "StepNet" and not net.training
     with torch.no_grad():
