@@ -123,6 +123,41 @@ def test_a_dir_a_recipe_cannot_name_is_refused(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_link_planted_at_the_temporary_folders_name_is_not_followed(tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    planted = tmp_path / f".demo.init-{os.getpid()}"      # the name init once used
+    planted.symlink_to(elsewhere)
+    folder = tmp_path / "demo"
+    assert _init(capsys, "demo", "--dir", str(folder))[0] == 0
+    assert list(elsewhere.iterdir()) == []
+    assert not folder.is_symlink() and (folder / "workflow.yml").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask   # not the temporary folder's 0700
+    assert sorted(p.name for p in tmp_path.iterdir()) == [planted.name, "demo", "elsewhere"]
+
+
+@pytest.mark.parametrize("kind", ["link to an empty folder", "dangling link", "parent a file"])
+def test_a_dir_that_is_a_link_or_under_a_file_is_refused(tmp_path, capsys, kind):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    folder = tmp_path / "demo"
+    if kind == "link to an empty folder":
+        folder.symlink_to(empty)
+    elif kind == "dangling link":
+        folder.symlink_to(tmp_path / "gone")
+    else:
+        (tmp_path / "file").write_text("x")
+        folder = tmp_path / "file" / "sub" / "demo"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc, out = _init(capsys, "demo", "--dir", str(folder))
+    assert rc == 2, out
+    assert f"error: {folder}:" in out and "--dir" in out and "Traceback" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert list(empty.iterdir()) == []
+
+
 def test_a_failure_while_writing_leaves_no_half_written_folder(tmp_path, capsys, monkeypatch):
     written = []
     real = Path.write_text

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from itwinai_hpc.commands.init_args import TEMPLATES
@@ -108,6 +109,15 @@ def write_use_case(name: str, template: str, target: Path) -> list[str]:
         raise UserError(f"{folder!r}: a use-case folder for a container recipe and a workflow "
                         "needs a path of letters, digits and . _ - + / only", field="--dir")
     target = target.absolute()
+    if target.is_symlink():
+        raise UserError("is a symbolic link; init writes only into a real new or empty folder "
+                        "(choose another --dir)", file=str(target))
+    for parent in target.parents:             # the first one that exists must be a folder
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise UserError(f"{parent} is not a folder; choose another --dir",
+                                file=str(target))
+            break
     if target.exists() and not target.is_dir():
         raise UserError("exists and is not a folder; choose another --dir", file=str(target))
     if target.is_dir() and any(target.iterdir()):
@@ -115,12 +125,16 @@ def write_use_case(name: str, template: str, target: Path) -> list[str]:
                         "empty folder (choose another NAME or --dir)", file=str(target))
     texts = render_files(name, template, target, folder)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.init-{os.getpid()}")
+    # a fresh folder of an unguessable name (0700): nothing planted beside the target is used
+    partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.init-"))
     try:
         for path, text in texts.items():
             dest = partial / path
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        partial.chmod(0o777 & ~umask)         # mkdtemp's 0700 -> what mkdir would have given
         if target.is_dir():
             target.rmdir()                    # empty, checked above
         os.rename(partial, target)
