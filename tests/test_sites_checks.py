@@ -55,9 +55,28 @@ def test_a_gpu_step_gets_the_profiles_share_of_a_node_over_the_workflows_default
                      *pinned)["train"].cpus_per_task == 2
 
 
-@pytest.mark.parametrize("name", ["training", "inference", "sweep"])
-def test_the_shipped_workflows_pin_no_laptop_sizes(name):
-    loaded = load_workflow(ROOT / f"use-cases/mnist/{name}-workflow.yml", profile="jsc")
+SHIPPED = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("use-cases/*/*workflow.yml"))
+
+
+def _scaffolded(tmp_path: Path, template: str) -> Path:
+    from itwinai_hpc.commands.init import write_use_case
+
+    write_use_case("demo", template, tmp_path / "demo")
+    return tmp_path / "demo" / "workflow.yml"
+
+
+def test_every_use_case_workflow_is_checked_for_laptop_sizes():
+    assert {"use-cases/mnist/training-workflow.yml", "use-cases/heat-diffusion/"
+            "training-workflow.yml", "use-cases/heat-diffusion/inference-workflow.yml"} \
+        <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("workflow", [*SHIPPED, "init classification", "init regression",
+                                      "init script"])
+def test_the_shipped_workflows_pin_no_laptop_sizes(workflow, tmp_path):
+    path = (_scaffolded(tmp_path, workflow.split()[1]) if workflow.startswith("init ")
+            else ROOT / workflow)
+    loaded = load_workflow(path, profile="jsc")
     d = loaded.workflow.defaults
     assert d.resources.cpus_per_task is None and d.resources.mem is None
     assert "OMP_NUM_THREADS" not in (d.env or {})
