@@ -84,9 +84,9 @@ class RegistrySection(Section):
         "val_rmse for a regression). An unknown name is an error at config load that lists "
         "the metrics logged."))
     mode: Literal["max", "min"] | None = Field(None, description=(
-        "Which way `select_by` is better: max or min (default by its kind: accuracy, r2 and "
-        "an import path's metric max; rmse, mae, loss min). The champion alias moves to a new "
-        "version only when it is strictly better by this rule."))
+        "Which way `select_by` is better: max or min (default by its kind: accuracy, r2 max; "
+        "rmse, mae, loss min; required for an import path's metric). The champion alias moves "
+        "to a new version only when it is strictly better by this rule."))
 
 
 class TrainConfig(Section):
@@ -173,12 +173,21 @@ def resolve_train(config: TrainConfig, doc: YamlDoc) -> TrainConfig:
     if len(set(names)) != len(names) or "loss" in names:
         raise fail(f"metric names must be distinct and not 'loss': {names}", "metrics")
     reg = config.registry
+    chosen = reg.select_by is not None
     if reg.select_by is None:
         reg.select_by = f"val_{names[0]}" if names else "val_loss"
     elif reg.select_by not in config.logged_metrics:
         raise fail(f"{reg.select_by!r} is not logged per epoch; the metrics logged are "
                    f"{', '.join(config.logged_metrics)} (and train_loss; test_* only at the "
                    "end, after the best epoch is chosen)", "registry", "select_by")
+    custom = {f"val_{names[i]}": i for i, m in enumerate(config.metrics) if is_import_path(m)}
+    if reg.mode is None and reg.select_by in custom:      # no kind to say which way is better
+        file, line = doc.where(("registry", "select_by") if chosen
+                               else ("metrics", custom[reg.select_by]))
+        raise UserError(f"which way {reg.select_by!r} is better is unknown for a metric given "
+                        "by import path: set registry.mode to min (lower is better, an error) "
+                        "or max (higher is better, a score)", file=file, line=line,
+                        field="registry.mode")
     if reg.mode is None:
         reg.mode = metrics.default_mode(reg.select_by)   # type: ignore[assignment]
     return config

@@ -32,7 +32,8 @@ def metric_name(spec: str) -> str:
 
 def default_mode(logged: str) -> str:
     """`max` or `min` for a logged metric such as `val_rmse`: by its kind; an unknown kind
-    (an import path's metric) defaults to `max`, as accuracy-like scores do."""
+    defaults to `max`, as accuracy-like scores do (a train config refuses to guess for an
+    import path's metric: config.resolve_train asks for registry.mode)."""
     base = logged.split("_", 1)[1] if logged.startswith(("val_", "test_")) else logged
     return "max" if HIGHER_IS_BETTER.get(base, True) else "min"
 

@@ -37,6 +37,12 @@ def test_defaults_follow_the_task_and_mnist_keeps_its_own():
     ("metrics: [rmse]\n", 1, "metrics.0", ["accuracy"]),
     ("loss: hinge\n", 1, "loss", ["cross_entropy, mse, l1, huber"]),
     ("model: mnist-cnn\nmodel_args: {width: 3}\n", 2, "model_args", ["registered name"]),
+    # an import path's metric has no kind: which way is better must be said, never guessed
+    ("task: regression\nmetrics: [rmse, 'mypkg.m:my_error']\nregistry:\n"
+     "  select_by: val_my_error\n", 4, "registry.mode",
+     ["'val_my_error' is better is unknown", "registry.mode to min", "or max"]),
+    ("task: regression\nmetrics:\n  - mypkg.m:my_error\n", 3, "registry.mode",
+     ["'val_my_error' is better is unknown"]),
 ])
 def test_bad_task_keys_are_located(tmp_path, yaml_text, line, field, words):
     f = write(tmp_path / "train.yml", yaml_text)
@@ -44,6 +50,17 @@ def test_bad_task_keys_are_located(tmp_path, yaml_text, line, field, words):
         load_config(TrainConfig, f)
     assert e.value.format().startswith(f"{f}:{line}: {field}: ")
     assert all(w in e.value.format() for w in words)
+
+
+def test_an_import_path_metric_selects_by_the_mode_given(tmp_path):
+    f = write(tmp_path / "train.yml", """\
+        task: regression
+        metrics: ['mypkg.m:my_error']
+        registry: {select_by: val_my_error, mode: min}
+        """)
+    assert load_config(TrainConfig, f).registry.mode == "min"
+    f = write(tmp_path / "train.yml", "metrics: [accuracy, 'mypkg.m:my_error']\n")
+    assert load_config(TrainConfig, f).registry.mode == "max"       # val_accuracy: known
 
 
 def test_metrics_are_sums_over_ranks_not_means_of_means():
