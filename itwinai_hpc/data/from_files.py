@@ -45,6 +45,7 @@ def _check_variables(src: Source, names: dict[str, list[str]], dim: str) -> int:
         first = None
         for v in variables:
             src.require(v, f"arrays.{key}")
+            src.check_raw(v, f"arrays.{key}")
             if dim not in src.dims[v]:
                 raise UserError(f"variable {v!r} has dimensions {src.dims[v]}, without the "
                                 f"sample dimension {dim!r}", file=where, field=f"arrays.{key}")

@@ -19,6 +19,7 @@ from itwinai_hpc.core.errors import UserError
 SUFFIXES = {".nc": "netcdf", ".nc4": "netcdf", ".netcdf": "netcdf", ".h5": "netcdf",
             ".zarr": "zarr", ".npy": "numpy", ".npz": "numpy"}
 EXTRA = "pip install 'itwinai-hpc[formats]'"
+CF_PACKING = ("scale_factor", "add_offset", "_Unsigned")  # CF attributes that change values
 
 
 def _need(module: str, fmt: str):
@@ -65,8 +66,10 @@ class Source:
             with warnings.catch_warnings():  # a store without consolidated metadata is fine
                 warnings.filterwarnings("ignore", "Failed to open Zarr store with consolidated")
                 # chunks=None: no dask; variables stay lazy backend arrays, read on slicing.
+                # mask_and_scale=False: values as stored (no unpacking to float64, no fill
+                # value turned into NaN); packed variables are refused in `check_raw`.
                 self.dataset = xr.open_dataset(self.path, engine=engine, chunks=None,
-                                               decode_timedelta=False)
+                                               mask_and_scale=False, decode_timedelta=False)
         except Exception as e:  # noqa: BLE001 - any backend's refusal is the user's file
             raise UserError(f"not a readable {self.format} source ({type(e).__name__}: {e})",
                             file=str(self.path)) from None
@@ -99,6 +102,24 @@ class Source:
             raise UserError(f"no variable {name!r} in the source; it has "
                             f"{', '.join(sorted(self.var)) or 'none'}", file=str(self.path),
                             field=field)
+
+    def check_raw(self, name: str, field: str) -> None:
+        """Refuse a variable whose stored values are not its values: CF packing (scale_factor,
+        add_offset, _Unsigned) or a fill value other than NaN (missing entries). Storing it
+        raw would hide that; unpacking it would convert it: the user decides."""
+        attrs = getattr(self.var[name], "attrs", {})
+        packed = {k: attrs[k] for k in CF_PACKING if k in attrs}
+        for key in ("_FillValue", "missing_value"):
+            if key in attrs and not np.all(np.isnan(np.asarray(attrs[key], dtype=float))):
+                packed[key] = attrs[key]
+        if packed:
+            shown = ", ".join(f"{k}={np.asarray(v).tolist()!r}" for k, v in packed.items())
+            raise UserError(
+                f"variable {name!r} ({self.var[name].dtype}) is stored packed or with "  # type: ignore[attr-defined]
+                f"missing entries ({shown}); preprocess copies values exactly and does not "
+                "unpack or mask them. Write the values you want (unpacked, missing entries "
+                "filled or dropped) to a new file, or pass your own arrays to write_shards",
+                file=str(self.path), field=field)
 
     def rows(self, name: str, dim: str, lo: int, hi: int) -> np.ndarray:
         v = self.var[name]

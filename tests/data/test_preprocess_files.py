@@ -181,3 +181,72 @@ def test_a_missing_formats_extra_says_what_to_install(tmp_path, monkeypatch):
         preprocess(str(tmp_path / "era.nc"), tmp_path / "out",
                    load_config(tmp_path / "pre.yml"), progress=False)
     assert "'h5netcdf'" in str(e.value) and "itwinai-hpc[formats]" in str(e.value)
+
+
+def _packed(ds: xr.Dataset, kind: str) -> xr.Dataset:
+    """`temperature` as a CF file stores it: int16 with scale/offset and a fill value (classic
+    ERA5), or float32 with a -9999 fill value marking missing entries."""
+    ds = ds.copy()
+    if kind == "packed":
+        raw = np.round((ds.temperature.values - 280.0) / 0.01).astype(np.int16)
+        raw[3, 4, 5] = -32767
+        ds["temperature"] = (ds.temperature.dims, raw, {
+            "scale_factor": 0.01, "add_offset": 280.0, "_FillValue": np.int16(-32767)})
+        ds["wind"] = ds.wind.astype(np.int16)  # stackable with it
+    else:
+        values = ds.temperature.values.copy()
+        values[3, 4, 5] = -9999.0
+        ds["temperature"] = (ds.temperature.dims, values, {"_FillValue": np.float32(-9999.0)})
+    return ds
+
+
+@pytest.mark.parametrize("fmt", ["netcdf", "zarr"])
+@pytest.mark.parametrize("kind, words", [
+    ("packed", ["int16", "scale_factor=0.01", "add_offset=280.0", "_FillValue=-32767"]),
+    ("fill", ["float32", "_FillValue=-9999.0"]),
+])
+def test_packed_or_fill_valued_variables_are_refused_not_converted(tmp_path, fmt, kind, words):
+    # Opened with xarray's defaults, the int16 came out float64 (fill -> NaN) and was written
+    # as float64 shards with exit 0; the fill-valued float32 lost its -9999 to NaN.
+    ds = _packed(_fields(), kind)
+    path = tmp_path / ("era.nc" if fmt == "netcdf" else "era.zarr")
+    if fmt == "netcdf":
+        ds.to_netcdf(path, engine="h5netcdf")
+    else:
+        ds.to_zarr(path, consolidated=False)
+    (tmp_path / "pre.yml").write_text(CONFIG)
+    with pytest.raises(UserError) as e:
+        preprocess(str(path), tmp_path / "out", load_config(tmp_path / "pre.yml"),
+                   progress=False)
+    message = str(e.value)
+    for word in ["'temperature'", "arrays.inputs", path.name, "fill", *words]:
+        assert word in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_packed_variable_is_exit_2_through_the_cli(tmp_path):
+    _packed(_fields(), "packed").to_netcdf(tmp_path / "era.nc", engine="h5netcdf")
+    (tmp_path / "pre.yml").write_text(CONFIG)
+    proc = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "preprocess", "--source",
+                           str(tmp_path / "era.nc"), "--output", str(tmp_path / "out"),
+                           "--config", str(tmp_path / "pre.yml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "'temperature'" in proc.stderr and "scale_factor" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unpacked_int16_variable_is_stored_as_int16(tmp_path):
+    ds = _fields()
+    for name in ("temperature", "wind", "temperature_next"):
+        ds[name] = (ds[name] * 100).astype(np.int16)
+    ds.to_netcdf(tmp_path / "era.nc", engine="h5netcdf")
+    (tmp_path / "pre.yml").write_text(CONFIG)
+    from itwinai_hpc.data.shards import read_manifest
+
+    preprocess(str(tmp_path / "era.nc"), tmp_path / "out", load_config(tmp_path / "pre.yml"),
+               progress=False)
+    m = read_manifest(tmp_path / "out")
+    assert m.arrays["inputs"]["dtype"] == "int16"
+    inputs, _ = read_rows(m, "train", 0, 24)
+    assert np.array_equal(inputs[:, 0], ds.temperature.values[:24])
