@@ -27,6 +27,13 @@ Spec = dict[str, tuple[np.dtype, tuple[int, ...]]]  # name -> (dtype, sample sha
 
 
 def _array(value, what: str):
+    if isinstance(value, np.ma.MaskedArray):  # netCDF4-python's default: the mask would go
+        masked = int(np.ma.count_masked(value))
+        if masked:
+            raise UserError(f"{what} is a masked array with {masked} of {value.size} entries "
+                            "masked (missing); shards store values, not masks: fill the "
+                            "masked entries (array.filled(value)) or drop those samples")
+        value = value.data  # no entry masked: its values are the data
     if hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__getitem__"):
         arr = value
     elif isinstance(value, (list, tuple)):

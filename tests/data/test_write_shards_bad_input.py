@@ -140,3 +140,23 @@ def test_a_killed_writers_temporary_folder_is_removed_by_the_next_run(tmp_path):
     (left / "train-00000.h5").write_bytes(b"half")
     write_shards(out, {"train": {"inputs": _fields(3)}}, dataset="f")
     assert not left.exists() and not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_a_masked_array_with_masked_entries_is_refused(tmp_path):
+    # netCDF4-python hands out MaskedArrays; the raw values under the mask were stored silently.
+    fields = np.ma.masked_equal(_fields(6), 7.0)  # one entry masked
+    fields[4, 1] = np.ma.masked  # 16 more
+    out = tmp_path / "out"
+    for splits in ({"train": {"inputs": fields}},
+                   {"train": iter([{"inputs": _fields(6)}, {"inputs": fields}])}):
+        with pytest.raises(UserError) as e:
+            write_shards(out, splits, dataset="fields", shard_size=4)
+        for word in ("'train'", "'inputs'", "masked array", "17 of 192", "fill", "drop"):
+            assert word in str(e.value)
+        _nothing_written(out)
+
+
+def test_a_masked_array_with_nothing_masked_is_stored_as_its_data(tmp_path):
+    fields = np.ma.masked_array(_fields(6), mask=False)
+    m = write_shards(tmp_path / "out", {"train": {"inputs": fields}}, dataset="f", shard_size=4)
+    np.testing.assert_array_equal(read_rows(m, "train", 0, 6)[0], _fields(6))
