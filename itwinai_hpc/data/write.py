@@ -3,9 +3,9 @@
 
 Streaming: rows are copied into one shard-sized buffer per array, and each full buffer is
 written as a shard, so peak memory is about one shard whatever the data set's size (a mapped
-source's pages are released as they are copied, see gather.py). Atomic: shards and sidecars
-are written into a temporary folder inside the output; only when every split is complete are
-they renamed into place and the manifest written last. Any error (bad input found in a late
+source's pages are released as they are copied, see gather.py). Atomic: shards, sidecars and
+the manifest are written into a temporary folder inside the output; only when every split is
+complete are they renamed into place, the manifest last. Any error (bad input found in a late
 chunk, a full disk) removes the temporary folder: nothing half-written, and an earlier data set
 in the folder stays as it was.
 """
@@ -141,16 +141,26 @@ def _old_files(output: Path) -> set[str]:
 
 
 def _publish(output: Path, tmp: Path, manifest: Manifest) -> None:
-    """Shards and sidecars renamed into place, then the manifest; stale shards of the
-    previous manifest removed last."""
+    """Sidecars and the manifest written into `tmp` first (a full disk fails there, leaving
+    the earlier data set as it was); then the old manifest removed (none ever names a mixed
+    set), shards and sidecars renamed into place, the manifest renamed in last; stale shards
+    of the previous manifest removed after."""
     old = _old_files(output)
-    (output / MANIFEST_NAME).unlink(missing_ok=True)  # no manifest ever names a mixed set
+    moves = []
     for split in manifest.splits.values():
         for info in split.shards:
-            os.replace(tmp / _part_name(info), output / info.file)
-            write_json(sidecar_path(output / info.file), info.__dict__)
+            sidecar = sidecar_path(output / info.file).name
+            write_json(tmp / sidecar, info.__dict__)
+            moves += [(tmp / _part_name(info), output / info.file),
+                      (tmp / sidecar, output / sidecar)]
+    write_json(tmp / MANIFEST_NAME, manifest.to_json())
+    atomic.fsync_folder(tmp)
+    (output / MANIFEST_NAME).unlink(missing_ok=True)
+    for source, target in moves:
+        os.replace(source, target)
     atomic.fsync_folder(output)
-    write_json(output / MANIFEST_NAME, manifest.to_json())
+    os.replace(tmp / MANIFEST_NAME, output / MANIFEST_NAME)
+    atomic.fsync_folder(output)
     new = {s.file for split in manifest.splits.values() for s in split.shards}
     for name in old - new:
         (output / name).unlink(missing_ok=True)

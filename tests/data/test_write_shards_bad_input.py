@@ -160,3 +160,37 @@ def test_a_masked_array_with_nothing_masked_is_stored_as_its_data(tmp_path):
     fields = np.ma.masked_array(_fields(6), mask=False)
     m = write_shards(tmp_path / "out", {"train": {"inputs": fields}}, dataset="f", shard_size=4)
     np.testing.assert_array_equal(read_rows(m, "train", 0, 6)[0], _fields(6))
+
+
+@pytest.mark.parametrize("fail_on", [".h5.json", "manifest.json"])
+def test_a_full_disk_while_publishing_leaves_the_earlier_data_set_as_it_was(
+        tmp_path, monkeypatch, fail_on):
+    """ENOSPC writing a sidecar or the manifest: the old manifest had already been deleted and
+    new shards renamed over the old ones, leaving neither data set."""
+    import errno
+    import json
+
+    import itwinai_hpc.data.write as write
+    from itwinai_hpc.data.shards import sha256_file, sidecar_path
+
+    out = tmp_path / "out"
+    before = write_shards(out, {"train": {"inputs": _fields(6)}}, dataset="old", shard_size=3)
+    files = sorted(os.listdir(out))
+    real = write.write_json
+
+    def full_disk(path, obj):
+        if str(path).endswith(fail_on):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, obj)
+
+    monkeypatch.setattr(write, "write_json", full_disk)
+    with pytest.raises(UserError) as e:
+        write_shards(out, {"train": {"inputs": _fields(6) + 1}}, dataset="new", shard_size=3)
+    assert "No space left" in str(e.value) and "nothing was written" in str(e.value)
+    assert sorted(os.listdir(out)) == files
+    again = read_manifest(out)
+    assert again.plan_id == before.plan_id and again.dataset == "old"
+    for info in again.splits["train"].shards:  # every shard verifies against manifest + sidecar
+        assert sha256_file(out / info.file) == info.sha256
+        assert json.loads(sidecar_path(out / info.file).read_text())["sha256"] == info.sha256
+    np.testing.assert_array_equal(read_rows(again, "train", 0, 6)[0], _fields(6))
