@@ -26,13 +26,14 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 Spec = dict[str, tuple[np.dtype, tuple[int, ...]]]  # name -> (dtype, sample shape)
 
 
-def _array(value, what: str):
+def _array(value, what: str, where: str = ""):
     if isinstance(value, np.ma.MaskedArray):  # netCDF4-python's default: the mask would go
         masked = int(np.ma.count_masked(value))
         if masked:
-            raise UserError(f"{what} is a masked array with {masked} of {value.size} entries "
-                            "masked (missing); shards store values, not masks: fill the "
-                            "masked entries (array.filled(value)) or drop those samples")
+            raise UserError(f"{what} ({where}) is a masked array with {masked} of "
+                            f"{value.size} entries masked (missing); shards store values, not "
+                            "masks: fill the masked entries (array.filled(value)) or drop "
+                            "those samples")
         value = value.data  # no entry masked: its values are the data
     if hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__getitem__"):
         arr = value
@@ -61,7 +62,7 @@ def check_chunk(split: str, chunk, spec: Spec | None, where: str) -> tuple[dict,
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise UserError(f"split {split!r}: array name {name!r} is not a plain identifier")
         what = f"split {split!r}: array {name!r}"
-        arrays[name] = _array(value, what)
+        arrays[name] = _array(value, what, where)
         dt = numeric_dtype(arrays[name].dtype, what=f"{what} ({where})")
         got[name] = (dt, tuple(int(s) for s in arrays[name].shape[1:]))
         rows[name] = int(arrays[name].shape[0])

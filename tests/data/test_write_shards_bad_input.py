@@ -147,11 +147,12 @@ def test_a_masked_array_with_masked_entries_is_refused(tmp_path):
     fields = np.ma.masked_equal(_fields(6), 7.0)  # one entry masked
     fields[4, 1] = np.ma.masked  # 16 more
     out = tmp_path / "out"
-    for splits in ({"train": {"inputs": fields}},
-                   {"train": iter([{"inputs": _fields(6)}, {"inputs": fields}])}):
+    for splits, where in (({"train": {"inputs": fields}}, "the split's arrays"),
+                          ({"train": iter([{"inputs": _fields(6)}, {"inputs": fields}])},
+                           "chunk 1")):
         with pytest.raises(UserError) as e:
             write_shards(out, splits, dataset="fields", shard_size=4)
-        for word in ("'train'", "'inputs'", "masked array", "17 of 192", "fill", "drop"):
+        for word in ("'train'", "'inputs'", where, "masked array", "17 of 192", "fill", "drop"):
             assert word in str(e.value)
         _nothing_written(out)
 
