@@ -16,44 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from ml_helpers import ml_env, torchrun_train
-
-NET = """
-import torch
-
-
-class StepNet(torch.nn.Module):
-    def __init__(self, channels=2, hidden=8):
-        super().__init__()
-        self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(channels, hidden, 3, padding=1), torch.nn.ReLU(),
-            torch.nn.Conv2d(hidden, channels, 3, padding=1))
-
-    def forward(self, x):
-        return x + self.body(x)
-
-
-class FirstChannel(StepNet):
-    def forward(self, x):
-        return super().forward(x)[:, :1]
-"""
-
-PREP = """
-import sys
-
-import numpy as np
-
-from itwinai_hpc.data import write_shards
-
-rng = np.random.default_rng(0)
-x = rng.normal(size=(300, 2, 16, 16)).astype("float32")
-for _ in range(3):   # smooth fields
-    x = (x + np.roll(x, 1, -1) + np.roll(x, 1, -2)) / 3
-y = (0.9 * x + 0.1 * np.roll(x, 1, -1)).astype("float32")   # the next step
-targets = "--no-targets" not in sys.argv
-parts = {"train": slice(0, 200), "validation": slice(200, 250), "test": slice(250, 300)}
-write_shards(sys.argv[1], {name: {"inputs": x[s], **({"targets": y[s]} if targets else {})}
-                           for name, s in parts.items()}, dataset="tinyfield", shard_size=64)
-"""
+from own_package import write_package
 
 CONFIG = """
 dataset: tinyfield
@@ -68,12 +31,7 @@ tracking: {experiment: tinyfield, system_metrics_every_s: 0}
 
 @pytest.fixture(scope="module")
 def use_case(tmp_path_factory) -> SimpleNamespace:
-    root = tmp_path_factory.mktemp("own-use-case")
-    pkg = root / "tinyfield"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "net.py").write_text(textwrap.dedent(NET))
-    (root / "prep.py").write_text(textwrap.dedent(PREP))
+    root = write_package(tmp_path_factory.mktemp("own-use-case"))
     (root / "train.yml").write_text(textwrap.dedent(CONFIG))
     store = root / "mlruns"
     env = ml_env(store, PYTHONPATH=str(root))
