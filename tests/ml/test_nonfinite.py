@@ -179,8 +179,9 @@ def test_finish_refuses_a_training_without_a_finite_best_epoch():
 
     config = SimpleNamespace(trainer=SimpleNamespace(epochs=2))
     t = Training(config=config, opts=None, ctx=None, manifest=None, model=None, optimizer=None,
-                 scheduler=None, memory_format=None, session=None)
-    with pytest.raises(TrainingFailed, match="no epoch of 2 had a finite validation"):
+                 scheduler=None, memory_format=None,
+                 session=SimpleNamespace(metric="val_accuracy"))
+    with pytest.raises(TrainingFailed, match="no epoch of 2 had a finite val_accuracy and val_loss"):
         finish(t)
 
 
