@@ -48,7 +48,8 @@ MLflow and the registry (rank 0 only; other ranks get None):
         (max: higher is better; min: lower is; default by the metric's kind). The value is the
         run's last logged `metric` unless `value=` is given. In a sweep it also writes the
         task's result file (`status` shows "N of M reported" and the best). Returns
-        (version, became_champion).
+        (version, became_champion). `task="classification"` or `"regression"` records how
+        `itwinai-hpc predict` reads the model (it refuses a model without one).
     job.report(metric, value, mode=)  the sweep result alone, for a script that registers
         nothing.
 

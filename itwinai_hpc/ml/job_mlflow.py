@@ -106,15 +106,24 @@ def _last_value(metric: str) -> float:
     return float(value)
 
 
+TASKS = ("classification", "regression")
+
+
 def register(model, input_example, *, metric: str, mode: str | None = None,
              value: float | None = None, name: str | None = None, alias: str = "champion",
-             description: str = "") -> tuple[str, bool] | None:
+             description: str = "", task: str | None = None) -> tuple[str, bool] | None:
     """Rank 0: log `model` to the active run (job.mlflow_run()) and register it as a new
     version of `name` (default: the experiment's name); `alias` moves to it when `value`
     (default: the run's last logged `metric`) beats the holder's by `mode` (registry.better).
-    A non-finite value is refused (ValueError), nothing logged. In a sweep the task's result
-    file is written too (report). Returns (version, became alias holder); None on other ranks.
+    `task` (classification: one score per class; regression: values) goes into the MLmodel
+    metadata, where `itwinai-hpc predict` reads how to use the model (without it, predict
+    refuses the model). A non-finite value or an unknown task is refused (ValueError), nothing
+    logged. In a sweep the task's result file is written too (report). Returns (version,
+    became alias holder); None on other ranks.
     """
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be 'classification' or 'regression' (or None), "
+                         f"not {task!r}")
     if job.rank() != 0:
         return None
     import numpy as np
@@ -128,7 +137,7 @@ def register(model, input_example, *, metric: str, mode: str | None = None,
     reg = registry.Registration(
         model=model, input_example=np.asarray(input_example), name=name or _experiment(),
         alias=alias, metric=metric, value=value, mode=mode, description=description,
-        tags={"mlflow_run_id": _run_id() or ""})
+        tags={"mlflow_run_id": _run_id() or ""}, metadata={"task": task} if task else {})
     try:
         version, champion = registry.log_and_register(reg)
     finally:

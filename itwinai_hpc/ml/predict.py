@@ -71,6 +71,12 @@ def predict(config: InferenceConfig, data: str, model_uri: str, output: str | os
     with reading_model(model_uri):
         shapes = served_shapes(resolved)
         task = served_task(resolved)
+    if task not in ("classification", "regression"):
+        raise UserError(f"model {model_uri!r} records no task predict knows ({task or 'none'}),"
+                        " so its outputs cannot be read: register it with job.register(..., "
+                        "task='classification') or task='regression', or load it with "
+                        "mlflow.pyfunc.load_model in a predict script of your own",
+                        field="--model")
     if task == "regression":   # arrays in, arrays out: predictions.h5
         return _predict_arrays(config, manifest, model_uri, resolved, about, shapes[0], output,
                                data)
@@ -97,11 +103,19 @@ def predict(config: InferenceConfig, data: str, model_uri: str, output: str | os
 
 
 def served_task(uri: str) -> str | None:
-    """The `task` in a registered model's MLmodel metadata (served_arrays.contract); None for
-    the MNIST pixel classifier, which predates it."""
+    """The `task` in a registered model's MLmodel metadata (served_arrays.contract,
+    job.register(task=)); classification for the MNIST pixel classifier (uint8 pixels in),
+    whose contract predates the key; None where neither says."""
     import mlflow.models
+    import numpy as np
 
-    return (mlflow.models.get_model_info(uri).metadata or {}).get("task")
+    info = mlflow.models.get_model_info(uri)
+    task = (info.metadata or {}).get("task")
+    inputs = info.signature.inputs if info.signature is not None else None
+    if task is None and inputs is not None and inputs.is_tensor_spec() \
+            and len(inputs.inputs) == 1 and inputs.inputs[0].type == np.dtype("uint8"):
+        return "classification"
+    return task
 
 
 def _predict_arrays(config, manifest, model_uri, resolved, about, input_shape, output, data
