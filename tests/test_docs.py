@@ -86,6 +86,14 @@ def test_the_readme_is_a_front_door_into_the_docs():
         "docs/own-use-case.md shows no local run"
 
 
+def test_the_readme_shows_doctors_real_output_as_the_docs_do():
+    # issue 23: doctor's output is shown in the README; the snippet is a real 2-node run, and
+    # the README's copy must not drift from the one the cluster page includes
+    snippet = (DOCS / "snippets" / "doctor-2-nodes.txt").read_text().rstrip("\n")
+    assert "PASS  allreduce" in snippet and "--nodes 2" in snippet
+    assert snippet in (ROOT / "README.md").read_text()
+
+
 PROMISE = re.compile(r'^# ---- (README\.md|docs/[\w./-]+\.md): "(.*?)"', re.S | re.M)
 
 
