@@ -218,7 +218,7 @@ def test_the_script_templates_train_py_stops_on_the_stop_file_and_resumes_where_
     assert stopped.returncode == 75, stopped.stderr[-2000:]     # "stopped early, resume me"
     assert (tmp_path / "checkpoints").is_dir()
     assert "registered" not in stopped.stdout
-    (tmp_path / "train.STOP").unlink(missing_ok=True)
+    assert not (tmp_path / "train.STOP").exists()           # job.exit_stopped served it
     resumed = run("train.py", "--data", "shards", "--epochs", "2", "--stop-check-every", "1")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming at epoch 1, batch 1" in resumed.stdout
