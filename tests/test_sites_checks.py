@@ -140,6 +140,21 @@ def test_nersc_takes_a_registry_image_and_warns_without_a_qos(capsys, monkeypatc
     assert "qos" not in err
 
 
+@pytest.mark.parametrize("profile,image,says", [
+    # a newline would end `#SBATCH --image=` and start a directive of the attacker's choosing
+    ("nersc", "docker:alice/x:1\n#SBATCH --account=evil", "holds a control character"),
+    ("generic", "img.sif\n#SBATCH --account=evil", "holds a control character"),
+    ("nersc", "docker:alice/x:1 --account=evil", "holds a space"),
+])
+def test_an_image_name_cannot_add_an_sbatch_directive(capsys, tmp_path, profile, image, says):
+    out_dir = tmp_path / "run"
+    code = main(["render", str(MNIST), "--profile", profile, "-o", str(out_dir),
+                 "--set", f"vars.image={image}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "container.image" in err and says in err, err
+    assert "Traceback" not in err and not out_dir.exists()
+
+
 # --- CSCS -----------------------------------------------------------------------------------
 
 def test_cscs_refuses_a_sif_where_an_edf_belongs(capsys):

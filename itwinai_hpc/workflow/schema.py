@@ -91,6 +91,16 @@ class Container(_Model):
     def _env(cls, env: dict | None) -> dict | None:
         return check_env(env)
 
+    @field_validator("image")
+    @classmethod
+    def _image(cls, image: str | None) -> str | None:
+        # The image reaches `#SBATCH --image=` for Shifter, where a newline would start a
+        # directive of its own; no image name or path holds a control character.
+        if image is not None and any(ord(c) < 32 or ord(c) == 127 for c in image):
+            raise ValueError(f"{image!r} holds a control character (a newline?); an image "
+                             "is one path or registry name")
+        return image
+
     @field_validator("options")
     @classmethod
     def _options(cls, opts):

@@ -102,7 +102,10 @@ def site_refusals(wf: Workflow, doc: YamlDoc, site: LoadedProfile | None) -> lis
     for i in range(len(wf.steps)):
         s = _Step(wf, i, site)
         image, where = s.image, _at(i, "container", "image")
-        if image and s.runtime == "shifter" and _is_file(image):
+        if image and s.runtime == "shifter" and any(c.isspace() for c in image):
+            report.add(where, f"'{image}' holds a space: Shifter's image goes on an `#SBATCH "
+                       "--image=` line, which ends at it; name it as docker:REPO/NAME:TAG")
+        elif image and s.runtime == "shifter" and _is_file(image):
             report.add(where, f"'{image}' is a file, but Shifter runs only images pulled into "
                        "its image gateway from a registry: `shifterimg pull docker:REPO/NAME:TAG`, "
                        "then name it as docker:REPO/NAME:TAG")
