@@ -87,8 +87,12 @@ def end_stopped(reason: str) -> None:
 
 def _mode(metric: str, mode: str | None) -> str:
     if mode is None:
-        from itwinai_hpc.ml.metrics import default_mode
+        from itwinai_hpc.ml.metrics import HIGHER_IS_BETTER, default_mode
 
+        base = metric.split("_", 1)[1] if metric.startswith(("val_", "test_")) else metric
+        if base not in HIGHER_IS_BETTER:   # a guess could crown the worst model
+            raise ValueError(f"which way is better for {metric!r} is not known: pass "
+                             "mode='min' (an error, a loss) or mode='max' (a score)")
         return default_mode(metric)
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")

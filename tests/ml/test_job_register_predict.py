@@ -74,3 +74,17 @@ def test_an_unknown_task_is_refused_before_anything_is_registered(toy):
     with pytest.raises(ValueError, match="task must be 'classification' or 'regression'"):
         register("toy-bad", task="segmentation")
     assert mlflow.MlflowClient().search_registered_models() == []
+
+
+def test_a_metric_of_unknown_direction_needs_a_mode_and_nothing_is_registered(toy):
+    # a guess of 'max' for an error metric would crown the worst model of a sweep
+    with mlflow.start_run(experiment_id=mlflow.set_experiment("toy").experiment_id):
+        with pytest.raises(ValueError, match="which way is better for 'val_my_error'"):
+            job.register(torch.nn.Linear(4, 1), np.zeros((2, 4), np.float32),
+                         metric="val_my_error", value=1.0, name="toy-dir", task="regression")
+        assert mlflow.MlflowClient().search_registered_models() == []
+        version, _ = job.register(torch.nn.Linear(4, 1), np.zeros((2, 4), np.float32),
+                                  metric="val_rmse", value=1.0, name="toy-dir",
+                                  task="regression")     # a known error metric: min
+    holder = mlflow.MlflowClient().get_model_version_by_alias("toy-dir", "champion")
+    assert str(holder.version) == str(version) and holder.tags["val_rmse"] == "1.0"
