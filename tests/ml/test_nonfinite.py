@@ -181,7 +181,8 @@ def test_finish_refuses_a_training_without_a_finite_best_epoch():
     t = Training(config=config, opts=None, ctx=None, manifest=None, model=None, optimizer=None,
                  scheduler=None, memory_format=None,
                  session=SimpleNamespace(metric="val_accuracy"))
-    with pytest.raises(TrainingFailed, match="no epoch of 2 had a finite val_accuracy and val_loss"):
+    with pytest.raises(TrainingFailed,
+                       match="no epoch of 2 had a finite val_accuracy and val_loss"):
         finish(t)
 
 
