@@ -190,8 +190,9 @@ def test_a_nan_validation_metric_never_becomes_the_best_epoch():
     from itwinai_hpc.ml.training_state import Training
 
     model = torch.nn.Linear(2, 2)
-    t = Training(config=None, opts=None, ctx=None, manifest=None, model=model, optimizer=None,
-                 scheduler=None, memory_format=None, session=None)
+    config = SimpleNamespace(registry=SimpleNamespace(select_by="val_accuracy", mode="max"))
+    t = Training(config=config, opts=None, ctx=None, manifest=None, model=model,
+                 optimizer=None, scheduler=None, memory_format=None, session=None)
 
     def val(accuracy, loss=0.5):
         return SimpleNamespace(accuracy=accuracy, loss=loss)
