@@ -184,15 +184,18 @@ def _slurm_tests_get_the_main_cluster(request) -> None:
 _MLFLOW_GLOBALS = (("mlflow.tracking._tracking_service.utils", "_tracking_uri",
                     "MLFLOW_TRACKING_URI"),
                    ("mlflow.tracking._model_registry.utils", "_registry_uri",
-                    "MLFLOW_REGISTRY_URI"))
+                    "MLFLOW_REGISTRY_URI"),
+                   # set_experiment's choice: a later test's resumed run in another store's
+                   # experiment fails start_run ("active experiment ID does not match")
+                   ("mlflow.tracking.fluent", "_active_experiment_id", "MLFLOW_EXPERIMENT_ID"))
 
 
 @pytest.fixture(autouse=True)
 def _mlflow_settings_stay_in_their_test() -> Iterator[None]:
-    """mlflow.set_tracking_uri/set_registry_uri (tracking.configure) set a process-wide URI and
-    the environment variable that every later subprocess inherits: put both back after each
-    test, so that no test reads or writes another test's store (what module and session
-    fixtures set before the test stays)."""
+    """mlflow.set_tracking_uri/set_registry_uri (tracking.configure) and set_experiment set a
+    process-wide URI (or experiment) and the environment variable that every later subprocess
+    inherits: put both back after each test, so that no test reads or writes another test's
+    store or experiment (what module and session fixtures set before the test stays)."""
     saved = [(getattr(sys.modules.get(module), name, None), os.environ.get(var))
              for module, name, var in _MLFLOW_GLOBALS]
     yield

@@ -1,6 +1,7 @@
 """What one test sets process-wide does not reach the next (tests/conftest.py puts it back):
-MLflow's tracking and registry URIs, which tracking.configure sets together with the environment
-variables every later subprocess inherits. Checked in a pytest session of its own (pytester)
+MLflow's tracking and registry URIs (tracking.configure) and its active experiment
+(set_experiment), which it sets together with the environment variables every later
+subprocess inherits. Checked in a pytest session of its own (pytester)
 with this folder's conftest: a test that sets them, then one that must not see them."""
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ def test_a_points_mlflow_at_its_own_store(tmp_path):
     import mlflow
     assert mlflow.get_tracking_uri() == uri == os.environ["MLFLOW_TRACKING_URI"]
     assert mlflow.get_registry_uri() == uri == os.environ["MLFLOW_REGISTRY_URI"]
+    mlflow.set_experiment("mine")      # sets MLFLOW_EXPERIMENT_ID for every later subprocess
+    assert os.environ["MLFLOW_EXPERIMENT_ID"]
 
 
 def test_b_does_not_see_that_store():
@@ -28,6 +31,8 @@ def test_b_does_not_see_that_store():
                   os.environ.get("MLFLOW_TRACKING_URI", ""),
                   os.environ.get("MLFLOW_REGISTRY_URI", "")):
         assert "mine" not in value, value
+    from mlflow.tracking import fluent
+    assert fluent._active_experiment_id is None and "MLFLOW_EXPERIMENT_ID" not in os.environ
 '''
 
 

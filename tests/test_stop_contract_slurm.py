@@ -7,6 +7,7 @@ the same MLflow run. A step that exits 75 without a requeue is STOPPED, not FAIL
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -57,7 +58,8 @@ steps:
     log = Path(m.step("train").log).read_text()
     assert rc == 0 and [str(s.state) for s in m.steps] == ["COMPLETED", "COMPLETED"], log[-3000:]
     assert "rank 0 stopped at step" in log and "requeue (restart 1)" in log, log[-3000:]
-    stopped = int(log.split("rank 0 stopped at step ")[1].split()[0])
+    # the ranks print to one log: their lines may run together ("...step 5rank 1 stopped...")
+    stopped = int(re.search(r"rank 0 stopped at step (\d+)", log).group(1))
     assert 0 < stopped < 40 and f"rank 0 resumed at step {stopped}" in log
     from mlflow import MlflowClient
 
