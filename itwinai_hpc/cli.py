@@ -208,17 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", metavar="NAME", help="print one profile with its comments")
     p.set_defaults(func=_command("profiles", "cmd_profiles"))
 
-    p = sub.add_parser("schema", help="print the JSON Schema of workflow (or config) files",
-                       description="Print a JSON Schema (draft 2020-12) of the workflow format, "
-                                   "or with --config of a train, inference or preprocess "
-                                   "config, generated from the models that check them. Point "
-                                   "your editor at it: a first line `# yaml-language-server: "
-                                   "$schema=PATH` in the YAML file.")
-    p.add_argument("--config", choices=["train", "inference", "preprocess"],
-                   help="the schema of that config file instead of a workflow's")
-    p.set_defaults(func=_command("schema", "cmd_schema"))
-
-    _command("extra_args", "register")((sub, workflow_args, run_folder_args, _command))
+    from itwinai_hpc.commands import extra_args  # doctor, init, schema: modules of their own
+    extra_args.register((sub, workflow_args, run_folder_args, _command))
     _add_optional_commands(sub)
     _group_command_help(parser, sub)
     return parser

@@ -1,13 +1,13 @@
-"""Subcommands whose arguments live outside cli.py, which is at the 300-line module limit:
-cli.py makes one call, `register(parts)` here, and each module of MODULES adds its parser with
-`register((sub, workflow_args, run_folder_args, _command))`. Add a command here, not in cli.py.
-Imports nothing heavy."""
+"""Subcommands whose arguments live outside cli.py (which keeps under the 300-line module
+limit): cli.py makes one call, `register(parts)` here, and each module of MODULES adds its
+parser with `register((sub, workflow_args, run_folder_args, _command))`. Add a command here,
+not in cli.py. Imports nothing heavy."""
 
 from __future__ import annotations
 
 import importlib
 
-MODULES = ("doctor_args", "init_args")
+MODULES = ("schema_args", "doctor_args", "init_args")
 
 
 def register(parts: tuple) -> None:
