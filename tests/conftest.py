@@ -190,15 +190,12 @@ _MLFLOW_GLOBALS = (("mlflow.tracking._tracking_service.utils", "_tracking_uri",
                    ("mlflow.tracking.fluent", "_active_experiment_id", "MLFLOW_EXPERIMENT_ID"))
 
 
-@pytest.fixture(autouse=True)
-def _mlflow_settings_stay_in_their_test() -> Iterator[None]:
-    """mlflow.set_tracking_uri/set_registry_uri (tracking.configure) and set_experiment set a
-    process-wide URI (or experiment) and the environment variable that every later subprocess
-    inherits: put both back after each test, so that no test reads or writes another test's
-    store or experiment (what module and session fixtures set before the test stays)."""
-    saved = [(getattr(sys.modules.get(module), name, None), os.environ.get(var))
-             for module, name, var in _MLFLOW_GLOBALS]
-    yield
+def _mlflow_settings() -> list[tuple[object, str | None]]:
+    return [(getattr(sys.modules.get(module), name, None), os.environ.get(var))
+            for module, name, var in _MLFLOW_GLOBALS]
+
+
+def _put_back_mlflow_settings(saved: list[tuple[object, str | None]]) -> None:
     for (module, name, var), (value, env) in zip(_MLFLOW_GLOBALS, saved):
         if sys.modules.get(module) is not None:
             setattr(sys.modules[module], name, value)
@@ -206,6 +203,28 @@ def _mlflow_settings_stay_in_their_test() -> Iterator[None]:
             os.environ.pop(var, None)
         else:
             os.environ[var] = env
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_settings_stay_in_their_module() -> Iterator[None]:
+    """What a module fixture sets (a trained champion's store, through tracking.configure) is
+    put back when its module ends: the per-test fixture below keeps it for the module's own
+    tests, and without this it reached every later module (CI: the init scaffold's plain
+    mlflow predict.py looked for its model in another module's deleted registry)."""
+    saved = _mlflow_settings()
+    yield
+    _put_back_mlflow_settings(saved)
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_settings_stay_in_their_test() -> Iterator[None]:
+    """mlflow.set_tracking_uri/set_registry_uri (tracking.configure) and set_experiment set a
+    process-wide URI (or experiment) and the environment variable that every later subprocess
+    inherits: put both back after each test, so that no test reads or writes another test's
+    store or experiment (what module and session fixtures set before the test stays)."""
+    saved = _mlflow_settings()
+    yield
+    _put_back_mlflow_settings(saved)
 
 
 @pytest.fixture(scope="session")

@@ -185,6 +185,9 @@ def test_the_scaffold_templates_ship_in_the_package():
 def test_each_template_runs_end_to_end_on_the_local_backend(run_folder, capsys, monkeypatch,
                                                              template):
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    # a registry the user's shell still points at (another project's): the workflow's own
+    # store must win in every step, the plain-mlflow predict.py of `script` included
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"file:{run_folder / 'elsewhere'}")
     assert _init(capsys, "demo", "--template", template)[0] == 0
     rc = main(["submit", "use-cases/demo/workflow.yml", "--backend", "local", "--wait",
                "--set", "defaults.container=none", "--set", "vars.epochs=1"])

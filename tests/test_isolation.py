@@ -39,6 +39,37 @@ def test_b_does_not_see_that_store():
 def test_mlflow_uris_set_by_one_test_are_put_back_before_the_next(pytester):
     pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
     pytester.makepyfile(test_two=TWO_TESTS)
-    result = pytester.runpytest("-p", "no:randomly", "-p", "no:cacheprovider", "-q",
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider", "-q",
                                 "test_two.py")
     result.assert_outcomes(passed=2)
+
+
+MODULE_FIXTURE = '''
+import pytest
+
+from itwinai_hpc.ml import tracking
+
+
+@pytest.fixture(scope="module")
+def champion_store(tmp_path_factory):
+    return tracking.configure(f"file:{tmp_path_factory.mktemp('mine')}")
+
+
+def test_uses_the_module_store(champion_store):
+    import mlflow
+    assert mlflow.get_registry_uri() == champion_store
+
+
+def test_still_sees_it(champion_store):
+    import os
+    assert os.environ["MLFLOW_REGISTRY_URI"] == champion_store
+'''
+
+
+def test_mlflow_uris_set_by_a_module_fixture_stay_in_that_module(pytester):
+    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
+    pytester.makepyfile(test_1_module=MODULE_FIXTURE,
+                        test_2_next=TWO_TESTS.split("def test_a_")[0]
+                        + "def test_b_" + TWO_TESTS.split("def test_b_")[1])
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider", "-q")
+    result.assert_outcomes(passed=3)
