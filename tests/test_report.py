@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from itwinai_hpc.backends.slurm.accounting import parse_usage
 from itwinai_hpc.cli import main
 from itwinai_hpc.core.slurm_syntax import mem_bytes
@@ -80,7 +82,11 @@ def test_report_on_the_slurmdbd_cluster_shows_usage_and_advice(slurm_cluster_dbd
     work = next(j for j in doc["jobs"] if j["step"] == "work")
     assert work["cpus"] == 2 and work["req_mem"] == 2 * 2**30 and work["limit"] == 7200
     assert 100 * 2**20 < work["max_rss"] < 2 * 2**30
-    assert 0.1 < work["cpu_efficiency"] <= 1.0
+    # what sacct measured, folded as the table shows it (the job burns one of its 2 CPUs; how
+    # much of it the emulated node gave it depends on the machine's load, so no floor)
+    assert work["cpu_seconds"] > 0 and work["elapsed"] > 0
+    assert work["cpu_efficiency"] == pytest.approx(
+        work["cpu_seconds"] / (work["elapsed"] * work["cpus"])) and work["cpu_efficiency"] <= 1.0
     assert any("asked 2.0G of memory" in a for a in work["advice"])
     tasks = [j for j in doc["jobs"] if j["step"] == "tasks"]
     assert len(tasks) == 2 and {t["state"] for t in tasks} == {"COMPLETED"}
