@@ -51,7 +51,9 @@ def _command(module: str, function: str):
     return run
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `only`, one whose only real command is that one (the full parser
+    where no command has that name): see commands/one_command.py."""
     parser = argparse.ArgumentParser(
         prog="itwinai-hpc", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="One workflow YAML becomes dependent SLURM jobs (or a local run).",
@@ -59,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"itwinai-hpc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND",
                                 help="one of the commands listed below")
+    if only is not None:
+        from itwinai_hpc.commands.one_command import OneCommand
+        sub = OneCommand(sub, only)  # type: ignore[assignment]
 
     def workflow_args(p: argparse.ArgumentParser, what: str = "the workflow YAML file") -> None:
         p.add_argument("workflow", nargs="?", metavar="WORKFLOW", help=what)
@@ -210,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from itwinai_hpc.commands import extra_args  # doctor, init, schema: modules of their own
     extra_args.register((sub, workflow_args, run_folder_args, _command))
-    _add_optional_commands(sub)
+    if only is None or not sub.found:  # type: ignore[attr-defined]
+        _add_optional_commands(sub)
+    if only is not None:
+        return parser if sub.found else build_parser()  # type: ignore[attr-defined]
     _group_command_help(parser, sub)
     return parser
 
@@ -252,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(only=words[0] if words and not words[0].startswith("-") else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
