@@ -115,7 +115,8 @@ def evaluate(ctx: D.Context, model, loader, memory_format, num_classes: int, *,
             loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
             prob, pred = torch.softmax(logits, dim=1).max(dim=1)
             labels, pred, prob = labels.cpu(), pred.cpu(), prob.cpu()
-            wrong = keep_examples and normalization is not None and bool((pred != labels).any())
+            # Misclassified images only where they are pixels (MNIST); {} for write_shards.
+            wrong = keep_examples and bool(normalization) and bool((pred != labels).any())
             tally.add(labels.numpy(), pred.numpy(), loss.item(), probability=prob.numpy(),
                       pixels=to_pixels(images, normalization) if wrong else None,
                       index=index.numpy())
