@@ -7,7 +7,6 @@ of a file at once, sorted by line. Pure: no I/O beyond what the YamlDoc already 
 
 from __future__ import annotations
 
-import difflib
 import typing
 from typing import Any, TypeVar
 
@@ -61,6 +60,7 @@ def explain(exc: ValidationError, doc: YamlDoc, model: type[BaseModel]) -> list[
 
 
 def did_you_mean(word: str, options) -> str:
+    import difflib  # here: only a misspelt name needs it, not every valid file
     options = [str(o) for o in options]
     close = difflib.get_close_matches(word.replace("_", "-"), options, n=1, cutoff=0.6) or \
         difflib.get_close_matches(word, options, n=1, cutoff=0.6)

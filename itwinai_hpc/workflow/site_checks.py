@@ -25,10 +25,6 @@ from itwinai_hpc.workflow.schema import Workflow, list_items, merge
 FILE_IMAGE = re.compile(r"\.(sif|simg|img|sqsh|squashfs|tar|tar\.gz)$", re.I)
 CPU_LIST = re.compile(r"^--cpu[-_]bind=(?:[a-z_]+,)*(mask_cpu|map_cpu|mask_ldom|map_ldom):(\S+)$")
 HOOK = ("com", "hooks", "aws_ofi_nccl", "enabled")
-try:
-    import tomllib
-except ImportError:                 # Python 3.10: read the hook's line itself (_hook_by_text)
-    tomllib = None  # type: ignore[assignment]
 
 
 class _Step:
@@ -196,6 +192,10 @@ def _edf_problem(image: str, workdir: Path) -> str | None:
         path = workdir / image
     else:
         path = Path(os.path.expanduser(f"~/.edf/{image}.toml"))
+    try:                            # imported here: only a container-engine step reads an EDF
+        import tomllib
+    except ImportError:             # Python 3.10: read the hook's line itself (_hook_by_text)
+        tomllib = None
     try:
         text = path.read_text(encoding="utf-8")
         enabled = _lookup(tomllib.loads(text).get("annotations"), HOOK) == "true" \
