@@ -77,9 +77,9 @@ def predict(config: InferenceConfig, data: str, model_uri: str, output: str | os
                         "task='classification') or task='regression', or load it with "
                         "mlflow.pyfunc.load_model in a predict script of your own",
                         field="--model")
-    if task == "regression":   # arrays in, arrays out: predictions.h5
-        return _predict_arrays(config, manifest, model_uri, resolved, about, shapes[0], output,
-                               data)
+    if task == "regression" or manifest.arrays:   # shards of write_shards: stored arrays in
+        return _predict_arrays(config, manifest, model_uri, resolved, about, shapes, task,
+                               output, data)
     output = output_file(output)
     check_model_fits(model_uri, about, manifest, *shapes)
     loader = _loader(manifest, config)    # reads and checks the split before any MLflow run
@@ -118,36 +118,54 @@ def served_task(uri: str) -> str | None:
     return task
 
 
-def _predict_arrays(config, manifest, model_uri, resolved, about, input_shape, output, data
+def _predict_arrays(config, manifest, model_uri, resolved, about, shapes, task, output, data
                     ) -> PredictResult:
-    """A regression model's predictions -> DIR/predictions.h5 (predict_arrays.py), its
-    metrics and figures against the split's targets where it has them."""
+    """A model on write_shards' arrays (stored dtype and shape in). A regression's outputs ->
+    DIR/predictions.h5 (predict_arrays.py), its metrics and figures against the split's
+    targets where it has them; a classifier's class and probability per sample ->
+    predictions.csv (predict_classes.py), accuracy and the confusion matrix where it has them."""
     from itwinai_hpc.ml import predict_arrays as A
+    from itwinai_hpc.ml import predict_classes as C
     from itwinai_hpc.ml import registry, tracking
     from itwinai_hpc.ml.store_reading import reading_model
 
-    path = A.output_file(output)
-    A.check_model_fits(model_uri, manifest, input_shape)
+    classes = task == "classification"
+    with reading_model(model_uri):
+        dtype = A.served_input_dtype(resolved)
+    if classes:
+        path = C.output_file(output)
+        C.check_model_fits(model_uri, manifest, config.split, shapes[0], shapes[1], dtype)
+        loader = C.loader(manifest, config)   # reads and checks the split before any run
+    else:
+        path = A.output_file(output)
+        A.check_model_fits(model_uri, manifest, shapes[0], dtype)
     from itwinai_hpc.ml.served import graph_on
 
     device = inference_device()
     with reading_model(model_uri):
         model = graph_on(registry.load_model(resolved), device)
     run_id = _start_run(config, about)
+    evaluation = None
     try:
-        predictions, evaluation = A.predict_rows(model, manifest, config, device)
-        A.write_h5(path, predictions, {"model_uri": model_uri, "split": config.split,
-                                       **{f"model.{k}": v for k, v in about.items()}})
-        _log_run(config, manifest, model_uri, about, len(predictions), None, path, data)
-        if evaluation is not None:
-            tracking.log_metrics({**evaluation.metrics, "loss": evaluation.loss}, 0)
-            tracking.log_regression(evaluation, config.split)
+        if classes:
+            rows, evaluation, text = C.predict_rows(model, manifest, config, device, loader)
+            _write(path, text)
+            _log_run(config, manifest, model_uri, about, rows, evaluation, path, data)
+        else:
+            predictions, regression = A.predict_rows(model, manifest, config, device)
+            rows = len(predictions)
+            A.write_h5(path, predictions, {"model_uri": model_uri, "split": config.split,
+                                           **{f"model.{k}": v for k, v in about.items()}})
+            _log_run(config, manifest, model_uri, about, rows, None, path, data)
+            if regression is not None:
+                tracking.log_metrics({**regression.metrics, "loss": regression.loss}, 0)
+                tracking.log_regression(regression, config.split)
     except BaseException:
         tracking.end_run("FAILED")
         raise
     tracking.end_run("FINISHED")
-    return PredictResult(path, len(predictions), None, model_uri, about.get("model_version"),
-                         run_id)
+    accuracy = evaluation.accuracy if evaluation is not None and rows else None
+    return PredictResult(path, rows, accuracy, model_uri, about.get("model_version"), run_id)
 
 
 def _write(output: Path, text: str) -> None:

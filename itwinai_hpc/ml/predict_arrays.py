@@ -35,9 +35,11 @@ def output_file(location: str | os.PathLike) -> Path:
     return path
 
 
-def check_model_fits(model_uri: str, manifest, input_shape) -> None:
-    """The model's signature input (-1, *sample shape) against the shards' inputs."""
-    from itwinai_hpc.data.arrays import array_shape
+def check_model_fits(model_uri: str, manifest, input_shape, input_dtype=None) -> None:
+    """The model's signature input (-1, *sample shape) and dtype against the shards' inputs:
+    another dtype is refused, never cast (the model casts floats to its weights' dtype
+    inside, but its signature names the dtype it was trained on)."""
+    from itwinai_hpc.data.arrays import array_dtype, array_shape
     from itwinai_hpc.data.manifest_checks import dims
 
     if not manifest.arrays:
@@ -50,6 +52,23 @@ def check_model_fits(model_uri: str, manifest, input_shape) -> None:
         raise UserError(f"the shards' inputs are {dims(want)} per sample, model {model_uri!r} "
                         f"takes {dims(input_shape[1:])} (its signature)",
                         file=str(manifest.path), field="inputs")
+    stored = array_dtype(manifest, "inputs")
+    if input_dtype is not None and np.dtype(input_dtype) != stored:
+        raise UserError(f"the shards' inputs are {stored}, model {model_uri!r} takes "
+                        f"{np.dtype(input_dtype)} (its signature); write the shards in "
+                        f"{np.dtype(input_dtype)}, as its training data", file=str(manifest.path),
+                        field="arrays.inputs.dtype")
+
+
+def served_input_dtype(uri: str):
+    """The dtype of a (resolved) model's single tensor input (its signature); None without."""
+    import mlflow.models
+
+    signature = mlflow.models.get_model_info(uri).signature
+    inputs = signature.inputs if signature is not None else None
+    if inputs is None or not inputs.is_tensor_spec() or len(inputs.inputs) != 1:
+        return None
+    return inputs.inputs[0].type
 
 
 def predict_rows(model, manifest, config, device=None):
