@@ -1,8 +1,11 @@
-"""The `predict` step: a model from the MLflow registry -> one prediction per image of a split
--> a CSV written atomically, plus an MLflow run with what a user looks at (accuracy, loss,
-confusion matrix, per-class table, misclassified digits), the data and the model as its inputs,
-and where it came from. A single process; it never imports itwinai_hpc.backends and never learns
-which scheduler runs it.
+"""The `predict` step: a model from the MLflow registry -> one prediction per sample of a split,
+written atomically, plus an MLflow run with what a user looks at, the data and the model as its
+inputs, and where it came from. MNIST pixels: predictions.csv `index,predicted,probability,
+label`, accuracy, loss, confusion matrix, per-class table, misclassified digits. A classifier on
+write_shards' arrays (predict_classes.py): the same columns in sample order (`label`, accuracy
+and the tables only where the split has targets). A regression (predict_arrays.py):
+DIR/predictions.h5, and rmse, mae, r2 and field figures against targets. A single process; it
+never imports itwinai_hpc.backends and never learns which scheduler runs it.
 """
 
 from __future__ import annotations
