@@ -101,7 +101,9 @@ def evaluate(ctx: D.Context, model, loader, memory_format, num_classes: int, *,
     import torch
 
     from itwinai_hpc.ml.metrics import Sums
+    from itwinai_hpc.ml.tasks import cast
 
+    dtype = next(iter(model.parameters())).dtype
     model.eval()
     tally = Tally(num_classes, keep_examples)
     sums = Sums(list(custom), custom) if custom else None
@@ -109,6 +111,7 @@ def evaluate(ctx: D.Context, model, loader, memory_format, num_classes: int, *,
         for images, labels, index in loader:   # on the device when the reader holds it there
             images = images.to(ctx.device, non_blocking=True, memory_format=memory_format)
             labels = labels.to(ctx.device, non_blocking=True)
+            images, labels = cast(images, labels, dtype, "classification")   # as in training
             logits = model(images).float()
             if sums is not None:
                 sums.add(logits, labels)

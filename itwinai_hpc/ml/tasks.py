@@ -130,12 +130,20 @@ def check_fits(config: TrainConfig, model, manifest) -> None:
 
 
 def cast(inputs, targets, dtype, task: str):
-    """A batch in the model's dtype: floating inputs (and a regression's floating targets)."""
+    """A batch in the model's dtype: floating inputs (and a regression's floating targets);
+    a classification's class numbers as int64, what cross_entropy takes (int32, uint8 ... widen
+    losslessly)."""
+    import torch
+
     if inputs.is_floating_point() and inputs.dtype != dtype:
         inputs = inputs.to(dtype)
-    if task == "regression" and targets is not None and targets.is_floating_point() \
-            and targets.dtype != dtype:
+    if targets is None:
+        return inputs, targets
+    if task == "regression" and targets.is_floating_point() and targets.dtype != dtype:
         targets = targets.to(dtype)
+    elif task == "classification" and not targets.is_floating_point() \
+            and targets.dtype != torch.int64:
+        targets = targets.to(torch.int64)
     return inputs, targets
 
 
