@@ -2,32 +2,46 @@
 checkpoints with exact resume, early stop on request, and a run that fails (TrainingFailed) when
 its loss diverges; finish.py hands the best model to the registry.
 
-Rank 0 alone talks to MLflow (through session.py) and writes checkpoints; every rank reads the
-checkpoint on start. Knows nothing about the scheduler that launched it.
+`Trainer.fit` is the loop; its parts are built by train_setup.py. Rank 0 alone talks to MLflow
+(through session.py) and writes checkpoints; every rank reads the checkpoint on start, and every
+rank makes the same collectives in the same order (any_rank, all_reduce, barrier), or DDP hangs.
+Knows nothing about the scheduler that launched it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.ml import distributed as D
 from itwinai_hpc.ml import tasks
 from itwinai_hpc.ml.checkpoint import checkpoint_path, load_checkpoint
 from itwinai_hpc.ml.config import TrainConfig
+from itwinai_hpc.ml.finish import finish
 from itwinai_hpc.ml.fit_checks import check_resumable, check_same_model
 from itwinai_hpc.ml.progress import progress, progress_done
 from itwinai_hpc.ml.session import TrackingSession
+from itwinai_hpc.ml.train_setup import Parts, build_optimizer, build_parts  # noqa: F401
 from itwinai_hpc.ml.training_state import (  # noqa: F401  (the trainer's API)
     Best,
+    EpochMetrics,
+    EpochSums,
     Training,
     TrainingFailed,
     TrainOptions,
     TrainResult,
+    diverged,
 )
+
+if TYPE_CHECKING:
+    import torch
+
+    from itwinai_hpc.data.dataset import ShardedLoader
+    from itwinai_hpc.ml.step import LossWatch, StepLosses
 
 TRAINERS: dict[str, Callable] = {}
 
@@ -46,225 +60,218 @@ def get_trainer(name: str):
     return TRAINERS[name]
 
 
-def build_optimizer(model, tcfg, total_steps: int, *, fused: bool = False):
-    """The optimizer and its per-batch schedule; `fused` (a GPU): Adam's update in one kernel
-    instead of a launch per tensor."""
-    import torch
+class Trainer:
+    """One invocation of the `classifier` trainer: `Trainer.build(...).fit()`."""
 
-    if tcfg.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, fused=fused or None)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=0.9)
-    if tcfg.lr_schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg.max_lr,
-                                                    total_steps=total_steps,
-                                                    pct_start=tcfg.pct_start)
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    return opt, sched
+    # set by start(), once the MLflow run is on
+    t: Training                # what the checkpoints and finish() share
+    stop: D.StopRequest
+    val_loader: ShardedLoader
+    losses: StepLosses | None  # rank 0 logs step losses as their asynchronous copies arrive
+    watch: LossWatch           # every rank's step losses: a diverged run fails
 
+    def __init__(self, config: TrainConfig, opts: TrainOptions, ctx: D.Context, parts: Parts,
+                 log: Callable[..., None] = print):
+        self.config, self.opts, self.ctx, self.parts, self.log = config, opts, ctx, parts, log
+        self.epochs, self.device = config.trainer.epochs, cast("torch.device", ctx.device)
+        self.where = str(checkpoint_path(opts.checkpoint_dir or "."))
+        self.ck: dict | None = None            # the checkpoint resumed
+        self.start_epoch, self.start_batch, self.resumed_best = 0, 0, Best()
+        self.partial = (0.0, 0.0)   # rank 0: loss and samples of the resumed epoch's first part
 
-def diverged(ctx: D.Context, watch, steps_per_epoch: int, patience: int, at_step: int
-             ) -> TrainingFailed:
-    """The error of a training stopped at `at_step` for non-finite losses: every rank calls
-    this (it gathers each rank's LossWatch.report) and gets the same message, about the run
-    that began first."""
-    reports = D.all_gather_object(ctx, watch.report)
-    rank, r = min(((i, r) for i, r in enumerate(reports) if r is not None),
-                  key=lambda found: found[1].first_step)
+    @classmethod
+    def build(cls, config: TrainConfig, opts: TrainOptions, ctx: D.Context,
+              log: Callable[..., None] = print) -> Trainer:
+        return cls(config, opts, ctx, build_parts(config, opts, ctx, log), log)
 
-    def at(step: int) -> str:
-        epoch, batch = divmod(step - 1, steps_per_epoch)
-        return f"step {step} (epoch {epoch + 1}, batch {batch + 1} of {steps_per_epoch})"
+    def fit(self) -> TrainResult:
+        if (done := self.resume()) is not None:
+            return done            # the checkpoint is a finished training's
+        self.start()
+        with self.session_guard():
+            for epoch in range(self.start_epoch, self.epochs):
+                trained = self.train_epoch(epoch)
+                if isinstance(trained, TrainResult):
+                    return trained     # the ranks agreed to stop mid-epoch: checkpointed
+                metrics = self.validate(epoch, trained)
+                if (stopped := self.end_epoch(epoch, metrics)) is not None:
+                    return stopped
+            progress_done()     # evaluation and registration follow at their own pace
+            return finish(self.t)
 
-    what = (f"training ended {r.count} step(s) into it" if r.ended else
-            f"{r.count} steps in a row")
-    before = (f"last finite loss {r.last_finite:.4g} at step {r.last_finite_step}"
-              if r.last_finite is not None else "no finite loss before it")
-    return TrainingFailed(
-        f"non-finite training loss ({r.first_loss}) from {at(r.first_step)}"
-        + (f" on rank {rank}" if ctx.distributed else "")
-        + f": {what} (trainer.nan_patience {patience}); {before}. Stopped at {at(at_step)}; "
-        "nothing is registered. Usual cause: a learning rate too high (trainer.lr, "
-        "trainer.max_lr)")
+    def resume(self) -> TrainResult | None:
+        """Load the checkpoint, if there is one, into the parts and say where to start; a
+        finished training's result when it is one's (e.g. a requeue that raced the end)."""
+        p, ctx, where = self.parts, self.ctx, self.where
+        ck = self.ck = load_checkpoint(self.opts.checkpoint_dir)
+        if ck is None:
+            return None
+        check_same_model(ck, self.config.model, p.model, p.manifest, where)
+        if ck.get("finished"):
+            if ctx.is_main:
+                self.log(f"training already finished in {where} (model version "
+                         f"{ck.get('model_version')}); nothing to do", flush=True)
+            return TrainResult("already-finished", ck["epochs"], ck.get("mlflow_run_id"),
+                               model_version=ck.get("model_version"))
+        check_resumable(ck, ctx.world_size, self.epochs, where)
+        p.model.load_state_dict(ck["model"])
+        p.optimizer.load_state_dict(ck["optimizer"])
+        p.scheduler.load_state_dict(ck["scheduler"])
+        p.train_step.load_state_dict(ck.get("step") or {})
+        self.start_epoch, self.start_batch = ck["epoch"], ck["batch"]
+        self.resumed_best = Best(**ck["best"])
+        self.partial = tuple(ck["partial"]) if ctx.is_main else (0.0, 0.0)
+        return None
+
+    def start(self) -> None:
+        """Start the MLflow run (or resume the checkpoint's) and what the loop watches."""
+        from itwinai_hpc.ml.step import LossWatch, StepLosses
+
+        p, ctx, ck, tcfg = self.parts, self.ctx, self.ck, self.config.trainer
+        session = TrackingSession(ctx, self.config, self.opts, p.manifest,
+                                  resume_run_id=ck.get("mlflow_run_id") if ck else None)
+        t = self.t = Training(self.config, self.opts, ctx, p.manifest, p.model, p.optimizer,
+                              p.scheduler, p.memory_format, session, self.log, self.resumed_best,
+                              data_device=p.data_device, train_step=p.train_step,
+                              custom=p.custom)
+        t.run_id = session.start()
+        if ctx.is_main and ck is not None:
+            self.log(f"resuming at epoch {self.start_epoch + 1} batch {self.start_batch} from "
+                     f"{self.where} (MLflow run {t.run_id})", flush=True)
+        self.stop = D.StopRequest(ctx, Path(self.opts.stop_file) if self.opts.stop_file else None)
+        self.val_loader = t.loader("validation")
+        self.losses = StepLosses(session.log_steps) if ctx.is_main else None
+        self.watch = LossWatch(tcfg.nan_patience, tcfg.stop_check_every_steps, ctx.device)
+
+    @contextmanager
+    def session_guard(self) -> Iterator[None]:
+        """Any error ends the MLflow run FAILED (a TrainingFailed's message as its tag); the
+        signal handlers are restored however the loop ends."""
+        try:
+            yield
+        except TrainingFailed as e:
+            self.t.session.failed(str(e))
+            raise
+        except BaseException:
+            self.t.session.failed()
+            raise
+        finally:
+            self.stop.restore()
+
+    def train_epoch(self, epoch: int) -> EpochSums | TrainResult:
+        """The epoch's steps (a resumed epoch's from its checkpointed batch). Every
+        `stop_check_every_steps` steps, the one host sync inside an epoch: all ranks agree
+        whether to stop, asked to (a stopped result) or diverged (TrainingFailed); over the CPU
+        when the GPUs talk nccl; on a GPU the losses read are those that have arrived."""
+        import torch
+
+        p, ctx, tcfg = self.parts, self.ctx, self.config.trainer
+        p.batches.set_epoch(epoch)
+        first = self.start_batch if epoch == self.start_epoch else 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen, every = 0, tcfg.stop_check_every_steps
+        t0 = time.perf_counter()
+        with closing(p.batches.batches(first)) as epoch_batches:  # type: ignore[type-var]
+            for b, (images, labels) in enumerate(epoch_batches, start=first):
+                if p.generic:   # stored dtype -> the model's (tasks.cast)
+                    images, labels = tasks.cast(images, labels, p.dtype, self.config.task)
+                loss = p.train_step(images, labels)
+                progress(tcfg.watchdog_s)
+                loss_sum += loss * labels.shape[0]
+                seen += labels.shape[0]
+                step = epoch * p.steps_per_epoch + b + 1
+                self.watch.add(step, loss)
+                if self.losses is not None and step % self.config.tracking.log_every_steps == 0:
+                    self.losses.add(step, loss, p.scheduler.get_last_lr()[0])  # type: ignore[arg-type]
+                if (b + 1) % every or b + 1 >= p.steps_per_epoch:
+                    continue
+                requested, nonfinite = D.any_rank(ctx, self.stop.local(),
+                                                  self.watch.poll() is not None)
+                if nonfinite:
+                    raise self.failure(step)
+                if requested:
+                    return self.stop_in_epoch(epoch, b + 1, loss_sum, seen)
+        return self.sum_epoch(epoch, loss_sum, seen, t0)
+
+    def stop_in_epoch(self, epoch: int, batch: int, loss_sum: torch.Tensor, seen: int
+                      ) -> TrainResult:
+        """Checkpoint after `batch` of `epoch` with the epoch's sums so far, and stop."""
+        ctx, t, stop = self.ctx, self.t, self.stop
+        if self.losses is not None:
+            self.losses.flush()
+        D.broadcast_buffers(ctx, self.parts.model)
+        sums = D.all_reduce_sum(ctx, [loss_sum.item(), float(seen)])
+        t.checkpoint(epoch, batch, [sums[0] + self.partial[0], sums[1] + self.partial[1]])
+        if ctx.is_main:
+            self.log(f"stopped in epoch {epoch + 1} after batch {batch}/"
+                     f"{self.parts.steps_per_epoch} ({stop.reason()}); rerun with the same "
+                     "checkpoint dir to resume", flush=True)
+        stop.consume()
+        return t.session.stopped(TrainResult("stopped", epoch, t.run_id), stop.reason())
+
+    def sum_epoch(self, epoch: int, loss_sum: torch.Tensor, seen: int, t0: float) -> EpochSums:
+        """The epoch's training loss over ranks, once no rank's losses diverged (before the
+        epoch is validated or checkpointed; at the end of training a run of non-finite losses
+        still open fails it, however short)."""
+        ctx = self.ctx
+        local_loss = loss_sum.item()   # waits for the epoch's last step to finish
+        train_time = time.perf_counter() - t0
+        if self.losses is not None:
+            self.losses.flush()
+        if D.any_rank(ctx, self.watch.poll(wait=True, end=epoch + 1 == self.epochs)
+                      is not None)[0]:
+            raise self.failure((epoch + 1) * self.parts.steps_per_epoch)
+        D.broadcast_buffers(ctx, self.parts.model)
+        loss_total, samples_now = D.all_reduce_sum(ctx, [local_loss, float(seen)])
+        loss_total, samples = loss_total + self.partial[0], samples_now + self.partial[1]
+        self.partial = (0.0, 0.0)
+        return EpochSums(loss_total / max(samples, 1), samples_now, train_time, t0)
+
+    def failure(self, at_step: int) -> TrainingFailed:
+        if self.losses is not None:
+            self.losses.flush()   # the non-finite step losses are in MLflow too
+        return diverged(self.ctx, self.watch, self.parts.steps_per_epoch,
+                        self.config.trainer.nan_patience, at_step)
+
+    def validate(self, epoch: int, trained: EpochSums) -> EpochMetrics:
+        """Evaluate the validation split (every rank), and keep the epoch if it is the best."""
+        val = self.t.evaluate(self.val_loader)
+        scores = {f"val_{k}": v for k, v in tasks.metrics_of(val).items()}
+        values = {"train_loss": trained.train_loss, **scores, "val_loss": val.loss,
+                  "epoch_time_s": time.perf_counter() - trained.t0,
+                  "samples_per_s": trained.samples_now / trained.train_time
+                  if trained.train_time else 0.0}
+        self.t.consider(epoch + 1, val)   # never an epoch with a NaN metric
+        return EpochMetrics(values, scores)
+
+    def end_epoch(self, epoch: int, metrics: EpochMetrics) -> TrainResult | None:
+        """Log the epoch, agree on a stop (a collective every rank makes every epoch),
+        checkpoint when due or stopping; a stopped result when stopping."""
+        ctx, t, stop, opts, m = self.ctx, self.t, self.stop, self.opts, metrics.values
+        if ctx.is_main:
+            t.session.log_epoch(m, epoch + 1)
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.scores.items())
+            self.log(f"epoch {epoch + 1}/{self.epochs}  train_loss {m['train_loss']:.4f}  "
+                     f"val_loss {m['val_loss']:.4f}  {shown}  {m['epoch_time_s']:.1f}s  "
+                     f"{m['samples_per_s']:.0f} samples/s", flush=True)
+        done = epoch + 1
+        requested = stop.agreed()
+        enough = (opts.stop_after_epochs is not None
+                  and done - self.start_epoch >= opts.stop_after_epochs)
+        asked = (requested or enough) and done < self.epochs
+        if asked or done == self.epochs or done % self.config.trainer.checkpoint_every_epochs == 0:
+            t.checkpoint(done, 0, (0.0, 0.0))
+        if not asked:
+            return None
+        reason = stop.reason() if requested else f"--stop-after-epochs {opts.stop_after_epochs}"
+        if ctx.is_main:
+            self.log(f"stopped after epoch {done} ({reason}); rerun with the same checkpoint "
+                     "dir to resume", flush=True)
+        stop.consume()
+        return t.session.stopped(TrainResult("stopped", done, t.run_id), reason)
 
 
 @register_trainer("classifier")
 def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
-                     log=print) -> TrainResult:
-    import torch
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from itwinai_hpc.data.dataset import ShardedLoader
-    from itwinai_hpc.data.shards import read_manifest
-    from itwinai_hpc.ml.batches import DeviceBatches, data_device
-    from itwinai_hpc.ml.finish import finish
-    from itwinai_hpc.ml.step import LossWatch, StepLosses, TrainStep
-
-    tcfg = config.trainer
-    manifest = read_manifest(opts.data)
-    if manifest.dataset != config.dataset:
-        raise UserError(f"the shards in {opts.data} hold data set {manifest.dataset!r}, the "
-                        f"config says dataset: {config.dataset!r}", field="dataset")
-    on_gpu = ctx.device.type == "cuda"
-    if on_gpu:
-        torch.backends.cudnn.benchmark = True   # fixed input shapes: pick the fastest kernels
-    torch.manual_seed(tcfg.seed)   # same initial weights on every rank (DDP also broadcasts)
-    model = tasks.build(config, manifest)   # a registered name or an import path
-    tasks.check_fits(config, model, manifest)
-    custom = tasks.custom_metrics(config)    # import paths resolved before any step
-    generic, dtype = tasks.generic(manifest), next(iter(model.parameters())).dtype
-    model = model.to(ctx.device)
-    memory_format = torch.channels_last if tcfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    held_on, where_held = data_device(manifest, ("train", "validation"), ctx.device,
-                                      tcfg.device_data_share)
-    train_loader = ShardedLoader(manifest, "train", tcfg.batch_size, seed=tcfg.seed,
-                                 rank=ctx.rank, world_size=ctx.world_size, raw=True,
-                                 device=held_on)
-    prefetch = tcfg.prefetch_batches if tcfg.prefetch_batches is not None else 2 * on_gpu
-    batches = DeviceBatches(train_loader, ctx.device, memory_format, prefetch)
-    steps_per_epoch, epochs = len(train_loader), tcfg.epochs
-    if ctx.is_main:   # memory or stream mode, and why; node-local staging and its time
-        log(f"{train_loader.describe()}; held {where_held}, {tcfg.precision}"
-            + (f", compiled ({tcfg.compile})" if tcfg.compile else ""), flush=True)
-    ddp = DDP(model, device_ids=[ctx.device.index] if on_gpu else None) \
-        if ctx.distributed else model
-    opt, sched = build_optimizer(model, tcfg, epochs * steps_per_epoch, fused=on_gpu)
-    loss_fn = tasks.loss_function(config)
-    train_step = TrainStep(ddp, loss_fn, opt, sched, ctx.device, precision=tcfg.precision,
-                           compile=tcfg.compile)
-
-    ck = load_checkpoint(opts.checkpoint_dir)
-    where = str(checkpoint_path(opts.checkpoint_dir or "."))
-    start_epoch, start_batch, partial, best = 0, 0, (0.0, 0.0), Best()
-    if ck is not None:
-        check_same_model(ck, config.model, model, manifest, where)
-        if ck.get("finished"):   # e.g. a requeue that raced the end of training
-            if ctx.is_main:
-                log(f"training already finished in {where} (model version "
-                    f"{ck.get('model_version')}); nothing to do", flush=True)
-            return TrainResult("already-finished", ck["epochs"], ck.get("mlflow_run_id"),
-                               model_version=ck.get("model_version"))
-        check_resumable(ck, ctx.world_size, epochs, where)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        train_step.load_state_dict(ck.get("step") or {})
-        start_epoch, start_batch, best = ck["epoch"], ck["batch"], Best(**ck["best"])
-        partial = tuple(ck["partial"]) if ctx.is_main else (0.0, 0.0)
-
-    session = TrackingSession(ctx, config, opts, manifest,
-                              resume_run_id=ck.get("mlflow_run_id") if ck else None)
-    t = Training(config, opts, ctx, manifest, model, opt, sched, memory_format, session, log,
-                 best, data_device=held_on, train_step=train_step, custom=custom)
-    t.run_id = session.start()
-    if ctx.is_main and ck is not None:
-        log(f"resuming at epoch {start_epoch + 1} batch {start_batch} from {where} "
-            f"(MLflow run {t.run_id})", flush=True)
-    stop = D.StopRequest(ctx, Path(opts.stop_file) if opts.stop_file else None)
-    val_loader = t.loader("validation")
-
-    # Rank 0 logs step losses as their asynchronous copies arrive: no wait for the device.
-    losses = StepLosses(session.log_steps) if ctx.is_main else None
-    epoch, every = start_epoch, tcfg.stop_check_every_steps
-    # Every rank's step losses, read where the ranks agree anyway: a diverged run fails there.
-    watch = LossWatch(tcfg.nan_patience, every, ctx.device)
-
-    def fail(at_step: int) -> TrainingFailed:
-        if losses is not None:
-            losses.flush()   # the non-finite step losses are in MLflow too
-        return diverged(ctx, watch, steps_per_epoch, tcfg.nan_patience, at_step)
-
-    try:
-        for epoch in range(start_epoch, epochs):
-            batches.set_epoch(epoch)
-            first = start_batch if epoch == start_epoch else 0
-            loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-            seen = 0
-            t0 = time.perf_counter()
-            with closing(batches.batches(first)) as epoch_batches:
-                for b, (images, labels) in enumerate(epoch_batches, start=first):
-                    if generic:   # stored dtype -> the model's (tasks.cast)
-                        images, labels = tasks.cast(images, labels, dtype, config.task)
-                    loss = train_step(images, labels)
-                    progress(tcfg.watchdog_s)
-                    loss_sum += loss * labels.shape[0]
-                    seen += labels.shape[0]
-                    step = epoch * steps_per_epoch + b + 1
-                    watch.add(step, loss)
-                    if losses is not None and step % config.tracking.log_every_steps == 0:
-                        losses.add(step, loss, sched.get_last_lr()[0])
-                    # The one host sync inside an epoch, every `every` steps: all ranks agree
-                    # whether to stop, asked to or diverged (over the CPU when the GPUs talk
-                    # nccl; on a GPU the losses read are those that have arrived, not waited
-                    # for).
-                    if (b + 1) % every or b + 1 >= steps_per_epoch:
-                        continue
-                    requested, nonfinite = D.any_rank(ctx, stop.local(),
-                                                      watch.poll() is not None)
-                    if nonfinite:
-                        raise fail(step)
-                    if requested:
-                        if losses is not None:
-                            losses.flush()
-                        D.broadcast_buffers(ctx, model)
-                        sums = D.all_reduce_sum(ctx, [loss_sum.item(), float(seen)])
-                        t.checkpoint(epoch, b + 1, [sums[0] + partial[0], sums[1] + partial[1]])
-                        if ctx.is_main:
-                            log(f"stopped in epoch {epoch + 1} after batch {b + 1}/"
-                                f"{steps_per_epoch} ({stop.reason()}); rerun with the same "
-                                "checkpoint dir to resume", flush=True)
-                        stop.consume()
-                        return session.stopped(TrainResult("stopped", epoch, t.run_id),
-                                               stop.reason())
-            local_loss = loss_sum.item()   # waits for the epoch's last step to finish
-            train_time = time.perf_counter() - t0
-            if losses is not None:
-                losses.flush()
-            # Before this epoch is validated or checkpointed; at the end of training a run of
-            # non-finite losses still open fails it, however short.
-            if D.any_rank(ctx, watch.poll(wait=True, end=epoch + 1 == epochs) is not None)[0]:
-                raise fail((epoch + 1) * steps_per_epoch)
-            D.broadcast_buffers(ctx, model)
-            loss_total, samples_now = D.all_reduce_sum(ctx, [local_loss, float(seen)])
-            loss_total, samples = loss_total + partial[0], samples_now + partial[1]
-            partial = (0.0, 0.0)
-            val = t.evaluate(val_loader)
-            scores = {f"val_{k}": v for k, v in tasks.metrics_of(val).items()}
-            metrics = {"train_loss": loss_total / max(samples, 1), **scores,
-                       "val_loss": val.loss, "epoch_time_s": time.perf_counter() - t0,
-                       "samples_per_s": samples_now / train_time if train_time else 0.0}
-            t.consider(epoch + 1, val)   # never an epoch with a NaN metric
-            if ctx.is_main:
-                session.log_epoch(metrics, epoch + 1)
-                shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
-                log(f"epoch {epoch + 1}/{epochs}  train_loss {metrics['train_loss']:.4f}  "
-                    f"val_loss {val.loss:.4f}  {shown}  "
-                    f"{metrics['epoch_time_s']:.1f}s  {metrics['samples_per_s']:.0f} samples/s",
-                    flush=True)
-            done = epoch + 1
-            requested = stop.agreed()   # a collective: every rank calls it every epoch
-            enough = (opts.stop_after_epochs is not None
-                      and done - start_epoch >= opts.stop_after_epochs)
-            asked = (requested or enough) and done < epochs
-            if asked or done == epochs or done % tcfg.checkpoint_every_epochs == 0:
-                t.checkpoint(done, 0, (0.0, 0.0))
-            if asked:
-                reason = stop.reason() if requested else \
-                    f"--stop-after-epochs {opts.stop_after_epochs}"
-                if ctx.is_main:
-                    log(f"stopped after epoch {done} ({reason}); rerun with the same checkpoint "
-                        "dir to resume", flush=True)
-                stop.consume()
-                return session.stopped(TrainResult("stopped", done, t.run_id), reason)
-        progress_done()     # evaluation and registration follow at their own pace
-        return finish(t)
-    except TrainingFailed as e:
-        session.failed(str(e))
-        raise
-    except BaseException:
-        session.failed()
-        raise
-    finally:
-        stop.restore()
+                     log: Callable[..., None] = print) -> TrainResult:
+    return Trainer.build(config, opts, ctx, log).fit()

@@ -1,20 +1,29 @@
 """One training invocation's state, shared by the loop (trainer.py), its checkpoints and the
-end of training (finish.py): the options a job passes, the best epoch so far, the result.
+end of training (finish.py): the options a job passes, the best epoch so far, an epoch's sums
+and figures, the result, and the error of a training whose loss diverged.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from itwinai_hpc.ml import distributed as D
 from itwinai_hpc.ml.checkpoint import save_checkpoint
 from itwinai_hpc.ml.config import TrainConfig
-from itwinai_hpc.ml.evaluation import evaluate
+from itwinai_hpc.ml.evaluation import Evaluation, evaluate
 from itwinai_hpc.ml.session import TrackingSession
+
+if TYPE_CHECKING:
+    import torch
+
+    from itwinai_hpc.data.dataset import ShardedLoader
+    from itwinai_hpc.data.shards import Manifest
+    from itwinai_hpc.ml.step import LossWatch, TrainStep
+    from itwinai_hpc.ml.tasks import RegressionEvaluation
 
 
 @dataclass
@@ -47,6 +56,31 @@ class TrainingFailed(RuntimeError):
     `itwinai_hpc.failed`, and nothing is registered."""
 
 
+def diverged(ctx: D.Context, watch: LossWatch, steps_per_epoch: int, patience: int,
+             at_step: int) -> TrainingFailed:
+    """The error of a training stopped at `at_step` for non-finite losses: every rank calls
+    this (it gathers each rank's LossWatch.report) and gets the same message, about the run
+    that began first."""
+    reports = D.all_gather_object(ctx, watch.report)
+    rank, r = min(((i, r) for i, r in enumerate(reports) if r is not None),
+                  key=lambda found: found[1].first_step)
+
+    def at(step: int) -> str:
+        epoch, batch = divmod(step - 1, steps_per_epoch)
+        return f"step {step} (epoch {epoch + 1}, batch {batch + 1} of {steps_per_epoch})"
+
+    what = (f"training ended {r.count} step(s) into it" if r.ended else
+            f"{r.count} steps in a row")
+    before = (f"last finite loss {r.last_finite:.4g} at step {r.last_finite_step}"
+              if r.last_finite is not None else "no finite loss before it")
+    return TrainingFailed(
+        f"non-finite training loss ({r.first_loss}) from {at(r.first_step)}"
+        + (f" on rank {rank}" if ctx.distributed else "")
+        + f": {what} (trainer.nan_patience {patience}); {before}. Stopped at {at(at_step)}; "
+        "nothing is registered. Usual cause: a learning rate too high (trainer.lr, "
+        "trainer.max_lr)")
+
+
 @dataclass
 class Best:
     """The best epoch so far by the registry's metric, with its weights (CPU copies)."""
@@ -67,30 +101,48 @@ class Best:
 
 
 @dataclass
+class EpochSums:
+    """An epoch's training, summed over ranks (and, resumed mid-epoch, over its invocations)."""
+
+    train_loss: float          # mean per sample
+    samples_now: float         # trained in this invocation: the throughput's samples
+    train_time: float          # this rank's seconds in the steps
+    t0: float                  # when the epoch's steps began (perf_counter)
+
+
+@dataclass
+class EpochMetrics:
+    """An epoch's figures once validated."""
+
+    values: dict[str, float]   # what MLflow gets for the epoch
+    scores: dict[str, float]   # the validation metrics (val_<name>) the log line shows
+
+
+@dataclass
 class Training:
     """One invocation's training state: what the loop, the checkpoints and finish() share."""
 
     config: TrainConfig
     opts: TrainOptions
     ctx: D.Context
-    manifest: Any
-    model: Any
-    optimizer: Any
-    scheduler: Any
-    memory_format: Any
+    manifest: Manifest
+    model: torch.nn.Module           # the model itself, not its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    memory_format: torch.memory_format
     session: TrackingSession
-    log: Callable = print
+    log: Callable[..., None] = print
     best: Best = field(default_factory=Best)
     run_id: str | None = None
-    data_device: Any = None          # where the readers hold the splits (a GPU when they fit)
-    train_step: Any = None           # step.TrainStep: its GradScaler is training state too
-    custom: dict = field(default_factory=dict)   # metrics by import path: name -> callable
+    data_device: torch.device | None = None   # where readers hold the splits (a GPU: they fit)
+    train_step: TrainStep | None = None       # its GradScaler is training state too
+    custom: dict[str, Callable] = field(default_factory=dict)   # metrics by import path
 
     @property
     def epochs(self) -> int:
         return self.config.trainer.epochs
 
-    def loader(self, split: str, **kw):
+    def loader(self, split: str, **kw) -> ShardedLoader:
         """An evaluation loader over `split`: every row once across ranks, with indices."""
         from itwinai_hpc.data.dataset import ShardedLoader
 
@@ -99,7 +151,8 @@ class Training:
                              shuffle=False, rank_remainder="keep", rank=self.ctx.rank,
                              world_size=self.ctx.world_size, return_index=True, **kw)
 
-    def evaluate(self, loader, keep_examples: int = 0):
+    def evaluate(self, loader: ShardedLoader, keep_examples: int = 0
+                 ) -> Evaluation | RegressionEvaluation:
         """An Evaluation (classification) or tasks.RegressionEvaluation of `loader`."""
         if self.config.task == "regression":
             from itwinai_hpc.ml.tasks import evaluate_regression
@@ -110,7 +163,7 @@ class Training:
                         self.manifest.num_classes, normalization=self.manifest.normalization,
                         keep_examples=keep_examples, custom=self.custom)
 
-    def consider(self, epoch: int, val) -> bool:
+    def consider(self, epoch: int, val: Evaluation | RegressionEvaluation) -> bool:
         """Make `epoch` the best (with a CPU copy of the weights) when its validation `val`
         beats the best so far by registry.select_by and registry.mode. A NaN or infinite loss
         disqualifies it too: non-finite logits still give an accuracy (argmax picks the NaN)."""
@@ -124,7 +177,7 @@ class Training:
             {k: v.cpu() for k, v in self.model.state_dict().items()}))
         return True
 
-    def checkpoint(self, epoch: int, batch: int, sums, **extra) -> None:
+    def checkpoint(self, epoch: int, batch: int, sums: Sequence[float], **extra: object) -> None:
         if self.ctx.is_main and self.opts.checkpoint_dir:
             best = {"metric": self.best.metric, "epoch": self.best.epoch, "state": self.best.state}
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
