@@ -16,7 +16,8 @@ import numpy as np
 
 from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.data.manifest_checks import REWRITE, dims
-from itwinai_hpc.data.shards import Manifest, ShardInfo, open_shard, sha256_file
+from itwinai_hpc.data.shards import Manifest, ShardInfo, open_shard
+from itwinai_hpc.data.verified import read_arrays
 
 SERVED = ("inputs", "targets")  # what the loader yields, in this order
 
@@ -80,25 +81,11 @@ def read_shard_arrays(path: Path, shard: ShardInfo, ranges: list[tuple[int, int]
                       names: list[str], manifest: Manifest, *, verify: bool = True
                       ) -> dict[str, np.ndarray]:
     """Rows `ranges` of arrays `names` of one shard, after its bytes matched the manifest's
-    sha256 (verify=True) and its header the manifest's dtypes and shapes. Peak memory: the
-    rows returned."""
+    sha256 (verify=True) and its header the manifest's dtypes and shapes. The file is read
+    once, into memory (verified.py): peak memory is about one shard."""
     f, size = open_shard(path, shard)
-    with f:
-        if verify and sha256_file(f, size) != shard.sha256:
-            raise UserError("shard was modified or corrupted: its sha256 does not match the "
-                            "manifest; rerun preprocess to repair it", file=str(path))
-        try:
-            with open_h5(f, path) as h5:
-                check_header(h5, names, shard, manifest, path)
-                out = {}
-                for name in names:
-                    parts = [h5[name][lo:hi] for lo, hi in ranges]
-                    out[name] = parts[0] if len(parts) == 1 else np.concatenate(
-                        parts or [np.empty((0, *array_shape(manifest, name)),
-                                           array_dtype(manifest, name))])
-        except (OSError, KeyError) as e:
-            raise UserError(f"not a readable shard ({e}); rerun preprocess",
-                            file=str(path)) from None
+    out = read_arrays(f, size, path, names, ranges, sha256=shard.sha256 if verify else None,
+                      check=lambda h5: check_header(h5, names, shard, manifest, path))
     if manifest.num_classes and "targets" in out:
         from itwinai_hpc.data.manifest_checks import check_labels
 

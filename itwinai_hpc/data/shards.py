@@ -27,6 +27,7 @@ from itwinai_hpc.data.manifest_checks import (
     check_labels,
     check_shard_entry,
 )
+from itwinai_hpc.data.verified import read_arrays
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "itwinai-hpc-shards/1"
@@ -255,40 +256,24 @@ def read_shard(path: Path, shard: ShardInfo, ranges: list[tuple[int, int]], *,
                verify: bool = True, manifest: Manifest | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
     """Rows `ranges` ([(lo, hi), ...] within the shard, in that order) of one shard, after its
-    bytes matched `shard.sha256` (verify=True). Peak memory: the rows returned, never the file.
-    With `manifest`, the arrays must be what it describes (its image_shape, before any row is
-    read; labels below its num_classes), else a UserError naming the manifest and the field.
+    bytes matched `shard.sha256` (verify=True). With `manifest`, the arrays must be what it
+    describes (its image_shape, before any row is used; labels below its num_classes), else a
+    UserError naming the manifest and the field.
 
-    The checksum pass reads the file through one descriptor and HDF5 then reads that same
-    descriptor's inode (/proc/self/fd), so a shard replaced in between cannot slip through."""
-    import h5py
+    The file is read once, into memory, and HDF5 reads those checked bytes (verified.py), so a
+    shard modified after its checksum cannot slip through. Peak memory: about one shard."""
+    def check(h5) -> None:
+        images, labels = h5["images"], h5["labels"]
+        n = images.shape[0]
+        if n != shard.num_samples or labels.shape != (n,):
+            raise UserError(f"shard holds {n} images, the manifest says {shard.num_samples}",
+                            file=str(path))
+        if manifest is not None:
+            check_image_shape(images.shape, shard, manifest)
 
     f, size = open_shard(path, shard)
-    with f:
-        if verify and sha256_file(f, size) != shard.sha256:
-            raise UserError("shard was modified or corrupted: its sha256 does not match the "
-                            "manifest; rerun preprocess to repair it", file=str(path))
-        same_inode = Path(f"/proc/self/fd/{f.fileno()}")
-        try:
-            with h5py.File(same_inode if same_inode.exists() else path, "r") as h5:
-                images, labels = h5["images"], h5["labels"]
-                n = images.shape[0]
-                if n != shard.num_samples or labels.shape != (n,):
-                    raise UserError(f"shard holds {n} images, the manifest says "
-                                    f"{shard.num_samples}", file=str(path))
-                if manifest is not None:
-                    check_image_shape(images.shape, shard, manifest)
-                parts = [(images[lo:hi], labels[lo:hi]) for lo, hi in ranges]
-                empty = np.empty((0, *images.shape[1:]), np.uint8), np.empty((0,), np.int64)
-        except (OSError, KeyError) as e:
-            raise UserError(f"not a readable shard ({e}); rerun preprocess",
-                            file=str(path)) from None
+    got = read_arrays(f, size, path, ["images", "labels"], ranges,
+                      sha256=shard.sha256 if verify else None, check=check)
     if manifest is not None:
-        for _, got in parts:
-            check_labels(got, shard, manifest)
-    if not parts:
-        return empty
-    if len(parts) == 1:
-        return parts[0][0], parts[0][1].astype(np.int64, copy=False)
-    return (np.concatenate([p[0] for p in parts]),
-            np.concatenate([p[1] for p in parts]).astype(np.int64, copy=False))
+        check_labels(got["labels"], shard, manifest)
+    return got["images"], got["labels"].astype(np.int64, copy=False)
