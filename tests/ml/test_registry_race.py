@@ -5,9 +5,11 @@ end on the best version."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,80 @@ def at_once(target, before, after, rounds: int) -> list:
     return outcomes
 
 
-def log_shards_at_once(store_uri: str, shards: str, barrier, rounds: int, results) -> None:
+def wait_until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def take_a_number(folder: Path) -> int:
+    """0 for the first process to call this on `folder`, 1 for the second, ..."""
+    for number in itertools.count():
+        try:
+            os.close(os.open(folder / str(number), os.O_CREAT | os.O_EXCL))
+            return number
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def force_the_interleaving(rendezvous: Path) -> None:
+    """Hold every task inside MLflow's check-then-create of a dataset record (FileStore.
+    log_inputs: `if not exists(dir): makedirs(dir); write_yaml(dir/meta.yaml)`) until every
+    other task is there too, then let them write one after the other. Unless something keeps
+    them apart, each has found the record missing and every write after the first fails
+    ("Yaml file ... exists"): the race, every time. A task blocked on the registry lock counts
+    as there (it cannot come in while another holds it), so the lock costs no waiting; so does
+    one that has finished logging in this experiment (failed on an earlier record)."""
+    import mlflow.store.tracking.file_store as file_store
+
+    from itwinai_hpc.core import locks
+
+    real_makedirs, real_write, real_acquire = os.makedirs, file_store.write_yaml, locks.acquire
+    waiting = rendezvous / "waiting-for-a-lock"
+    waiting.mkdir(parents=True, exist_ok=True)
+    turns: dict[str, tuple[Path, int]] = {}
+
+    def acquire(f, **kw):
+        marker = waiting / str(os.getpid())
+        marker.touch()
+        try:
+            real_acquire(f, **kw)
+        finally:
+            marker.unlink()
+
+    def makedirs(name, *args, **kw):
+        path = Path(name)
+        if path.parent.name == file_store.FileStore.DATASETS_FOLDER_NAME:
+            record = rendezvous / f"{path.parent.parent.name}-{path.name}"   # experiment-dataset
+            (record / "in").mkdir(parents=True, exist_ok=True)
+            (record / "written").mkdir(exist_ok=True)
+            turns[str(path)] = record, take_a_number(record / "in")
+            finished = rendezvous / "finished" / path.parent.parent.name   # its log_shards
+            finished.mkdir(parents=True, exist_ok=True)
+            wait_until(lambda: sum(len(os.listdir(d)) for d in (record / "in", waiting, finished))
+                       >= WORKERS, f"every task at {path}, waiting for the lock or finished")
+        return real_makedirs(name, *args, **kw)
+
+    def write_yaml(root, file_name, *args, **kw):
+        if str(Path(root)) not in turns:
+            return real_write(root, file_name, *args, **kw)
+        record, turn = turns.pop(str(Path(root)))
+        if turn:
+            wait_until(lambda: (record / "written" / str(turn - 1)).exists(),
+                       f"the write of task {turn - 1} before mine")
+        try:
+            return real_write(root, file_name, *args, **kw)
+        finally:
+            (record / "written" / str(turn)).touch()
+
+    os.makedirs, file_store.write_yaml, locks.acquire = makedirs, write_yaml, acquire
+
+
+def log_shards_at_once(store_uri: str, shards: str, rendezvous: str, barrier, rounds: int,
+                       results) -> None:
     """One sweep task starting: per round, a run in a new experiment, then (with every other
     task at once) the shards as its dataset inputs, as the trainer does first."""
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
@@ -62,6 +137,7 @@ def log_shards_at_once(store_uri: str, shards: str, barrier, rounds: int, result
 
     tracking.configure(store_uri)
     manifest = read_manifest(shards)
+    force_the_interleaving(Path(rendezvous))
     for round_ in range(rounds):
         mlflow.set_experiment(f"start-{round_}")
         with mlflow.start_run():
@@ -72,22 +148,39 @@ def log_shards_at_once(store_uri: str, shards: str, barrier, rounds: int, result
                 results.put((round_, None))
             except Exception as e:
                 results.put((round_, f"{type(e).__name__}: {e}"))
+            finished = Path(rendezvous) / "finished" / mlflow.active_run().info.experiment_id
+            finished.mkdir(parents=True, exist_ok=True)
+            (finished / str(os.getpid())).touch()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_tasks_starting_at_the_same_moment_all_log_their_datasets(tmp_path, mnist_shards):
+def test_tasks_starting_at_the_same_moment_all_log_their_datasets(tmp_path, mnist_shards,
+                                                                  monkeypatch):
     """MLflow's file store makes a dataset's record once per experiment; a second process that
     found it half made failed ("Yaml file .../datasets/<digest>/meta.yaml exists" or "does not
     exist"), and with it the sweep task (1 of 3 tasks of the MNIST sweep in a CI run; 2 of 12
-    and 2 of 20 starts in a script here). Without the lock this test fails in about 1 of 3
-    runs: a race, not a certainty."""
+    and 2 of 20 starts in a script here). Left to chance the race showed in about 1 of 3 runs;
+    force_the_interleaving makes it happen every time where nothing keeps the tasks apart
+    (checked: without the registry lock in log_shards this fails 3 runs of 3)."""
     store_uri = f"file:{tmp_path / 'mlruns'}"
-    rounds = 20          # a round takes ~0.2 s
-    outcomes = at_once(log_shards_at_once, lambda i: (store_uri, str(mnist_shards)),
+    rendezvous = tmp_path / "rendezvous"
+    rounds = 2
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow import MlflowClient
+
+    for round_ in range(rounds):   # made here: the tasks meet in one experiment per round
+        MlflowClient(tracking_uri=store_uri).create_experiment(f"start-{round_}")
+    outcomes = at_once(log_shards_at_once,
+                       lambda i: (store_uri, str(mnist_shards), str(rendezvous)),
                        lambda i: (rounds,), rounds)
     errors = [o for o in outcomes if o[1]]
     assert not errors, errors
+    # The hook sat where MLflow creates each record: one per split and experiment (were MLflow
+    # to create them elsewhere, this test would prove nothing and must be brought up to date).
+    records = [p.name for p in rendezvous.iterdir()
+               if p.name not in ("waiting-for-a-lock", "finished")]
+    assert len(records) == 3 * rounds, records
 
 
 def logged_model_uri(store_uri: str) -> str:
