@@ -164,11 +164,12 @@ def read_arrays(f: BinaryIO, size: int, path: Path, names: list[str],
                 ) -> dict[str, np.ndarray]:
     """Rows `ranges` ([(lo, hi), ...], in that order) of the datasets `names` of the open shard
     file `f` (read_verified: closes it), after its bytes matched `sha256` (None: unchecked) and
-    `check(h5)` (the caller's header checks) passed. The file is read once; one range of at
-    least half a dataset's rows is a view into those bytes (its runs of chunks moved together
-    in place, past the HDF5 metadata between them, once HDF5 is closed): memory holds one copy
-    of the shard. Anything else (fewer rows, several ranges, compression) is copied out, read
-    through HDF5 there. HDF5 errors are a UserError naming `path`."""
+    `check(h5)` (the caller's header checks) passed. The file is read once. A dataset whose
+    rows lie in runs of whole-sample chunks in row order has them moved together in place,
+    past the HDF5 metadata between them, once HDF5 is closed: one range of at least half its
+    rows is then a view into the bytes (memory holds one copy of the shard), fewer rows or
+    several ranges a copy. Any other layout (compression) is read through HDF5 from the
+    bytes. HDF5 errors are a UserError naming `path`."""
     buf = read_verified(f, size, path, sha256)
     out: dict[str, np.ndarray] = {}
     place: dict[str, tuple] = {}
@@ -180,9 +181,7 @@ def read_arrays(f: BinaryIO, size: int, path: Path, names: list[str],
             for name in names:
                 ds, mine = h5[name], runs[name]
                 span = (mine[0][0], mine[0][0] + sum(n for _, n in mine)) if mine else None
-                n = ds.shape[0] if ds.ndim else 0
-                whole = len(ranges) == 1 and 2 * (ranges[0][1] - ranges[0][0]) >= n
-                if span is None or not whole or not _movable(mine, len(buf)) or any(
+                if span is None or not _movable(mine, len(buf)) or any(
                         _overlaps(span, r) for other, r in runs.items() if other != name and r):
                     parts = [ds[lo:hi] for lo, hi in ranges] or [ds[0:0]]
                     out[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -204,7 +203,10 @@ def read_arrays(f: BinaryIO, size: int, path: Path, names: list[str],
         else:  # HDF5 placed it off the dtype's alignment: one aligned copy
             rows = np.empty(shape, dtype)
             rows.reshape(-1).view(np.uint8)[:] = buf[base:at]
-        out[name] = rows[ranges[0][0]:ranges[0][1]]
+        if len(ranges) == 1 and 2 * (ranges[0][1] - ranges[0][0]) >= len(rows):
+            out[name] = rows[ranges[0][0]:ranges[0][1]]  # a view: the buffer stays
+        else:  # a copy of the few rows wanted: the buffer goes
+            out[name] = np.concatenate([rows[lo:hi] for lo, hi in ranges] or [rows[:0]])
     return out
 
 

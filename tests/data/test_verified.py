@@ -49,6 +49,7 @@ def test_rows_come_back_exactly_from_chunks_with_hdf5_metadata_between_them(tmp_
     assert np.array_equal(_read(path, shard, ["inputs"], [(0, len(x))])["inputs"], x)
     assert np.array_equal(_read(path, shard, ["inputs"], [(5000, 19200)])["inputs"],
                           x[5000:])
+    assert np.array_equal(_read(path, shard, ["inputs"], [(10, 20)])["inputs"], x[10:20])
     got = _read(path, shard, ["inputs"], [(100, 200), (7, 9)])["inputs"]
     assert np.array_equal(got, np.concatenate([x[100:200], x[7:9]]))
     assert _read(path, shard, ["inputs"], [])["inputs"].shape == (0, 3)
