@@ -19,11 +19,13 @@ stream mode with its sha256 checks, and with verify=False. --compare-with DIR al
 loader of another checkout, DIR holding its itwinai_hpc/ (for a before/after:
 `git archive <commit> itwinai_hpc | tar -x -C DIR`).
 
-Measured (2 GB, 8 shards, 2 shared cores, load average 3-5, median of 5 rounds): plain h5py
-1.00x (+273 MB), h5py + sha256 3.49x, the reader 3.35x (+536 MB), the reader with
-verify=False 1.58x; the reader before db36661 (each shard read twice: a sha256 pass, then HDF5)
-4.53x (+551 MB), 5.98x in issue 22. What remains is the sha256 of every byte (CPU, about 2.5x
-the cost of reading the bytes from the page cache on this machine), not the reading.
+Measured (2 GB, 8 shards, 2 shared cores, median of 5 rounds; load average 3-5, then 5-6):
+plain h5py 1.00x (+273 MB), h5py + sha256 3.49x / 3.61x, the reader 3.35x / 4.30x (+537 MB),
+the reader with verify=False 1.58x / 2.38x; the reader before db36661 (each shard read twice:
+a sha256 pass, then HDF5) 4.53x / 5.11x (+551 MB), 5.98x in issue 22; round by round the
+reader took 0.82x the old one's time (median of 10; 0.23-0.99x in 9, 1.22x in 1). What
+remains is the sha256 of every byte (CPU, about 2.5x the cost of reading the bytes from the
+page cache here), not the reading.
 """
 
 from __future__ import annotations
