@@ -36,8 +36,9 @@
 #
 # `rehearse` builds a venv that has only what the GPU image has (gpu_check.py image-site: torch,
 # numpy, h5py, jinja2, pyyaml, linked from this environment), prepares a carry for its Python and
-# runs `run` there with DEVICE=cpu QUICK=1 (1 epoch, 1 repeat, 1 seed): a wheel the carry lacks,
-# or code that needs a package the image lacks, fails here and not in a GPU session's minutes
+# runs `run` there with DEVICE=cpu QUICK=1 (1 epoch, 1 repeat, 1 seed, no pycache timings): a
+# wheel the carry lacks, or code that needs a package the image lacks, fails here and not in a
+# GPU session's minutes
 # (it found registration failing without scipy). DATA=SHARDS runs on other shards (tests use a
 # small subset); tests/test_gpu_check.py runs it.
 set -euo pipefail
@@ -150,9 +151,9 @@ step() {   # step NAME COMMAND...: run, log, remember the outcome
 }
 
 run() {
-    local SEEDS=(--seeds 42,43,44) EPOCHS=()
-    if [ -n "${QUICK:-}" ]; then
-        SEEDS=(--seeds 42 --epochs 1) EPOCHS=(--epochs 1)
+    local SEEDS=(--seeds 42,43,44) EPOCHS=() REPEATS=()
+    if [ -n "${QUICK:-}" ]; then   # the rehearsal: every step runs, each measured once
+        SEEDS=(--seeds 42 --epochs 1) EPOCHS=(--epochs 1) REPEATS=(--repeats 1)
     fi
     rm -rf "$OUT" && mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
     install_missing
@@ -185,12 +186,16 @@ run() {
         --output "$OUT/predictions.csv"
     step loaders "$PY" benchmarks/gpu_check.py loaders "$data" "$champion"
     step bench_predict "$PY" benchmarks/bench_predict.py --device "$DEVICE" --data "$data" \
-        --model "$champion" --tracking-uri "$MLFLOW_TRACKING_URI" --json "$OUT/bench_predict.json"
+        --model "$champion" --tracking-uri "$MLFLOW_TRACKING_URI" --json "$OUT/bench_predict.json" \
+        "${REPEATS[@]}"
     step importtime "$PY" -X importtime -m itwinai_hpc.cli train --config "$gpu_cfg" \
         --data "$data" --epochs 1 --register-as importtime
     # Does this image keep .pyc files? If not, a writable PYTHONPYCACHEPREFIX should cut the
-    # import time of every process (second of each pair is the warm one).
-    for prefix in none "$OUT/pycache" none "$OUT/pycache"; do
+    # import time of every process (second of each pair is the warm one). A timing only, of
+    # no use on the CPU: QUICK leaves it out.
+    local prefixes=()
+    [ -n "${QUICK:-}" ] || prefixes=(none "$OUT/pycache" none "$OUT/pycache")
+    for prefix in "${prefixes[@]}"; do
         TIMEFORMAT="import torch, mlflow.pytorch with PYTHONPYCACHEPREFIX=$prefix: %R s"
         if [ "$prefix" = none ]; then
             { time env -u PYTHONPYCACHEPREFIX "$PY" -c "import torch, mlflow.pytorch" \
