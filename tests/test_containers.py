@@ -302,12 +302,14 @@ def test_every_rendered_apptainer_line_uses_only_apptainers_documented_options()
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_mnist_training_and_inference_run_end_to_end_inside_the_container(place, image,
-                                                                          slurm_cluster):
+def test_mnist_training_and_inference_run_end_to_end_inside_the_container(
+        place, image, slurm_cluster, use_mnist_digits_25k):
     # Training with the local backend (torchrun in the container), inference on the SLURM test
-    # cluster (srun, then the container): each backend's container lines run the MNIST steps.
+    # cluster (srun, then the container): each backend's container lines run the MNIST steps,
+    # on 25,000 real training digits and all 10,000 test digits.
     use_case = place / "workflow" / "mnist"
     shutil.copytree(ROOT / "use-cases" / "mnist", use_case)
+    use_mnist_digits_25k(use_case)
     cfg = use_case / "mnist-ai-train.yml"
     cfg.write_text(cfg.read_text().replace("epochs: 2", "epochs: 1"))
     assert "epochs: 1" in cfg.read_text()
@@ -329,5 +331,5 @@ def test_mnist_training_and_inference_run_end_to_end_inside_the_container(place,
         rows = list(csv.DictReader(f))
     assert len(rows) == 10_000                            # one row per test image
     accuracy = sum(r["predicted"] == r["label"] for r in rows) / len(rows)
-    assert accuracy > 0.95                                # one epoch of real MNIST
+    assert accuracy > 0.95                                # one epoch of 20,000 digits
     assert f"accuracy {accuracy:.4f}" in log_of(infer, "predict")
