@@ -85,6 +85,8 @@ class Trainer:
         return cls(config, opts, ctx, build_parts(config, opts, ctx, log), log)
 
     def fit(self) -> TrainResult:
+        """Train to the end (finish: test, register), or until the ranks agree to stop (a
+        checkpoint to resume from); TrainingFailed when the loss diverged. Every rank runs it."""
         if (done := self.resume()) is not None:
             return done            # the checkpoint is a finished training's
         self.start()
@@ -274,4 +276,5 @@ class Trainer:
 @register_trainer("classifier")
 def train_classifier(config: TrainConfig, opts: TrainOptions, ctx: D.Context,
                      log: Callable[..., None] = print) -> TrainResult:
+    """The trainer `trainer.name: classifier` (ml/cli.py calls it on every rank)."""
     return Trainer.build(config, opts, ctx, log).fit()
