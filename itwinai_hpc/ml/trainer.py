@@ -204,12 +204,13 @@ class Trainer:
         D.broadcast_buffers(ctx, self.parts.model)
         sums = D.all_reduce_sum(ctx, [loss_sum.item(), float(seen)])
         t.checkpoint(epoch, batch, [sums[0] + self.partial[0], sums[1] + self.partial[1]])
+        reason = stop.reason()   # before consume() removes the stop file it may name
         if ctx.is_main:
             self.log(f"stopped in epoch {epoch + 1} after batch {batch}/"
-                     f"{self.parts.steps_per_epoch} ({stop.reason()}); rerun with the same "
+                     f"{self.parts.steps_per_epoch} ({reason}); rerun with the same "
                      "checkpoint dir to resume", flush=True)
         stop.consume()
-        return t.session.stopped(TrainResult("stopped", epoch, t.run_id), stop.reason())
+        return t.session.stopped(TrainResult("stopped", epoch, t.run_id), reason)
 
     def sum_epoch(self, epoch: int, loss_sum: torch.Tensor, seen: int, t0: float) -> EpochSums:
         """The epoch's training loss over ranks, once no rank's losses diverged (before the

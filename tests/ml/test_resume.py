@@ -55,6 +55,9 @@ def test_stop_file_stops_mid_epoch_and_resume_matches_an_uninterrupted_run(
     state = torch.load(ck / "checkpoint.pt", weights_only=False)
     assert (state["epoch"], state["batch"]) == (0, 10)
     assert not (run_dir / "train.STOP").exists()      # consumed: the job script then requeues
+    import mlflow  # the stopped run says why it stopped (read before the file is consumed)
+    tags = mlflow.MlflowClient(tracked, tracked).get_run(stopped.run_id).data.tags
+    assert tags["itwinai_hpc.stopped"] == f"{run_dir / 'train.STOP'} exists"
 
     resumed = train_classifier(config, opts, solo(), log=lambda *a, **k: None)
     assert resumed.status == "finished" and resumed.run_id == stopped.run_id
