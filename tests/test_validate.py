@@ -130,3 +130,25 @@ def test_needs_form_a_dag_and_steps_are_ordered_by_dependency(tmp_path):
     assert [j.name for j in jobs] == ["prep", "evaluate", "train", "report"]
     assert [j.script for j in jobs][0] == "01-prep.sbatch"
     assert jobs[-1].needs == ("train", "evaluate")
+
+
+@pytest.mark.parametrize("time, warned", [(3, True), ("00:05:00", True), ("00:10:00", False)])
+def test_a_requeue_warning_at_or_before_the_start_is_a_warning(tmp_path, capsys, time, warned):
+    """before-limit 300 s on a 3- or 5-minute step: SLURM's warning signal comes as the step
+    starts, and it is asked to checkpoint and stop at once (a test step of 3 minutes met this
+    only when SLURM's periodic signal check happened to fall early)."""
+    wf = tmp_path / "wf.yml"
+    wf.write_text(f"""name: early
+defaults:
+  container: none
+  resources: {{time: "{time}"}}
+steps:
+  - name: train
+    command: "true"
+    requeue: {{max-requeues: 1}}
+""")
+    assert main(["validate", str(wf)]) == 0
+    err = capsys.readouterr().err
+    expected = (f"warning: {wf}:8: steps[0](train).requeue: before-limit (300 s) is not shorter "
+                f"than the time limit ({time}): SLURM asks the step to checkpoint and stop")
+    assert (expected in err) is warned, err
