@@ -219,8 +219,10 @@ steps:
     command: bash -c
     args: ['echo "$SLURM_ARRAY_TASK_ID ${matrix.lr}" >> grid.txt']
   # The time limit varies: one job per combination, each after the one max-parallel before it.
+  # (5+ minutes: submitit's USR2 warning, 90 s before the limit and up to 60 s early, must not
+  # come while its python starts; with 1 and 2 minutes it killed a task now and then, exit 140)
   - name: fit
-    matrix: {minutes: [1, 2, 3]}
+    matrix: {minutes: [5, 6, 7]}
     max-parallel: 1
     resources: {time: "${matrix.minutes}"}
     command: bash -c
@@ -250,5 +252,5 @@ def test_a_matrix_of_jobs_throttled_to_one_runs_them_one_after_another(swept):
     folder, run = swept
     assert [run.step(f"fit-{i}").state for i in range(3)] == ["COMPLETED"] * 3
     rows = [line.split() for line in (folder / "fit.txt").read_text().splitlines()]
-    assert sorted(r[0] for r in rows) == ["1", "2", "3"]
+    assert sorted(r[0] for r in rows) == ["5", "6", "7"]
     assert most_at_once([(float(s), float(e)) for _, s, e in rows]) == 1

@@ -138,7 +138,9 @@ def test_resume_exclude_keeps_the_node_a_step_hung_on_out(slurm_cluster, run_fol
 @pytest.mark.timeout(600)
 def test_a_hung_step_with_requeue_is_requeued_and_then_completes(slurm_cluster, run_folder):
     wf = workflow(run_folder, "srun", "nodes: 1, ntasks-per-node: 2",
-                  extra="    requeue: {max-requeues: 1}\n", hang_rank=1)
+                  # before-limit under the 3-minute limit: the default 300 s asked the step to
+                  # stop as it started whenever SLURM's signal check came early (validate warns)
+                  extra="    requeue: {max-requeues: 1, before-limit: 60}\n", hang_rank=1)
     assert main(["submit", str(wf), "--backend", "slurm", "--wait", "--timeout", "400"]) == 0
     manifest = RunManifest.load(find_run(None))
     log = "\n".join(p.read_text() for p in (Path(manifest.run_dir) / "logs").glob("*.out"))
