@@ -176,9 +176,9 @@ def implausible_values(wf: Workflow, doc: YamlDoc, site=None) -> list[UserError]
                 (slurm_syntax.mem_bytes(r.mem) or 0) > 16 * 2**40:
             warn("mem", f"{r.mem} per node is more memory than any node has")
     for i, step in enumerate(wf.steps):
-        limit = step.resources.time or wf.defaults.resources.time
+        time_limit = step.resources.time or wf.defaults.resources.time
         try:
-            seconds = slurm_syntax.time_seconds(limit) if limit else None
+            seconds = slurm_syntax.time_seconds(time_limit) if time_limit else None
         except (ValueError, TypeError):
             seconds = None
         if step.requeue and seconds is not None and seconds <= step.requeue.before_limit:
@@ -186,7 +186,7 @@ def implausible_values(wf: Workflow, doc: YamlDoc, site=None) -> list[UserError]
             file, line = doc.where(path)
             found.append(UserError(
                 f"before-limit ({step.requeue.before_limit} s) is not shorter than the time "
-                f"limit ({limit}): SLURM asks the step to checkpoint and stop as soon as it "
-                "starts; set requeue.before-limit well below the time limit",
+                f"limit ({time_limit}): SLURM asks the step to checkpoint and stop as soon as "
+                "it starts; set requeue.before-limit well below the time limit",
                 file=file, line=line, field=dotted(path, doc.data)))
     return found
