@@ -176,12 +176,9 @@ def implausible_values(wf: Workflow, doc: YamlDoc, site=None) -> list[UserError]
                 (slurm_syntax.mem_bytes(r.mem) or 0) > 16 * 2**40:
             warn("mem", f"{r.mem} per node is more memory than any node has")
     for i, step in enumerate(wf.steps):
-        time_limit = step.resources.time or wf.defaults.resources.time
-        try:
-            seconds = slurm_syntax.time_seconds(time_limit) if time_limit else None
-        except (ValueError, TypeError):
-            seconds = None
-        if step.requeue and seconds is not None and seconds <= step.requeue.before_limit:
+        time_limit = merge(wf.defaults.resources, step.resources).time  # parsed above
+        if step.requeue and time_limit and \
+                slurm_syntax.time_seconds(time_limit) <= step.requeue.before_limit:
             path = ("steps", i, "requeue")
             file, line = doc.where(path)
             found.append(UserError(
