@@ -251,3 +251,51 @@ def test_status_and_logs_leave_submitit_unpatched():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
 
+
+
+SHORT = """
+name: short
+defaults: {resources: {time: 2}}
+steps:
+  - name: quick
+    command: bash -c
+    args: ['sleep 3; echo finished']
+"""
+
+# Python's start-up held for 6 s in the job's first process (submitit's own, which installs the
+# USR2 handler), so that the warning is sure to arrive before the handler exists.
+SLOW_START = """
+import os, pathlib, time
+flag = pathlib.Path(os.environ.get("SLOW_START_FLAG", "/nonexistent/x"))
+if os.environ.get("SLURM_JOB_ID") and flag.parent.is_dir() and not flag.exists():
+    flag.touch()
+    time.sleep(6)
+"""
+
+
+@pytest.mark.slurm
+def test_a_warning_that_comes_as_the_job_starts_does_not_kill_it(slurm_cluster, run_folder):
+    """A step whose time limit is shorter than submitit's warning (--signal=B:USR2@90) gets
+    the warning at SLURM's first check, which can fall before python has installed submitit's
+    handler: the signal's default action killed the job (exit 140, no log line). It is ignored
+    until the handler is in place, so the step runs and completes."""
+    (run_folder / "wf.yml").write_text(SHORT)
+    (run_folder / "site").mkdir()
+    (run_folder / "site" / "sitecustomize.py").write_text(SLOW_START)
+    env = {**os.environ, "ITWINAI_HPC_SUBMITIT_CLUSTER": "slurm",
+           "PYTHONPATH": str(run_folder / "site"), "SLOW_START_FLAG": str(run_folder / "slow")}
+    p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "submit", "wf.yml", "--backend",
+                        "submitit", "-o", str(run_folder / "run")], cwd=run_folder, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    job = RunManifest.load(run_folder / "run").step("quick").job_id
+    slurm_cluster.wait_for_state(job, ["RUNNING"])
+    deadline = time.monotonic() + 5
+    while not (run_folder / "slow").exists():       # the job's python is starting
+        assert time.monotonic() < deadline, "the job's python never started"
+        time.sleep(0.05)
+    slurm_cluster.run("scancel", "--batch", "--signal=USR2", job)
+    slurm_cluster.wait_for_jobs([job], timeout=60)
+    assert slurm_cluster.job_state(job) == "COMPLETED", slurm_cluster.job_fields(job)
+    step = RunManifest.load(run_folder / "run").step("quick")
+    assert "finished" in Path(step.log).read_text()

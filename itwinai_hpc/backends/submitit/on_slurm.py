@@ -74,7 +74,13 @@ def slurm_executor(folder: Path, manifest: RunManifest, job: PlannedStep,
             params[key] = value
     # `exec`: python replaces the batch shell, so the B:USR2 warning reaches submitit's
     # handler (checkpoint + requeue). Sent to a plain bash it would kill the job instead.
-    executor = submitit.SlurmExecutor(folder, python="exec " + shlex.quote(sys.executable))
+    # Ignored until that handler is installed: a step whose time limit is not much longer
+    # than the warning gets it at SLURM's first check, which can fall while python starts,
+    # and USR2's default action killed the job (exit 140, nothing in its log). Only an ignored
+    # signal survives exec, and submitit's handler replaces it, so the step's own processes
+    # get USR2's usual meaning.
+    executor = submitit.SlurmExecutor(
+        folder, python="trap '' USR2; exec " + shlex.quote(sys.executable))
     executor.update_parameters(**params)
     return executor
 
