@@ -160,7 +160,11 @@ def test_status_shows_the_last_state_when_the_folder_cannot_be_written(here, mon
     while RunManifest.load(here / "run").step("a").state != "RUNNING":
         assert time.monotonic() < deadline, "the step did not start in 30 s"
         time.sleep(0.1)
-    os.kill(RunManifest.load(here / "run").extra["local"]["runner_pid"], 9)   # state to record
+    runner = RunManifest.load(here / "run").extra["local"]["runner_pid"]
+    os.kill(runner, 9)                                   # a state for status to record
+    while alive(runner):        # SIGKILL is delivered, not yet done, when os.kill returns
+        assert time.monotonic() < deadline, "the killed runner is still there"
+        time.sleep(0.05)
     import errno
 
     import itwinai_hpc.core.atomic as atomic

@@ -254,8 +254,14 @@ def test_cancel_during_a_running_step_leaves_nothing_of_the_run_queued(
     assert slurm_cluster.active_jobs(ids) == set()
     rc, doc = status_json(capsys)
     assert rc == 1 and set(states(doc).values()) == {"CANCELLED"}
-    # the running step was killed by SIGTERM: 143, as its own exit status file says (was 0)
-    left = (Path(manifest.run_dir) / "logs" / f".exit-{ids[0]}").read_text().strip()
+    # the running step was killed by SIGTERM: 143, as its own exit status file says (was 0);
+    # its shell writes that file as it dies, which may come after squeue lets the job go
+    marker = Path(manifest.run_dir) / "logs" / f".exit-{ids[0]}"
+    deadline = time.monotonic() + 10
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the cancelled step left no exit status file"
+        time.sleep(0.1)
+    left = marker.read_text().strip()
     assert doc["steps"][0]["exit_code"] == int(left) == 143
 
 
