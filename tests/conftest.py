@@ -5,6 +5,7 @@ A missing or broken cluster is a test failure with the start script's log, never
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import os
 import re
@@ -143,7 +144,10 @@ def _bring_up(directory: str, overrides: dict[str, str]) -> SlurmCluster:
     up) restarts one whose knobs, template or script changed."""
     conf = f"{directory}/slurm.conf"
     env = {**os.environ, "SLURM_CI_DIR": directory, **overrides}
-    ok, log = _start_cluster(env)
+    # One start at a time: pytest-xdist workers may both find the cluster down.
+    with open(f"{directory}.start-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ok, log = _start_cluster(env)
     nodes = _sinfo_nodes(conf) if ok else None
     if nodes is None:
         tail = "\n".join(log.splitlines()[-40:])
@@ -162,16 +166,33 @@ def _stop(cluster: SlurmCluster) -> None:
                    env={**os.environ, "SLURM_CI_DIR": cluster.directory}, timeout=120)
 
 
+# Session fixtures that tests share a pytest-xdist worker for (tests/run.sh runs the suite on
+# two workers, --dist loadgroup): a costly one is then built once, not once per worker, and the
+# clusters beside the main one are started and stopped by one worker only.
+SHARED_SESSION_FIXTURES = {"slurm_cluster_factory": "extra-clusters",
+                           "trained": "trained-mnist"}
+
+
 def pytest_collection_modifyitems(items) -> None:
     """Slow tests (training on real digits, fault injection) get 900 s unless they say. A test
     that asks for a cluster fixture is a `slurm` test even where it forgot the marker (so
-    `-m "not slurm"` never starts a cluster)."""
+    `-m "not slurm"` never starts a cluster). Under pytest-xdist a file's tests run on one
+    worker (its module fixtures are built once), and every file that uses one of
+    SHARED_SESSION_FIXTURES on that fixture's worker."""
+    group_of_file: dict[str, str] = {}
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(900))
+        names = getattr(item, "fixturenames", ())
         if (not item.get_closest_marker("slurm")
-                and any(f.startswith("slurm_cluster") for f in getattr(item, "fixturenames", ()))):
+                and any(f.startswith("slurm_cluster") for f in names)):
             item.add_marker(pytest.mark.slurm)
+        shared = [SHARED_SESSION_FIXTURES[f] for f in names if f in SHARED_SESSION_FIXTURES]
+        if shared or item.path.as_posix() not in group_of_file:
+            group_of_file[item.path.as_posix()] = shared[0] if shared else item.path.as_posix()
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group_of_file[item.path.as_posix()]))
 
 
 @pytest.fixture(autouse=True)
@@ -244,7 +265,8 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = old
-    if cluster.started_here:
+    # Under pytest-xdist the other worker may still use it: tests/run.sh stops what it started.
+    if cluster.started_here and "PYTEST_XDIST_WORKER" not in os.environ:
         _stop(cluster)
 
 

@@ -57,6 +57,9 @@ export SLURM_CONF=$SLURM_CI_DIR/slurm.conf
 # processes of their own, and where PYTHONDONTWRITEBYTECODE is set each would compile every
 # module it imports, every time. Not exec: the trap must run after pytest.
 "$PY" -m compileall -q itwinai_hpc >/dev/null
+# Two pytest-xdist workers (TEST_WORKERS=1 for one): while one waits on SLURM or a
+# subprocess the other runs. A file's tests stay on one worker, and so do the tests of a costly
+# session fixture (tests/conftest.py: SHARED_SESSION_FIXTURES).
 status=0
-"$PY" -m pytest "$@" || status=$?
+"$PY" -m pytest -n "${TEST_WORKERS:-2}" --dist loadgroup "$@" || status=$?
 exit "$status"
