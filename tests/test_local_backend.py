@@ -505,3 +505,30 @@ steps:
     assert "b was here" in capsys.readouterr().out
     [failed] = operations.failures(RunManifest.load(new))
     assert failed.log and failed.log.is_relative_to(new) and "b was here" in failed.tail
+
+
+def test_wait_sees_a_short_run_end_at_once_and_polls_a_long_one_once_per_interval(
+        workdir, no_slurm, monkeypatch):
+    """`submit --wait` polled every 2 s from the start, so a run of a few seconds was reported
+    up to 2 s after it ended; the pauses now grow from 0.2 s to the interval, and a --timeout
+    is kept to (never slept past)."""
+    p, run = submit(write_workflow(workdir, "name: w\nsteps:\n  - {name: a, command: sleep 4}\n"))
+    assert p.returncode == 0, p.stderr
+    manifest = RunManifest.load(run)
+    pauses: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(operations.time, "sleep", sleep)
+    timed_out = operations.wait(manifest, interval=1.0, timeout=0.7)
+    waited_for_timeout = list(pauses)
+    pauses.clear()
+    done = operations.wait(manifest, interval=1.0, timeout=60)
+    monkeypatch.setattr(operations.time, "sleep", real_sleep)
+    assert timed_out == operations.EXIT_ACTIVE and sum(waited_for_timeout) <= 0.7
+    assert done == 0 and manifest.step("a").state == "COMPLETED"
+    assert pauses[0] <= 0.2 and pauses == sorted(pauses) and max(pauses) == 1.0
+    assert len(pauses) <= 12        # ~3 s at 1 s a poll, not 15 polls at the first pause

@@ -144,11 +144,17 @@ def mark_hung(manifest: RunManifest) -> None:
             m.step(name).state, m.step(name).reason = StepState.HUNG, why
 
 
+FIRST_PAUSE_S = 0.2      # wait's first pause; each next one 1.5x longer, up to `interval`
+
+
 def wait(manifest: RunManifest, interval: float = 2.0, timeout: float | None = None,
          progress=None) -> int:
-    """Poll until no step is pending or running; returns the status exit code."""
+    """Poll until no step is pending or running; returns the status exit code. The pauses
+    grow from FIRST_PAUSE_S to `interval` (a short run is seen to end at once, a long one
+    costs the scheduler one query per `interval`) and never run past `timeout`."""
     deadline = None if timeout is None else time.monotonic() + timeout
     last = None
+    pause = min(FIRST_PAUSE_S, interval)
     while True:
         refresh(manifest)
         line = progress_line(manifest)
@@ -157,9 +163,11 @@ def wait(manifest: RunManifest, interval: float = 2.0, timeout: float | None = N
             last = line
         if not any(_active(s) for s in manifest.steps):
             return exit_code(manifest)
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() >= deadline:
             return EXIT_ACTIVE
-        time.sleep(interval)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        time.sleep(pause if left is None else min(pause, left))
+        pause = min(pause * 1.5, interval)
 
 
 def progress_line(manifest: RunManifest) -> str:
