@@ -124,6 +124,20 @@ def test_cluster_choice_follows_the_environment_override():
         choose_cluster({"ITWINAI_HPC_SUBMITIT_CLUSTER": "pbs"})
 
 
+def submit_running_on_slurm(cluster, folder: Path, text: str, step: str, **env: str) -> str:
+    """Submit `text` through submitit to the test cluster (no --wait); `step`'s job id once
+    it runs."""
+    (folder / "wf.yml").write_text(text)
+    env = {**os.environ, "ITWINAI_HPC_SUBMITIT_CLUSTER": "slurm", **env}
+    p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "submit", "wf.yml", "--backend",
+                        "submitit", "-o", str(folder / "run")], cwd=folder, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    job = RunManifest.load(folder / "run").step(step).job_id
+    cluster.wait_for_state(job, ["RUNNING"])
+    return job
+
+
 PREEMPTED = """
 name: preempted
 defaults: {resources: {time: 10}}
@@ -141,14 +155,7 @@ steps:
 @pytest.mark.slurm
 def test_a_step_warned_of_its_time_limit_is_checkpointed_requeued_and_completes(
         slurm_cluster, run_folder):
-    (run_folder / "wf.yml").write_text(PREEMPTED)
-    env = {**os.environ, "ITWINAI_HPC_SUBMITIT_CLUSTER": "slurm"}
-    p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "submit", "wf.yml", "--backend",
-                        "submitit", "-o", str(run_folder / "run")], cwd=run_folder, env=env,
-                       capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, p.stderr
-    job = RunManifest.load(run_folder / "run").step("long").job_id
-    slurm_cluster.wait_for_state(job, ["RUNNING"])
+    job = submit_running_on_slurm(slurm_cluster, run_folder, PREEMPTED, "long")
     deadline = time.monotonic() + 30
     while not (run_folder / "resumed").exists():
         assert time.monotonic() < deadline
@@ -252,7 +259,6 @@ def test_status_and_logs_leave_submitit_unpatched():
     assert p.returncode == 0, p.stderr
 
 
-
 SHORT = """
 name: short
 defaults: {resources: {time: 2}}
@@ -279,17 +285,11 @@ def test_a_warning_that_comes_as_the_job_starts_does_not_kill_it(slurm_cluster, 
     the warning at SLURM's first check, which can fall before python has installed submitit's
     handler: the signal's default action killed the job (exit 140, no log line). It is ignored
     until the handler is in place, so the step runs and completes."""
-    (run_folder / "wf.yml").write_text(SHORT)
     (run_folder / "site").mkdir()
     (run_folder / "site" / "sitecustomize.py").write_text(SLOW_START)
-    env = {**os.environ, "ITWINAI_HPC_SUBMITIT_CLUSTER": "slurm",
-           "PYTHONPATH": str(run_folder / "site"), "SLOW_START_FLAG": str(run_folder / "slow")}
-    p = subprocess.run([sys.executable, "-m", "itwinai_hpc.cli", "submit", "wf.yml", "--backend",
-                        "submitit", "-o", str(run_folder / "run")], cwd=run_folder, env=env,
-                       capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, p.stderr
-    job = RunManifest.load(run_folder / "run").step("quick").job_id
-    slurm_cluster.wait_for_state(job, ["RUNNING"])
+    job = submit_running_on_slurm(slurm_cluster, run_folder, SHORT, "quick",
+                                  PYTHONPATH=str(run_folder / "site"),
+                                  SLOW_START_FLAG=str(run_folder / "slow"))
     deadline = time.monotonic() + 5
     while not (run_folder / "slow").exists():       # the job's python is starting
         assert time.monotonic() < deadline, "the job's python never started"
