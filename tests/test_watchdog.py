@@ -30,6 +30,7 @@ import os, sys, time
 from itwinai_hpc import job
 hang = int(os.environ.get("HANG_RANK", "0"))
 again = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+print("rank", job.rank(), "started", flush=True)
 for i in range(200 if not again else 3):
     job.progress()
     if i == 3 and job.rank() == hang and not again:
@@ -147,3 +148,33 @@ def test_a_hung_step_with_requeue_is_requeued_and_then_completes(slurm_cluster, 
     assert "a rank hung: requeue (restart 1)" in log, log[-3000:]
     assert manifest.step("train").state == "COMPLETED"
     assert operations.exit_code(manifest) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.timeout(600)
+def test_a_rank_that_hangs_after_the_time_limit_warning_is_requeued_like_any_hang(
+        slurm_cluster, run_folder):
+    """The warning came, the step was asked to stop, and then a rank hung: its watchdog ended
+    the step (124) within the grace, and the job script took that for a step that had ended on
+    its own: HUNG, no requeue. A hang is requeued whenever it comes (up to max-requeues)."""
+    wf = workflow(run_folder, "srun", "nodes: 1, ntasks-per-node: 2", hang_rank=1,
+                  extra="    requeue: {max-requeues: 1, before-limit: 90, grace: 60}\n")
+    assert main(["submit", str(wf), "--backend", "slurm"]) == 0
+    manifest = RunManifest.load(find_run(None))
+    logs = Path(manifest.run_dir) / "logs"
+
+    def log_text() -> str:
+        return "\n".join(p.read_text(errors="replace") for p in logs.glob("*.out"))
+
+    deadline = time.monotonic() + 120
+    while "rank 1 started" not in log_text():
+        assert time.monotonic() < deadline, "the step's ranks did not start"
+        time.sleep(0.2)
+    # what slurmctld sends at --signal=B:USR2@90; rank 1 hangs 0.3 s after it started
+    slurm_cluster.run("scancel", "--batch", "--signal=USR2", manifest.step("train").job_id)
+    assert operations.wait(manifest, interval=1, timeout=300) == 0, manifest.step("train")
+    text = log_text()
+    assert "asking the step to checkpoint and stop" in text, text[-3000:]
+    assert "a rank hung: requeue (restart 1)" in text, text[-3000:]
+    assert manifest.step("train").state == "COMPLETED"
