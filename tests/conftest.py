@@ -166,33 +166,40 @@ def _stop(cluster: SlurmCluster) -> None:
                    env={**os.environ, "SLURM_CI_DIR": cluster.directory}, timeout=120)
 
 
-# Session fixtures that tests share a pytest-xdist worker for (tests/run.sh runs the suite on
-# two workers, --dist loadgroup): a costly one is then built once, not once per worker, and the
-# clusters beside the main one are started and stopped by one worker only.
-SHARED_SESSION_FIXTURES = {"slurm_cluster_factory": "extra-clusters",
-                           "trained": "trained-mnist"}
-
-
 def pytest_collection_modifyitems(items) -> None:
     """Slow tests (training on real digits, fault injection) get 900 s unless they say. A test
     that asks for a cluster fixture is a `slurm` test even where it forgot the marker (so
-    `-m "not slurm"` never starts a cluster). Under pytest-xdist a file's tests run on one
-    worker (its module fixtures are built once), and every file that uses one of
-    SHARED_SESSION_FIXTURES on that fixture's worker."""
-    group_of_file: dict[str, str] = {}
+    `-m "not slurm"` never starts a cluster)."""
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(900))
-        names = getattr(item, "fixturenames", ())
         if (not item.get_closest_marker("slurm")
-                and any(f.startswith("slurm_cluster") for f in names)):
+                and any(f.startswith("slurm_cluster") for f in getattr(item, "fixturenames", ()))):
             item.add_marker(pytest.mark.slurm)
-        shared = [SHARED_SESSION_FIXTURES[f] for f in names if f in SHARED_SESSION_FIXTURES]
-        if shared or item.path.as_posix() not in group_of_file:
-            group_of_file[item.path.as_posix()] = shared[0] if shared else item.path.as_posix()
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(group_of_file[item.path.as_posix()]))
+
+
+# Under pytest-xdist (tests/run.sh: two workers, a file's tests on one) a worker must not stop
+# a cluster it started: the other worker may still use it. It leaves this mark in the cluster's
+# folder instead, and the controller stops every marked cluster when the whole run ends.
+STARTED_BY_A_WORKER = "started-by-a-pytest-worker"
+
+
+def _stop_at_session_end(cluster: SlurmCluster) -> None:
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        Path(cluster.directory, STARTED_BY_A_WORKER).touch()
+    else:
+        _stop(cluster)
+
+
+def pytest_sessionfinish(session) -> None:
+    """The xdist controller (or a plain run): stop the clusters workers started."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        return
+    for directory in [MAIN_DIR, *(f"{MAIN_DIR}-{name}" for name in EXTRA_CLUSTERS)]:
+        mark = Path(directory, STARTED_BY_A_WORKER)
+        if mark.exists():
+            mark.unlink()
+            _stop(SlurmCluster("", directory, [], ""))
 
 
 @pytest.fixture(autouse=True)
@@ -265,9 +272,8 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = old
-    # Under pytest-xdist the other worker may still use it: tests/run.sh stops what it started.
-    if cluster.started_here and "PYTEST_XDIST_WORKER" not in os.environ:
-        _stop(cluster)
+    if cluster.started_here:
+        _stop_at_session_end(cluster)
 
 
 @pytest.fixture(scope="session")
@@ -289,7 +295,7 @@ def slurm_cluster_factory() -> Iterator[Callable[[str], SlurmCluster]]:
     yield get
     for cluster in started.values():
         if cluster.started_here:
-            _stop(cluster)
+            _stop_at_session_end(cluster)
 
 
 @pytest.fixture(scope="session")

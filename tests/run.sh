@@ -58,8 +58,8 @@ export SLURM_CONF=$SLURM_CI_DIR/slurm.conf
 # module it imports, every time. Not exec: the trap must run after pytest.
 "$PY" -m compileall -q itwinai_hpc >/dev/null
 # Two pytest-xdist workers (TEST_WORKERS=1 for one): while one waits on SLURM or a
-# subprocess the other runs. A file's tests stay on one worker, and so do the tests of a costly
-# session fixture (tests/conftest.py: SHARED_SESSION_FIXTURES).
+# subprocess the other runs. A file's tests stay on one worker (its module fixtures are built
+# once); session fixtures are built once per worker.
 status=0
-"$PY" -m pytest -n "${TEST_WORKERS:-2}" --dist loadgroup "$@" || status=$?
+"$PY" -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@" || status=$?
 exit "$status"
