@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -522,12 +523,13 @@ def test_wait_sees_a_short_run_end_at_once_and_polls_a_long_one_once_per_interva
         pauses.append(seconds)
         real_sleep(seconds)
 
-    monkeypatch.setattr(operations.time, "sleep", sleep)
+    # wait's own pauses only (time.sleep itself is shared with every thread of this process)
+    monkeypatch.setattr(operations, "time", SimpleNamespace(sleep=sleep,
+                                                            monotonic=time.monotonic))
     timed_out = operations.wait(manifest, interval=1.0, timeout=0.7)
     waited_for_timeout = list(pauses)
     pauses.clear()
     done = operations.wait(manifest, interval=1.0, timeout=60)
-    monkeypatch.setattr(operations.time, "sleep", real_sleep)
     assert timed_out == operations.EXIT_ACTIVE and sum(waited_for_timeout) <= 0.7
     assert done == 0 and manifest.step("a").state == "COMPLETED"
     assert pauses[0] <= 0.2 and pauses == sorted(pauses) and max(pauses) == 1.0

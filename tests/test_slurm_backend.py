@@ -250,6 +250,12 @@ def test_cancel_during_a_running_step_leaves_nothing_of_the_run_queued(
     manifest = RunManifest.load(find_run(None))
     ids = [s.job_id for s in manifest.steps]
     slurm_cluster.wait_for_state(ids[0], ["RUNNING"])
+    # RUNNING comes before the batch shell has set its traps: wait for the line it prints after
+    log = Path(manifest.run_dir) / "logs" / f"chain.a-{ids[0]}.out"
+    deadline = time.monotonic() + 60
+    while not log.exists() or "step a of run" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "step a did not start"
+        time.sleep(0.1)
     assert main(["cancel", manifest.run_id]) == 0
     assert slurm_cluster.active_jobs(ids) == set()
     rc, doc = status_json(capsys)
