@@ -161,9 +161,9 @@ def _bring_up(directory: str, overrides: dict[str, str]) -> SlurmCluster:
     return SlurmCluster(conf, directory, nodes, parse_accounting_mode(config), started, overrides)
 
 
-def _stop(cluster: SlurmCluster) -> None:
+def _stop(directory: str) -> None:
     subprocess.run(["bash", str(SLURM_SCRIPTS / "stop-slurm.sh")], capture_output=True,
-                   env={**os.environ, "SLURM_CI_DIR": cluster.directory}, timeout=120)
+                   env={**os.environ, "SLURM_CI_DIR": directory}, timeout=120)
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -188,7 +188,7 @@ def _stop_at_session_end(cluster: SlurmCluster) -> None:
     if "PYTEST_XDIST_WORKER" in os.environ:
         Path(cluster.directory, STARTED_BY_A_WORKER).touch()
     else:
-        _stop(cluster)
+        _stop(cluster.directory)
 
 
 def pytest_sessionfinish(session) -> None:
@@ -199,7 +199,7 @@ def pytest_sessionfinish(session) -> None:
         mark = Path(directory, STARTED_BY_A_WORKER)
         if mark.exists():
             mark.unlink()
-            _stop(SlurmCluster("", directory, [], ""))
+            _stop(directory)
 
 
 @pytest.fixture(autouse=True)
