@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import xdist_order
 
 from itwinai_hpc.backends.slurm.query import parse_accounting_mode
 
@@ -166,16 +167,28 @@ def _stop(directory: str) -> None:
                    env={**os.environ, "SLURM_CI_DIR": directory}, timeout=120)
 
 
-def pytest_collection_modifyitems(items) -> None:
+def pytest_collection_modifyitems(config, items) -> None:
     """Slow tests (training on real digits, fault injection) get 900 s unless they say. A test
     that asks for a cluster fixture is a `slurm` test even where it forgot the marker (so
-    `-m "not slurm"` never starts a cluster)."""
+    `-m "not slurm"` never starts a cluster). Under xdist, the slowest files first
+    (tests/xdist_order.py)."""
+    if "PYTEST_XDIST_WORKER" in os.environ and not config.pluginmanager.hasplugin("randomly"):
+        xdist_order.order_items(items)
+        xdist_order.warn_about_ungrouped_files(items)
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(900))
         if (not item.get_closest_marker("slurm")
                 and any(f.startswith("slurm_cluster") for f in getattr(item, "fixturenames", ()))):
             item.add_marker(pytest.mark.slurm)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` deals the files in the order above, a shared fixture's files as one."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    return xdist_order.make_scheduler(config, log)
 
 
 # Under pytest-xdist (tests/run.sh: two workers, a file's tests on one) a worker must not stop
