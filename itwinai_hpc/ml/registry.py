@@ -14,11 +14,10 @@ import os
 from dataclasses import dataclass, field
 
 from itwinai_hpc.core.errors import UserError
+from itwinai_hpc.ml.model_requirements import PIP_REQUIREMENTS, requirements_mapped
 from itwinai_hpc.ml.registry_lock import registry_lock, registry_read_lock
 from itwinai_hpc.ml.store_reading import check_alias_target, reading_model
 
-# Explicit: inferring them costs ~10 s per log_model.
-PIP_REQUIREMENTS = ["torch", "numpy"]
 MODEL_SCHEMES = ("models:/", "runs:/", "best:")
 # flock'ed around each registration: inside a file store's folder, beside a sqlite database.
 # Where mlflow.pyfunc runs the model: the pt2 export holds CPU weights, which MLflow refuses to
@@ -105,13 +104,15 @@ def log_served_model(reg: Registration) -> str:
     from mlflow.models import Model
 
     # What mlflow.pytorch.log_model does, through the flavor that pins pyfunc to the CPU.
-    info = Model.log(artifact_path=None, name="model", flavor=_PortablePytorchFlavor,
-                     pytorch_model=reg.model, input_example=reg.input_example,
-                     signature=tensor_signature(reg.model, reg.input_example),
-                     pip_requirements=PIP_REQUIREMENTS, step=0, metadata=reg.metadata or None,
-                     extra_files=reg.extra_files or None,
-                     pickle_module=mlflow.pytorch.pickle_module, serialization_format="pt2")
+    with requirements_mapped():
+        info = Model.log(artifact_path=None, name="model", flavor=_PortablePytorchFlavor,
+                         pytorch_model=reg.model, input_example=reg.input_example,
+                         signature=tensor_signature(reg.model, reg.input_example),
+                         pip_requirements=PIP_REQUIREMENTS, step=0,
+                         metadata=reg.metadata or None, extra_files=reg.extra_files or None,
+                         pickle_module=mlflow.pytorch.pickle_module, serialization_format="pt2")
     return info.model_uri
+
 
 
 def tensor_signature(model, example):
