@@ -59,7 +59,9 @@ export SLURM_CONF=$SLURM_CI_DIR/slurm.conf
 "$PY" -m compileall -q itwinai_hpc >/dev/null
 # Two pytest-xdist workers (TEST_WORKERS=1 for one): while one waits on SLURM or a
 # subprocess the other runs. A file's tests stay on one worker (its module fixtures are built
-# once); session fixtures are built once per worker.
+# once); session fixtures are built once per worker, except `trained`, whose files go to one.
+# The slowest files are dealt first (tests/xdist_order.py, tests/file_durations.txt), so the
+# two workers end together; pyproject's addopts print the 30 slowest tests of every run.
 status=0
 "$PY" -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@" || status=$?
 exit "$status"
