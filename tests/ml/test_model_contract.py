@@ -1,5 +1,5 @@
 """The registered model as a data scientist loads it with plain MLflow: trained on all of MNIST
-(2 epochs, one process), it takes raw uint8 digits, normalises inside and is >= 99% accurate on
+(1 epoch, one process), it takes raw uint8 digits, normalises inside and is >= 99% accurate on
 the 10,000 test digits; what MLflow's loaders return; the trainable module beside it. And on a
 node with a GPU: registration prints no error and every loader still loads it (CUDA's presence
 simulated here; benchmarks/gpu_check.sh does it on a real GPU)."""
