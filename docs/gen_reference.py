@@ -1,5 +1,5 @@
 """Write the generated pages of the docs: the workflow-format and config references from the
-typed pydantic models (field, type, default, description), the CLI reference from the argparse
+typed models (field, type, default, description), the CLI reference from the argparse
 parser, and the JSON Schemas an editor is pointed at (docs/schema/*.schema.json).
 
     .venv/bin/python docs/gen_reference.py            # rewrite them

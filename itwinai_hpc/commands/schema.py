@@ -1,5 +1,6 @@
 """`itwinai-hpc schema`: JSON Schemas (draft 2020-12) of the workflow format and of the train,
-inference and preprocessing configs, generated from the typed pydantic models that validate them.
+inference and preprocessing configs, generated from the typed models that validate them (the
+workflow's records, core/records.py; the configs' pydantic models).
 
 The schema accepts what the loader accepts, no more and no less where JSON Schema can say it:
 unknown keys are refused (the models forbid them), kebab-case names as written in YAML, and a
@@ -16,8 +17,6 @@ import re
 import sys
 from typing import Any, get_args
 
-from pydantic import BaseModel
-
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 CONFIGS = ("train", "inference", "preprocess")
 # A value holding a variable reference: substituted (and then checked) by the loader.
@@ -28,7 +27,7 @@ _COMMENT = re.compile(r"^\s*#\s?(.*)$")
 _TRAILING = re.compile(r"\S\s{2,}#\s+(.*)$")
 
 
-def model_for(kind: str) -> type[BaseModel]:
+def model_for(kind: str) -> Any:
     """The model behind `schema` (kind 'workflow') or `schema --config KIND`."""
     if kind == "workflow":
         from itwinai_hpc.workflow.schema import Workflow
@@ -45,12 +44,17 @@ def model_for(kind: str) -> type[BaseModel]:
     raise ValueError(f"no schema for {kind!r}; one of: workflow, {', '.join(CONFIGS)}")
 
 
-def models_in(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
+def is_model(tp: Any) -> bool:
+    """A model class: a record of the workflow format or a config's pydantic model."""
+    return isinstance(tp, type) and isinstance(getattr(tp, "model_fields", None), dict)
+
+
+def models_in(root: Any) -> dict[str, Any]:
     """Every model reachable from `root`'s fields, by class name (the schema's $defs keys)."""
-    found: dict[str, type[BaseModel]] = {}
+    found: dict[str, Any] = {}
 
     def visit(tp: Any) -> None:
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
+        if is_model(tp):
             if tp.__name__ in found:
                 return
             found[tp.__name__] = tp
@@ -63,12 +67,12 @@ def models_in(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
     return found
 
 
-def field_comments(model: type[BaseModel]) -> dict[str, str]:
+def field_comments(model: Any) -> dict[str, str]:
     """The comment lines written directly above each field (or after it on its line), in the
     class and the classes it inherits fields from; the nearest class wins."""
     notes: dict[str, str] = {}
     for cls in reversed(model.__mro__):
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or cls is BaseModel:
+        if not is_model(cls) or cls.__module__.startswith(("pydantic", "itwinai_hpc.core.")):
             continue
         try:
             lines, _ = inspect.getsourcelines(cls)
@@ -151,7 +155,7 @@ FIELD_HELP = {
 }
 
 
-def descriptions(model: type[BaseModel]) -> dict[str, str]:
+def descriptions(model: Any) -> dict[str, str]:
     """Field name -> its description: Field(description=...) else its comment, else
     FIELD_HELP."""
     notes = field_comments(model)
@@ -166,7 +170,7 @@ def descriptions(model: type[BaseModel]) -> dict[str, str]:
     return notes
 
 
-def _alias(model: type[BaseModel], name: str) -> str:
+def _alias(model: Any, name: str) -> str:
     return model.model_fields[name].alias or name
 
 

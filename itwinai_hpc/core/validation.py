@@ -1,4 +1,4 @@
-"""Validate parsed YAML against a pydantic model; every problem becomes a located UserError.
+"""Validate parsed YAML against a model; every problem becomes a located UserError.
 
 The one way every config of the project (workflow, preprocess, train, inference) reports bad
 input: `FILE:LINE: dotted.field: what is wrong (did you mean ...); valid keys: ...`, all problems
@@ -7,17 +7,18 @@ of a file at once, sorted by line. Pure: no I/O beyond what the YamlDoc already 
 
 from __future__ import annotations
 
+import sys
 import typing
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
-
 from itwinai_hpc.core.errors import UserError, UserErrors
 from itwinai_hpc.core.markers import display
+from itwinai_hpc.core.records import RecordValidationError
 from itwinai_hpc.core.yamlsrc import YamlDoc
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M")
+# One problem, as both kinds of model report it: type, loc, msg, input (and ctx).
+ErrorDetails = dict
 
 
 def validate_model(model: type[M], doc: YamlDoc, data: Any = None) -> M:
@@ -25,9 +26,16 @@ def validate_model(model: type[M], doc: YamlDoc, data: Any = None) -> M:
     line and field for every problem."""
     data = doc.data if data is None else data
     try:
-        return model.model_validate(data)
-    except ValidationError as exc:
+        return model.model_validate(data)       # type: ignore[attr-defined]
+    except _validation_errors() as exc:
         raise UserErrors(by_line(explain(exc, doc, model))) from None
+
+
+def _validation_errors() -> tuple[type[Exception], ...]:
+    """What model_validate raises: the records' error (the workflow format, core/records.py)
+    and, once a pydantic model has loaded pydantic (the ML configs), pydantic's."""
+    pydantic = sys.modules.get("pydantic")
+    return (RecordValidationError,) + ((pydantic.ValidationError,) if pydantic else ())
 
 
 def by_line(errors: list[UserError]) -> list[UserError]:
@@ -43,7 +51,7 @@ def by_line(errors: list[UserError]) -> list[UserError]:
     return sorted(unique, key=lambda e: (e.file or "", e.line or 0))
 
 
-def explain(exc: ValidationError, doc: YamlDoc, model: type[BaseModel]) -> list[UserError]:
+def explain(exc: Any, doc: YamlDoc, model: type) -> list[UserError]:
     """One located UserError per offending field (a union's branches grouped into one)."""
     grouped: dict[tuple, list[ErrorDetails]] = {}
     for err in exc.errors(include_url=False):
@@ -84,7 +92,7 @@ def dotted(path: tuple, data: Any) -> str:
     return "".join(parts)
 
 
-def field_names(model: type[BaseModel]) -> list[str]:
+def field_names(model: Any) -> list[str]:
     """The keys a user writes for `model` (aliases where the model has them)."""
     return [f.alias or n for n, f in model.model_fields.items()]
 
@@ -108,7 +116,7 @@ def _data_path(loc: tuple, data: Any, kind: str) -> tuple:
     return tuple(path)
 
 
-def _message(path: tuple, errs: list[ErrorDetails], data: Any, model: type[BaseModel]) -> str:
+def _message(path: tuple, errs: list[ErrorDetails], data: Any, model: type) -> str:
     first = errs[0]
     kind = first["type"]
     got = first.get("input")
@@ -123,8 +131,10 @@ def _message(path: tuple, errs: list[ErrorDetails], data: Any, model: type[BaseM
     if len(errs) > 1:   # a value that fits none of a union's types
         if path and path[-1] == "container":
             return f"expected a mapping (image, binds, env, gpu, ...) or 'none', got {got!r}"
-        expected = [e["type"].split("_")[0] for e in errs]
-        return f"expected one of {', '.join(dict.fromkeys(expected))}, got {got!r}"
+        expected = list(dict.fromkeys(_kind_words(e) for e in errs))
+        said = expected[0] if len(expected) == 1 else \
+            f"{', '.join(expected[:-1])} or {expected[-1]}"
+        return f"expected {said}, got {got!r}"
     if kind == "string_pattern_mismatch" and path and path[-1] == "name":
         return (f"'{got}' is not a safe name: use letters, digits, '-' and '_', starting with a "
                 "letter (it names files and SLURM jobs)")
@@ -135,7 +145,21 @@ def _message(path: tuple, errs: list[ErrorDetails], data: Any, model: type[BaseM
     return f"{msg} (got {got!r})" if kind != "value_error" else msg
 
 
-def _model_at(model: type[BaseModel], path: tuple) -> type[BaseModel]:
+# What a union member takes, in words ("expected an integer or a string, got 1.5").
+_KINDS = {"bool": "a boolean", "int": "an integer", "float": "a number", "string": "a string",
+          "list": "a list", "dict": "a mapping", "model": "a mapping"}
+
+
+def _kind_words(err: ErrorDetails) -> str:
+    expected = err.get("ctx", {}).get("expected") if err["type"] == "literal_error" else None
+    if expected:                        # "'a', 'b' or 'c'"
+        return f"one of {expected.replace(' or ', ', ')}" if "," in expected or " or " in \
+            expected else str(expected)
+    kind = err["type"].split("_")[0]
+    return _KINDS.get(kind, kind)
+
+
+def _model_at(model: Any, path: tuple) -> Any:
     """The model class that validates the mapping at `path` below `model` (list indices and
     dict keys step into the item type; unions pick their model member)."""
     for key in path:
@@ -151,9 +175,9 @@ def _model_at(model: type[BaseModel], path: tuple) -> type[BaseModel]:
     return model
 
 
-def _inner_model(annotation) -> type[BaseModel] | None:
-    """The first BaseModel class inside an annotation (list[X], X | None, dict[str, X], ...)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+def _inner_model(annotation) -> type | None:
+    """The first model class inside an annotation (list[X], X | None, dict[str, X], ...)."""
+    if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
         return annotation
     for arg in typing.get_args(annotation):
         found = _inner_model(arg)

@@ -138,14 +138,13 @@ def _needed_names(needs: Any) -> set[str]:
 
 def _valid_per_task(per_task: list, combos: list[dict], path: tuple, err) -> bool:
     """Each task's resources are valid resources: else say which task, with which values."""
-    from pydantic import ValidationError
-
+    from itwinai_hpc.core.records import RecordValidationError
     from itwinai_hpc.workflow.sbatch_fields import Resources
 
     for task, (resources, combo) in enumerate(zip(per_task, combos)):
         try:
             Resources.model_validate(resources or {})
-        except ValidationError as exc:
+        except RecordValidationError as exc:
             first = exc.errors()[0]
             where = path + tuple(first["loc"][:1])
             err(where, f"task {task} ({', '.join(f'{k}={value_text(v)}' for k, v in combo.items())}"

@@ -8,9 +8,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, StrictInt, field_validator
-
 from itwinai_hpc.core import slurm_syntax
+from itwinai_hpc.core.records import Field, StrictInt, check
 from itwinai_hpc.workflow.schema_base import ListField, _Model, list_items
 
 SLURM_WORD = r"^[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*$"         # partition, account, qos lists
@@ -96,23 +95,20 @@ class Resources(_Model):
     # How GPUs are asked for: --gpus-per-node=N (default) or --gres=gpu:N (sites that want it)
     gpu_flag: Literal["gpus-per-node", "gres"] | None = None
 
-    @field_validator("mem", mode="before")
-    @classmethod
-    def _mem(cls, v):
+    @check("mem", before=True)
+    def _mem(v):
         """YAML reads `mem: 1024` as a number; SLURM reads it as megabytes, as if written."""
         return str(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else v
 
-    @field_validator("time")
-    @classmethod
-    def _time(cls, v: str | int | None) -> str | None:
+    @check("time")
+    def _time(v: str | int | None) -> str | None:
         if v is None:
             return None
         slurm_syntax.time_seconds(v)        # raises ValueError with the reason
         return str(v)
 
-    @field_validator("extra_sbatch")
-    @classmethod
-    def _extra(cls, flags):
+    @check("extra_sbatch")
+    def _extra(flags):
         for flag in list_items(flags):
             name, _, value = flag.partition("=")
             if name == "--export" and not (value == "ALL" or value.startswith("ALL,")):

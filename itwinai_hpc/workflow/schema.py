@@ -9,9 +9,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, StrictBool, StrictInt, field_serializer, field_validator
-
 from itwinai_hpc.core import slurm_syntax
+from itwinai_hpc.core.records import Field, StrictBool, StrictInt, check, serializer
 from itwinai_hpc.workflow.sbatch_fields import OWNED_SBATCH_FLAGS, Resources  # noqa: F401  (re-exported)
 from itwinai_hpc.workflow.schema_base import (  # noqa: F401
     ENV_NAME,
@@ -44,25 +43,22 @@ class Launch(_Model):
     # The rendezvous host from a node name, e.g. '{node}i' for JSC's InfiniBand names.
     rdzv_host: str | None = None
 
-    @field_validator("torchrun")
-    @classmethod
-    def _torchrun(cls, v: str | None) -> str | None:
+    @check("torchrun")
+    def _torchrun(v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[A-Za-z0-9_./+-]+( [A-Za-z0-9_./+-]+)*", v):
             raise ValueError(f"{v!r} is not a plain command (words of letters, digits and "
                              "._/+-, e.g. 'python -m torch.distributed.run')")
         return v
 
-    @field_validator("rdzv_host")
-    @classmethod
-    def _rdzv_host(cls, v: str | None) -> str | None:
+    @check("rdzv_host")
+    def _rdzv_host(v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[A-Za-z0-9._-]*\{node\}[A-Za-z0-9._-]*", v):
             raise ValueError(f"{v!r} must name the node as {{node}}, with a plain prefix or "
                              "suffix, e.g. '{node}i' (JSC's InfiniBand names)")
         return v
 
-    @field_validator("torchrun_args", "srun_args")
-    @classmethod
-    def _options(cls, opts):
+    @check("torchrun_args", "srun_args")
+    def _options(opts):
         return check_options(opts)
 
 
@@ -86,14 +82,12 @@ class Container(_Model):
     gpu: StrictBool | Literal["nvidia", "amd", "none", "auto"] | None = None
     options: ListField = None
 
-    @field_validator("env")
-    @classmethod
-    def _env(cls, env: dict | None) -> dict | None:
+    @check("env")
+    def _env(env: dict | None) -> dict | None:
         return check_env(env)
 
-    @field_validator("image")
-    @classmethod
-    def _image(cls, image: str | None) -> str | None:
+    @check("image")
+    def _image(image: str | None) -> str | None:
         # The image reaches `#SBATCH --image=` for Shifter, where a newline would start a
         # directive of its own; no image name or path holds a control character.
         if image is not None and any(ord(c) < 32 or ord(c) == 127 for c in image):
@@ -101,9 +95,8 @@ class Container(_Model):
                              "is one path or registry name")
         return image
 
-    @field_validator("options")
-    @classmethod
-    def _options(cls, opts):
+    @check("options")
+    def _options(opts):
         return check_options(opts)
 
 
@@ -126,30 +119,26 @@ class _StepSettings(_Model):
     # values (tokens, keys) are never written to the run folder or put on a command line.
     env_passthrough: ListField = None
 
-    @field_validator("env")
-    @classmethod
-    def _env(cls, env: dict | None) -> dict | None:
+    @check("env")
+    def _env(env: dict | None) -> dict | None:
         return check_env(env)
 
-    @field_validator("env_passthrough")
-    @classmethod
-    def _passthrough(cls, names):
+    @check("env_passthrough")
+    def _passthrough(names):
         for name in list_items(names):
             check_env_name(name)
         return names
 
-    @field_validator("runtime_env")
-    @classmethod
-    def _runtime_env(cls, env: dict | None) -> dict | None:
+    @check("runtime_env")
+    def _runtime_env(env: dict | None) -> dict | None:
         for key, value in (check_env(env) or {}).items():
             if not RUNTIME_VALUE.fullmatch(value):
                 raise ValueError(f"runtime-env.{key}: {value!r} may refer to variables only as "
                                  "$NAME or ${NAME} (no quotes, backslashes, backticks or $(...))")
         return env
 
-    @field_validator("setup", "node_setup")
-    @classmethod
-    def _lines(cls, lines):
+    @check("setup", "node_setup")
+    def _lines(lines):
         for line in list_items(lines):
             if "\n" in line.strip():
                 raise ValueError("each setup entry is one shell line")
@@ -184,9 +173,8 @@ class Watchdog(_Model):
 
     no_progress: str | StrictInt
 
-    @field_validator("no_progress")
-    @classmethod
-    def _duration(cls, v):
+    @check("no_progress")
+    def _duration(v):
         seconds = slurm_syntax.time_seconds(v)
         if seconds < 1:
             raise ValueError(f"{v!r}: at least one second (e.g. '0:30' or '10:00')")
@@ -230,32 +218,29 @@ class Step(_StepSettings):
     resources: Resources = Resources()
     container: ContainerField = None
 
-    @field_validator("array", mode="before")
-    @classmethod
-    def _array(cls, v):
+    @check("array", before=True)
+    def _array(v):
         if v is None:
             return None
         if isinstance(v, bool) or not isinstance(v, (int, str)):
             raise ValueError(f"{v!r} is not {slurm_syntax.ARRAY_HELP}")
         return slurm_syntax.parse_array(v).text
 
-    @field_validator("needs", mode="before")
-    @classmethod
-    def _needs(cls, v):
+    @check("needs", before=True)
+    def _needs(v):
         if isinstance(v, str):
             return {v: "ok"}
         if isinstance(v, list) and all(isinstance(n, str) for n in v):
             return {n: "ok" for n in v}
         return v
 
-    @field_serializer("needs")
-    def _needs_out(self, needs: dict[str, str]):
+    @serializer("needs")
+    def _needs_out(needs: dict[str, str]):
         """As a list where every need is `ok` (as most people write it)."""
         return list(needs) if set(needs.values()) <= {"ok"} else needs
 
-    @field_validator("command")
-    @classmethod
-    def _command(cls, v: str) -> str:
+    @check("command")
+    def _command(v: str) -> str:
         if not v.strip():
             raise ValueError("command is empty (only spaces); give the program to run, e.g. "
                              "'python train.py' or 'itwinai-hpc train'")
@@ -273,9 +258,8 @@ class Workflow(_Model):
     defaults: Defaults = Defaults()
     steps: Annotated[list[Step], Field(min_length=1)]
 
-    @field_validator("vars")
-    @classmethod
-    def _vars(cls, v: dict) -> dict:
+    @check("vars")
+    def _vars(v: dict) -> dict:
         for key in v:
             if not ENV_NAME.fullmatch(key):
                 raise ValueError(f"'{key}' is not a valid variable name (letters, digits, _)")

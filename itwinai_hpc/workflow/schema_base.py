@@ -7,22 +7,17 @@ from __future__ import annotations
 import re
 from typing import Union
 
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt
-
 from itwinai_hpc.core import job_env
+from itwinai_hpc.core.records import Record, StrictBool, StrictInt
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Scalar = Union[StrictBool, StrictInt, float, str]
 
 
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=_kebab, populate_by_name=False,
-                              frozen=True)
+class _Model(Record):
+    """Every model of the workflow format (core/records.py: strict, frozen, kebab-case keys,
+    unknown keys refused)."""
 
 
 class ListReplace(_Model):
@@ -101,4 +96,4 @@ def merge(base, override):
 
 
 def _is_model(value) -> bool:
-    return isinstance(value, BaseModel) and not isinstance(value, ListReplace)
+    return isinstance(value, Record) and not isinstance(value, ListReplace)

@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, StrictInt
-
 from itwinai_hpc.core import job_env
 from itwinai_hpc.core.errors import UserError, UserErrors
+from itwinai_hpc.core.records import Field, StrictInt
 from itwinai_hpc.core.validation import did_you_mean, validate_model
 from itwinai_hpc.core.yamlsrc import parse_yaml
 from itwinai_hpc.workflow.sbatch_fields import MEM
