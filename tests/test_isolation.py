@@ -36,8 +36,15 @@ def test_b_does_not_see_that_store():
 '''
 
 
+def this_folders_conftest(pytester) -> None:
+    """tests/conftest.py in the pytester session, with the module it imports beside it."""
+    here = Path(__file__).parent
+    pytester.makeconftest((here / "conftest.py").read_text())
+    pytester.makepyfile(xdist_order=(here / "xdist_order.py").read_text())
+
+
 def test_mlflow_uris_set_by_one_test_are_put_back_before_the_next(pytester):
-    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
+    this_folders_conftest(pytester)
     pytester.makepyfile(test_two=TWO_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider", "-q",
                                 "test_two.py")
@@ -67,7 +74,7 @@ def test_still_sees_it(champion_store):
 
 
 def test_mlflow_uris_set_by_a_module_fixture_stay_in_that_module(pytester):
-    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
+    this_folders_conftest(pytester)
     pytester.makepyfile(test_1_module=MODULE_FIXTURE,
                         test_2_next=TWO_TESTS.split("def test_a_")[0]
                         + "def test_b_" + TWO_TESTS.split("def test_b_")[1])
