@@ -172,7 +172,9 @@ def pytest_collection_modifyitems(config, items) -> None:
     that asks for a cluster fixture is a `slurm` test even where it forgot the marker (so
     `-m "not slurm"` never starts a cluster). Under xdist, the slowest files first
     (tests/xdist_order.py)."""
-    if "PYTEST_XDIST_WORKER" in os.environ and not config.pluginmanager.hasplugin("randomly"):
+    # an xdist worker has `workerinput` (PYTEST_XDIST_WORKER also reaches a pytest its tests
+    # start, such as test_isolation's pytester session)
+    if hasattr(config, "workerinput") and not config.pluginmanager.hasplugin("randomly"):
         xdist_order.order_items(items)
         xdist_order.warn_about_ungrouped_files(items)
     for item in items:
