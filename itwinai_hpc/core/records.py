@@ -71,9 +71,6 @@ class FieldInfo:
         self.after: list = []
         self.serializer = None
 
-    def is_required(self) -> bool:
-        return self.required
-
     def fresh_default(self) -> Any:
         return copy.copy(self.default) if isinstance(self.default, (dict, list)) else \
             self.default
