@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from itwinai_hpc import __version__
-from itwinai_hpc.commands.process import terminated, usable_streams
+from itwinai_hpc.commands.process import exit_now, terminated, usable_streams
 from itwinai_hpc.core.errors import RunStateError, UserError
 
 # Commands the job scripts run (inside a job, on a compute node); every other command is typed
@@ -297,4 +297,4 @@ def _main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -1,11 +1,15 @@
-"""How an itwinai-hpc process meets its surroundings before any command runs: a closed or
-ASCII-only terminal, and SIGTERM (unwound like an error, so nothing half-written stays)."""
+"""How an itwinai-hpc process meets its surroundings: before any command runs, a closed or
+ASCII-only terminal and SIGTERM (unwound like an error, so nothing half-written stays); after
+it, the exit (exit_now)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
+import threading
+from typing import NoReturn
 
 
 def usable_streams() -> None:
@@ -22,3 +26,34 @@ def usable_streams() -> None:
 def terminated(signum, frame) -> None:
     """SIGTERM (a job's time limit, `kill`): unwind, so half-written folders are removed."""
     raise SystemExit(128 + signal.SIGTERM)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with exit status `code` as sys.exit(code) would, less Python's teardown
+    of its modules.
+
+    After `train` has imported torch, torch._dynamo, mlflow (with pandas, pyarrow, fastapi) and
+    matplotlib, a normal exit spends about 2 s of CPU clearing module dictionaries and freeing
+    what they held (2-core VM: `python -c "import torch, torch._dynamo, mlflow, mlflow.pytorch,
+    matplotlib.figure"` uses 7.1 s of CPU, 4.9 s when it ends with os._exit). That is paid on
+    every rank of every training and prediction job, for nothing. This does what a normal exit
+    does that anyone can see, in its order: it waits for the non-daemon threads, runs the atexit
+    handlers (MLflow ends its run, logging flushes and closes its files, tempfile removes its
+    folders) and flushes stdout and stderr; only then does it skip the rest with os._exit.
+
+    A normal exit instead where that cannot be promised: a Python without
+    atexit._run_exitfuncs, ITWINAI_HPC_NORMAL_EXIT=1 (a profiler or leak checker that wants the
+    teardown), or a stream that cannot be flushed (Python's exit then reports it, as usual)."""
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
+    if run_exitfuncs is None or os.environ.get("ITWINAI_HPC_NORMAL_EXIT") == "1":
+        sys.exit(code)
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        sys.exit(code)
+    os._exit(code)
