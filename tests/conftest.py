@@ -22,12 +22,13 @@ import xdist_order
 
 from itwinai_hpc.backends.slurm.query import parse_accounting_mode
 
-# One OpenMP thread per process unless the caller chose: torch's default is a thread per core in
+# One torch thread per process unless the caller chose: torch's default is a thread per core in
 # every process, and two xdist workers on 2 cores with the steps and SLURM jobs they start then
 # oversubscribe the machine, where OpenMP's spinning threads wait on each other (two MNIST
 # trainings at once on this 2-core VM: 52 s each with 2 threads, 30 s with 1). Steps and jobs
-# inherit it; a job script whose step sets cpus-per-task exports its own.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# inherit it. MKL_NUM_THREADS, which torch reads after OMP_NUM_THREADS, not OMP_NUM_THREADS:
+# `nproc` obeys that one, and the tests read CPU binding with nproc.
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 SLURM_SCRIPTS = Path(__file__).parent / "slurm"
 MAIN_DIR = os.environ.get("SLURM_CI_DIR", "/tmp/itwinai-hpc-slurm")

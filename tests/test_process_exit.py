@@ -1,7 +1,8 @@
 """The `itwinai-hpc` process ends without Python's module teardown (commands/process.py:
 exit_now), and nothing a user can see changes: the exit status, every byte of output through a
 pipe, the atexit handlers (MLflow ending its run, logging closing its files), the threads a
-normal exit waits for. The CPU it saves is measured by benchmarks/bench_startup.py --exit."""
+normal exit waits for. What it saves is measured by benchmarks/bench_startup.py (train and
+predict; `--source` a tree of an older commit beside this one)."""
 
 from __future__ import annotations
 

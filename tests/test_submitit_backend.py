@@ -208,26 +208,33 @@ def test_a_local_submission_returns_while_its_job_runs_and_ctrl_c_leaves_the_job
         (tmp_path / folder / "wf.yml").write_text(SLOW_STEP)
     submit_ = [sys.executable, "-m", "itwinai_hpc.cli", "submit", "wf.yml", "--backend",
                "submitit", "-o", "run"]
-    piped = tmp_path / "piped"
-    p = subprocess.run(submit_, cwd=piped, env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert not (piped / "ended").exists()         # returned (pipes closed) while it runs
-    (piped / "release").touch()
+    piped, interrupted = tmp_path / "piped", tmp_path / "interrupted"
+    waiting = None
+    try:
+        p = subprocess.run(submit_, cwd=piped, env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert not (piped / "ended").exists()         # returned (pipes closed) while it runs
+        (piped / "release").touch()
 
-    interrupted = tmp_path / "interrupted"
-    waiting = subprocess.Popen(submit_ + ["--wait"], cwd=interrupted, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not (interrupted / "started").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert (interrupted / "started").exists()
-    # The job waits for `release`: however loaded the machine, it is still running when Ctrl-C
-    # arrives (it ended on its own once, before the signal, and the wait exited 0).
-    os.killpg(waiting.pid, signal.SIGINT)         # what Ctrl-C does: the foreground group
-    assert waiting.wait(timeout=30) == 130
-    assert not (interrupted / "ended").exists()
-    (interrupted / "release").touch()
+        waiting = subprocess.Popen(submit_ + ["--wait"], cwd=interrupted, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not (interrupted / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (interrupted / "started").exists()
+        # The job waits for `release`: however loaded the machine, it is still running when
+        # Ctrl-C arrives (it ended on its own once, before the signal, and the wait exited 0).
+        os.killpg(waiting.pid, signal.SIGINT)         # what Ctrl-C does: the foreground group
+        assert waiting.wait(timeout=30) == 130
+        assert not (interrupted / "ended").exists()
+    finally:   # a failed assert leaves no job waiting for ever, nor a waiting submit
+        for folder in (piped, interrupted):
+            (folder / "release").touch()
+        if waiting is not None and waiting.poll() is None:
+            os.killpg(waiting.pid, signal.SIGKILL)
+            waiting.wait()
     for folder in (piped, interrupted):
         manifest = RunManifest.load(folder / "run")
         assert operations.wait(manifest, interval=0.2, timeout=60) == 0

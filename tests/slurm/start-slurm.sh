@@ -114,9 +114,11 @@ wait_for() {     # wait_for WHAT CMD...: poll every 0.2 s until CMD succeeds or 
 KNOBS="nodes=$NODES cpus=$CPUS bind=$BIND gpus=$GPUS accounting=$ACCT minjobage=$MINJOBAGE port=$PORT extra=$EXTRA template=$(cksum <"$TEMPLATE") script=$(cksum <"${BASH_SOURCE[0]}")"
 case $BIND in
   cores) TASKPLUGIN=$'TaskPlugin=task/affinity\nTaskPluginParam=Cores'
-         if ((CPUS > $(nproc))); then
-           log "SLURM_CI_CPUS=$CPUS but only $(nproc) cores here: with binding every node's CPUs" \
-               "must be real ones; use SLURM_CI_CPUS<=$(nproc) or SLURM_CI_BIND=none"
+         # the cores this process may use; not nproc alone, which reports OMP_NUM_THREADS
+         cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+         if ((CPUS > cores)); then
+           log "SLURM_CI_CPUS=$CPUS but only $cores cores here: with binding every node's CPUs" \
+               "must be real ones; use SLURM_CI_CPUS<=$cores or SLURM_CI_BIND=none"
            exit 2
          fi ;;
   none)  TASKPLUGIN=TaskPlugin=task/none ;;

@@ -76,3 +76,14 @@ def test_the_nodes_fast_network_names_resolve_to_addresses_of_their_own(slurm_cl
     assert socket.gethostbyname("node1") == socket.gethostbyname("node2") == "127.0.0.1"
     assert socket.gethostbyname("node1i") == "127.0.2.1"
     assert socket.gethostbyname("node2i") == "127.0.2.2"
+
+
+def test_the_start_script_counts_cores_whatever_omp_num_threads_says(slurm_cluster):
+    """GNU nproc reports OMP_NUM_THREADS instead of the cores: a developer's
+    `export OMP_NUM_THREADS=1` made the start script refuse 2 bound CPUs per node."""
+    script = Path(__file__).parent / "start-slurm.sh"
+    env = {**slurm_cluster.env(), "SLURM_CI_DIR": slurm_cluster.directory,
+           **slurm_cluster.env_overrides, "OMP_NUM_THREADS": "1", "OMP_THREAD_LIMIT": "1"}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and "already running" in done.stderr, done.stderr
