@@ -71,8 +71,10 @@ def test_step_losses_reach_the_log_in_order_with_their_learning_rate():
 def test_a_compiled_step_computes_what_the_eager_step_does():
     eager, compiled = make_step("bf16"), make_step("bf16", compile=True)
     x, y = one_batch()
+    # Within bf16's precision (8 significant bits: 2**-8 relative): inductor's kernels round in
+    # other places than eager's, and by how much depends on the thread count (1 thread: 0.1%).
     for _ in range(3):
-        assert float(compiled(x, y)) == pytest.approx(float(eager(x, y)), abs=2e-3)
+        assert float(compiled(x, y)) == pytest.approx(float(eager(x, y)), rel=2**-8)
 
 
 def config_for(tmp_path, **trainer) -> TrainConfig:
