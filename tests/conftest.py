@@ -23,7 +23,7 @@ import xdist_order
 from itwinai_hpc.backends.slurm.query import parse_accounting_mode
 
 # One torch thread per process unless the caller chose: torch's default is a thread per core in
-# every process, and two xdist workers on 2 cores with the steps and SLURM jobs they start then
+# every process, and the xdist workers on 2 cores with the steps and SLURM jobs they start then
 # oversubscribe the machine, where OpenMP's spinning threads wait on each other (two MNIST
 # trainings at once on this 2-core VM: 52 s each with 2 threads, 30 s with 1). Steps and jobs
 # inherit it. MKL_NUM_THREADS, which torch reads after OMP_NUM_THREADS, not OMP_NUM_THREADS:
@@ -201,7 +201,7 @@ def pytest_xdist_make_scheduler(config, log):
     return xdist_order.make_scheduler(config, log)
 
 
-# Under pytest-xdist (tests/run.sh: two workers, a file's tests on one) a worker must not stop
+# Under pytest-xdist (tests/run.sh: three workers, a file's tests on one) a worker must not stop
 # a cluster it started: the other worker may still use it. It leaves this mark in the cluster's
 # folder instead, and the controller stops every marked cluster when the whole run ends.
 STARTED_BY_A_WORKER = "started-by-a-pytest-worker"

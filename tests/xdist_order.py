@@ -1,4 +1,4 @@
-"""How tests/run.sh's two pytest-xdist workers share the suite: longest work first.
+"""How tests/run.sh's pytest-xdist workers share the suite: longest work first.
 
 xdist's `--dist loadfile` deals a file's tests to one worker, files with the most tests first.
 Test count says little about time here (one test of the GPU script's rehearsal takes minutes,
