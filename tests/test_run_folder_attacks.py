@@ -217,9 +217,11 @@ def test_a_workflow_may_not_set_the_variables_itwinai_hpc_owns(here, field):
     assert "wf.yml:6" in p.stderr and "ITWINAI_HPC_" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_the_settings_a_user_may_set_stay_allowed(here):
+@pytest.mark.parametrize("setting", ["ITWINAI_HPC_DATA_MODE: stream",
+                                     "ITWINAI_HPC_NORMAL_EXIT: 1"])
+def test_the_settings_a_user_may_set_stay_allowed(here, setting):
     wf = workflow(here, "  - name: a\n    command: 'true'\n"
-                        "    env: {ITWINAI_HPC_DATA_MODE: stream}\n")
+                        f"    env: {{{setting}}}\n")
     assert cli("validate", str(wf)).returncode == 0
 
 

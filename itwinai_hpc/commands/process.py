@@ -11,6 +11,8 @@ import sys
 import threading
 from typing import NoReturn
 
+from itwinai_hpc.core import job_env
+
 
 def usable_streams() -> None:
     """Started with stdout closed (`>&-`): write nowhere. On an ASCII-only terminal a path
@@ -45,7 +47,7 @@ def exit_now(code: int) -> NoReturn:
     atexit._run_exitfuncs, ITWINAI_HPC_NORMAL_EXIT=1 (a profiler or leak checker that wants the
     teardown), or a stream that cannot be flushed (Python's exit then reports it, as usual)."""
     run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
-    if run_exitfuncs is None or os.environ.get("ITWINAI_HPC_NORMAL_EXIT") == "1":
+    if run_exitfuncs is None or os.environ.get(job_env.NORMAL_EXIT) == "1":
         sys.exit(code)
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:

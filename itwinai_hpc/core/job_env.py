@@ -43,9 +43,10 @@ LOCAL_PARALLEL = "ITWINAI_HPC_LOCAL_PARALLEL"          # steps at once on the lo
 SUBMITIT_CLUSTER = "ITWINAI_HPC_SUBMITIT_CLUSTER"      # slurm or local
 RUNS = "ITWINAI_HPC_RUNS"                              # where run folders go
 PROFILES = "ITWINAI_HPC_PROFILES"                      # extra site profile folders
+NORMAL_EXIT = "ITWINAI_HPC_NORMAL_EXIT"                # 1: Python's teardown at exit (profilers)
 
 SETTINGS = frozenset({DATA_MODE, DATA_MEMORY_BUDGET, STAGE_DIR, LOCAL_PARALLEL,
-                      SUBMITIT_CLUSTER, RUNS, PROFILES})
+                      SUBMITIT_CLUSTER, RUNS, PROFILES, NORMAL_EXIT})
 
 
 def owned_problem(name: str) -> str | None:
