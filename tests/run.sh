@@ -58,12 +58,13 @@ export SLURM_CONF=$SLURM_CI_DIR/slurm.conf
 # module it imports, every time. Not exec: the trap must run after pytest.
 "$PY" -m compileall -q itwinai_hpc >/dev/null
 # Three pytest-xdist workers (TEST_WORKERS=1 for one): while one waits on SLURM or a
-# subprocess the others run. On the 2-core VM: 15.1 min with three, 16.7 with two, the machine
-# idle 8% of the time with three (every process the tests start runs torch with one thread:
-# tests/conftest.py). A file's tests stay on one worker (its module fixtures are built
-# once); session fixtures are built once per worker, except `trained`, whose files go to one.
-# The slowest files are dealt first (tests/xdist_order.py, tests/file_durations.txt), so the
-# workers end together; pyproject's addopts print the 30 slowest tests of every run.
+# subprocess the others run. On the 2-core VM: 14.4-15.9 min with three (four runs), 16.7
+# with two, the machine idle 7-8% of the time with three (every process the tests start
+# runs torch with one thread: tests/conftest.py). A file's tests stay on one worker (its
+# module fixtures are built once); session fixtures are built once per worker, except
+# `trained`, whose files go to one. The slowest files are dealt first (tests/xdist_order.py,
+# tests/file_durations.txt), so the workers end together; pyproject's addopts print the 30
+# slowest tests of every run.
 status=0
 "$PY" -m pytest -n "${TEST_WORKERS:-3}" --dist loadfile "$@" || status=$?
 exit "$status"
