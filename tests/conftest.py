@@ -136,6 +136,12 @@ def _start_cluster(env: dict[str, str]) -> tuple[bool, str]:
     return p.returncode == 0, p.stderr
 
 
+# As start-slurm.sh's USABLE: a node whose job is ending ("completing") or that backfill holds
+# for a pending job ("planned") is up; a worker that first asks for the cluster then must not
+# call it broken.
+USABLE_NODE_STATES = ("idle", "mixed", "allocated", "completing", "planned")
+
+
 def _sinfo_nodes(conf: str) -> list[str] | None:
     try:
         p = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True,
@@ -143,7 +149,7 @@ def _sinfo_nodes(conf: str) -> list[str] | None:
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return None
     rows = [line.split() for line in p.stdout.splitlines() if line.strip()]
-    if p.returncode or not rows or any(r[1] not in ("idle", "mixed", "allocated") for r in rows):
+    if p.returncode or not rows or any(r[1] not in USABLE_NODE_STATES for r in rows):
         return None
     return [r[0] for r in rows]
 

@@ -89,10 +89,15 @@ all_up() {
   local n
   for n in $(node_names); do alive "$DIR/slurmd-$n.pid" slurmd || return 1; done
 }
-nodes_idle() {   # every node registered and usable
+# What a registered, usable node may show while jobs come and go: a job's end leaves its node
+# "completing" for up to KillWait, backfill marks a node it holds for a pending job "planned".
+# Treating those as broken made a second start (another pytest worker, another session)
+# restart a busy cluster and kill every job on it.
+USABLE='^(idle|mixed|allocated|completing|planned)$'
+nodes_usable() {   # every node registered and usable
   local states
   states=$(sinfo -h -N -o '%T' 2>/dev/null) || return 1
-  [[ -n $states ]] && ! grep -qvE '^(idle|mixed|allocated)$' <<<"$states"
+  [[ -n $states ]] && ! grep -qvE "$USABLE" <<<"$states"
 }
 wait_for() {     # wait_for WHAT CMD...: poll every 0.2 s until CMD succeeds or TIMEOUT
   local what=$1 deadline=$((SECONDS + TIMEOUT)); shift
@@ -124,7 +129,7 @@ case $BIND in
   none)  TASKPLUGIN=TaskPlugin=task/none ;;
   *) log "SLURM_CI_BIND must be cores or none"; exit 2 ;;
 esac
-if all_up && scontrol ping >/dev/null 2>&1 && nodes_idle; then
+if all_up && scontrol ping >/dev/null 2>&1 && nodes_usable; then
   if [[ $(cat "$DIR/knobs" 2>/dev/null) == "$KNOBS" ]]; then
     log "already running ($DIR)"; echo "export SLURM_CONF=$SLURM_CONF"; exit 0
   fi
@@ -268,8 +273,8 @@ fi
 slurmctld -f "$SLURM_CONF" 9>&-
 for n in $(node_names); do slurmd -f "$SLURM_CONF" -N "$n" 9>&-; done
 
-# ---- 4. wait until every node is idle -------------------------------------------------
-cluster_ready() { all_up && scontrol ping && nodes_idle; }
+# ---- 4. wait until every node is usable -----------------------------------------------
+cluster_ready() { all_up && scontrol ping && nodes_usable; }
 wait_for "cluster" cluster_ready
 # slurmctld registers with slurmdbd a moment after it is up; sacct finds nothing before that
 registered() { sacctmgr -n -P list cluster format=cluster,controlport | grep -qv '|0$'; }

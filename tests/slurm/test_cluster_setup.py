@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,45 @@ def test_the_start_script_counts_cores_whatever_omp_num_threads_says(slurm_clust
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0 and "already running" in done.stderr, done.stderr
+
+
+def node_state(cluster, node: str) -> str:
+    return cluster.run("sinfo", "-h", "-n", node, "-N", "-o", "%T").strip()
+
+
+def test_a_node_whose_job_is_ending_does_not_make_a_second_start_restart_the_cluster(
+        slurm_cluster):
+    """A cancelled job leaves its node "completing" until KillWait (5 s here). The start script,
+    which every pytest worker and tests/run.sh runs against the shared cluster, took that for a
+    broken node and restarted the cluster, killing every other test's jobs (seen in a full run:
+    a requeue test's job CANCELLED, a 2-node job pending until its timeout)."""
+    from conftest import _sinfo_nodes
+
+    script = Path(__file__).parent / "start-slurm.sh"
+    env = {**slurm_cluster.env(), "SLURM_CI_DIR": slurm_cluster.directory,
+           **slurm_cluster.env_overrides}
+    controller = Path(slurm_cluster.directory, "slurmctld.pid").read_text().strip()
+    for _ in range(3):   # until the node was "completing" before and after the start script
+        # alone on its node, so the node's state is this job's; it ignores SIGTERM (children
+        # inherit that), so only the SIGKILL after KillWait ends it
+        job = slurm_cluster.sbatch("-N1", "--exclusive", "--output=/dev/null", "--wrap",
+                                   "trap '' TERM; sleep 120")
+        slurm_cluster.wait_for_state(job, ["RUNNING"], timeout=120)
+        node = slurm_cluster.job_fields(job)["NodeList"]
+        slurm_cluster.run("scancel", job)
+        deadline = time.monotonic() + 10
+        while node_state(slurm_cluster, node) != "completing" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = node_state(slurm_cluster, node)
+        done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
+                              timeout=600)
+        nodes = _sinfo_nodes(slurm_cluster.conf)
+        after = node_state(slurm_cluster, node)
+        assert done.returncode == 0 and "already running" in done.stderr, done.stderr
+        assert nodes == slurm_cluster.nodes, "the pytest fixture would call the cluster broken"
+        assert Path(slurm_cluster.directory, "slurmctld.pid").read_text().strip() == controller
+        slurm_cluster.wait_for_jobs([job], timeout=60)
+        if before == after == "completing":
+            return
+    pytest.fail(f"could not hold a node in 'completing' across the start script ({before}, "
+                f"{after})")
