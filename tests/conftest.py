@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import xdist_order
+from slurm_nodes import usable_nodes
 
 from itwinai_hpc.backends.slurm.query import parse_accounting_mode
 
@@ -136,24 +137,6 @@ def _start_cluster(env: dict[str, str]) -> tuple[bool, str]:
     return p.returncode == 0, p.stderr
 
 
-# As start-slurm.sh's USABLE: a node whose job is ending ("completing") or that backfill holds
-# for a pending job ("planned") is up; a worker that first asks for the cluster then must not
-# call it broken.
-USABLE_NODE_STATES = ("idle", "mixed", "allocated", "completing", "planned")
-
-
-def _sinfo_nodes(conf: str) -> list[str] | None:
-    try:
-        p = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True,
-                           env={**os.environ, "SLURM_CONF": conf}, timeout=20)
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        return None
-    rows = [line.split() for line in p.stdout.splitlines() if line.strip()]
-    if p.returncode or not rows or any(r[1] not in USABLE_NODE_STATES for r in rows):
-        return None
-    return [r[0] for r in rows]
-
-
 def _bring_up(directory: str, overrides: dict[str, str]) -> SlurmCluster:
     """Start the cluster, or keep it if it runs with this set-up; start-slurm.sh (0.05 s when
     up) restarts one whose knobs, template or script changed."""
@@ -163,7 +146,7 @@ def _bring_up(directory: str, overrides: dict[str, str]) -> SlurmCluster:
     with open(f"{directory}.start-lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         ok, log = _start_cluster(env)
-    nodes = _sinfo_nodes(conf) if ok else None
+    nodes = usable_nodes(conf) if ok else None
     if nodes is None:
         tail = "\n".join(log.splitlines()[-40:])
         pytest.fail(f"could not start the test SLURM cluster in {directory} "

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from slurm_nodes import usable_nodes
 
 pytestmark = pytest.mark.slurm
 
@@ -100,8 +101,6 @@ def test_a_node_whose_job_is_ending_does_not_make_a_second_start_restart_the_clu
     which every pytest worker and tests/run.sh runs against the shared cluster, took that for a
     broken node and restarted the cluster, killing every other test's jobs (seen in a full run:
     a requeue test's job CANCELLED, a 2-node job pending until its timeout)."""
-    from conftest import _sinfo_nodes
-
     script = Path(__file__).parent / "start-slurm.sh"
     env = {**slurm_cluster.env(), "SLURM_CI_DIR": slurm_cluster.directory,
            **slurm_cluster.env_overrides}
@@ -120,7 +119,7 @@ def test_a_node_whose_job_is_ending_does_not_make_a_second_start_restart_the_clu
         before = node_state(slurm_cluster, node)
         done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
                               timeout=600)
-        nodes = _sinfo_nodes(slurm_cluster.conf)
+        nodes = usable_nodes(slurm_cluster.conf)
         after = node_state(slurm_cluster, node)
         assert done.returncode == 0 and "already running" in done.stderr, done.stderr
         assert nodes == slurm_cluster.nodes, "the pytest fixture would call the cluster broken"
