@@ -6,6 +6,7 @@ with this folder's conftest: a test that sets them, then one that must not see t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 pytest_plugins = ["pytester"]
@@ -37,10 +38,14 @@ def test_b_does_not_see_that_store():
 
 
 def this_folders_conftest(pytester) -> None:
-    """tests/conftest.py in the pytester session, with the module it imports beside it."""
+    """tests/conftest.py in the pytester session, with the modules of tests/ it imports beside
+    it (found in its import lines, so that a new one needs no change here)."""
     here = Path(__file__).parent
-    pytester.makeconftest((here / "conftest.py").read_text())
-    pytester.makepyfile(xdist_order=(here / "xdist_order.py").read_text())
+    text = (here / "conftest.py").read_text()
+    pytester.makeconftest(text)
+    for module in re.findall(r"^(?:from|import) (\w+)", text, re.M):
+        if (here / f"{module}.py").is_file():
+            pytester.makepyfile(**{module: (here / f"{module}.py").read_text()})
 
 
 def test_mlflow_uris_set_by_one_test_are_put_back_before_the_next(pytester):
