@@ -58,7 +58,7 @@ export SLURM_CONF=$SLURM_CI_DIR/slurm.conf
 # module it imports, every time. Not exec: the trap must run after pytest.
 "$PY" -m compileall -q itwinai_hpc >/dev/null
 # Three pytest-xdist workers (TEST_WORKERS=1 for one): while one waits on SLURM or a
-# subprocess the others run. On the 2-core VM: 14.4-15.9 min with three (four runs), 16.7
+# subprocess the others run. On the 2-core VM: 13.7-15.9 min with three (seven runs), 16.7
 # with two, the machine idle 7-8% of the time with three (every process the tests start
 # runs torch with one thread: tests/conftest.py). A file's tests stay on one worker (its
 # module fixtures are built once); session fixtures are built once per worker, except
