@@ -6,6 +6,10 @@
       each must give the probabilities of the CPU graph, and the accuracy is printed.
   gpu_check.py imports IMPORTTIME_LOG     from `python -X importtime` stderr: the total, the
       heaviest top-level packages, and who imported transformers, pandas and pyarrow.
+  gpu_check.py heat-shards DEST [MEMBERS] the second use case's shards (use-cases/heat-diffusion:
+      its simulator, its pairs, itwinai_hpc.data.write_shards) without the NetCDF file between
+      them, whose xarray and h5netcdf the GPU image lacks: the same pairs its preprocess.py
+      writes from generate.py's file (tests/test_gpu_check.py compares the two).
   gpu_check.py image-site DEST            DEST filled with links to what the GPU image's Python
       has (IMAGE_HAS and what they require), from this Python's environment: a venv whose .pth
       names DEST lacks everything else, as the GPU node does (`gpu_check.sh rehearse`).
@@ -105,6 +109,25 @@ def imports(log: str) -> None:
             print(f"imports: {target} not imported")
 
 
+def heat_shards(dest: str, members: int = 24) -> None:
+    """generate.py's ensemble (its defaults but `members`) as preprocess.py pairs it."""
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "use-cases" / "heat-diffusion"))
+    from heat_forecast.pairs import SPLITS, make_pairs, pair_index, split_members
+    from heat_forecast.simulate import simulate
+
+    from itwinai_hpc.data import write_shards
+
+    times, lead = 9, 1
+    temperature, kappa, source = simulate(members, times, 64, 20, 0)
+    chosen = split_members(members)
+    splits = {s: make_pairs(temperature, kappa, source, pair_index(chosen[s], times, lead), lead)
+              for s in SPLITS}
+    write_shards(dest, splits, dataset="heat-diffusion")
+    print(f"heat-diffusion shards in {dest}: " + ", ".join(
+        f"{s} {len(splits[s]['inputs'])}" for s in SPLITS) + f" pairs ({members} members)")
+
+
 def image_site(dest: str) -> None:
     import importlib.metadata as md
 
@@ -133,6 +156,8 @@ if __name__ == "__main__":
         loaders(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 3 and sys.argv[1] == "imports":
         imports(sys.argv[2])
+    elif len(sys.argv) in (3, 4) and sys.argv[1] == "heat-shards":
+        heat_shards(sys.argv[2], *map(int, sys.argv[3:]))
     elif len(sys.argv) == 3 and sys.argv[1] == "image-site":
         image_site(sys.argv[2])
     else:

@@ -22,7 +22,10 @@
 #   4. mlflow.pyfunc.load_model and mlflow.pytorch.load_model on this GPU node, and our graph
 #      moved to the GPU: the same classes and probabilities as on the CPU;
 #   5. bench_predict.py --device cuda;
-#   6. import times (python -X importtime) of the train process: who imports what.
+#   6. the second use case (use-cases/heat-diffusion, a U-Net regression on float fields):
+#      its shards simulated here (gpu_check.py heat-shards), bench_train.py beside a plain loop
+#      (bench_train_heat.json), `train` registering heat-unet, `predict` -> predictions.h5;
+#   7. import times (python -X importtime) of the train process: who imports what.
 # Each step is stopped after STEP_TIMEOUT seconds (default 240: a hung NCCL start would
 # otherwise take the whole call). A summary goes to $OUT/summary.txt; paste it into the issue
 # with the card's name. Exit status: 0 when every step passed.
@@ -188,6 +191,22 @@ run() {
     step bench_predict "$PY" benchmarks/bench_predict.py --device "$DEVICE" --data "$data" \
         --model "$champion" --tracking-uri "$MLFLOW_TRACKING_URI" --json "$OUT/bench_predict.json" \
         "${REPEATS[@]}"
+    # The second use case (use-cases/heat-diffusion: float fields, its own U-Net by import
+    # path, a regression): its trainer beside a plain loop, then its forecast registered and
+    # predicting here (predictions.h5). Its shards are simulated on this node (gpu_check.py
+    # heat-shards): the carry has no room for them.
+    local heat=$OUT/heat-shards heat_cfg=use-cases/heat-diffusion/heat-train.yml
+    local heat_path=(env "PYTHONPATH=$PWD/use-cases/heat-diffusion:$PYTHONPATH")
+    step heat_shards "$PY" benchmarks/gpu_check.py heat-shards "$heat" ${QUICK:+8}
+    step bench_train_heat "$PY" benchmarks/bench_train.py --device "$DEVICE" --data "$heat" \
+        --config "$heat_cfg" --path use-cases/heat-diffusion "${SEEDS[@]}" \
+        --json "$OUT/bench_train_heat.json"
+    step heat_train "${heat_path[@]}" "$PY" -m itwinai_hpc.cli train --config "$heat_cfg" \
+        --data "$heat" --register-as heat-unet --checkpoint-dir "$OUT/heat-checkpoints" \
+        "${EPOCHS[@]}"
+    step heat_predict "${heat_path[@]}" "$PY" -m itwinai_hpc.cli predict \
+        --config use-cases/heat-diffusion/heat-inference.yml --data "$heat" \
+        --model models:/heat-unet@champion --output "$OUT/heat-forecast/"
     step importtime "$PY" -X importtime -m itwinai_hpc.cli train --config "$gpu_cfg" \
         --data "$data" --epochs 1 --register-as importtime
     # Does this image keep .pyc files? If not, a writable PYTHONPYCACHEPREFIX should cut the
@@ -205,9 +224,10 @@ run() {
                 "import torch, mlflow.pytorch" > /dev/null 2>&1; } 2>> "$OUT/summary.txt"
         fi
     done
-    for name in bench_train torchrun_train train_one_process predict loaders bench_predict; do
+    for name in bench_train torchrun_train train_one_process predict loaders bench_predict \
+            heat_shards bench_train_heat heat_train heat_predict; do
         [ -f "$OUT/$name.log" ] || continue
-        grep -E "^(torch|seed|summary|repeat|epoch|best|[0-9]+ predictions|pyfunc|pytorch|graph)" \
+        grep -E "^(torch|seed|summary|repeat|epoch|best|[0-9]+ predictions|pyfunc|pytorch|graph|heat)" \
             "$OUT/$name.log" | sed "s/^/[$name] /" >> "$OUT/summary.txt" || true
     done
     "$PY" benchmarks/gpu_check.py imports "$OUT/importtime.log" >> "$OUT/summary.txt" || true

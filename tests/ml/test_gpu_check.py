@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 from ml_helpers import REPO
 
@@ -66,6 +68,7 @@ def test_the_gpu_script_runs_every_step_where_only_the_gpu_images_packages_are(
     assert "carry" in done.stdout and "of 67108864" in done.stdout
     steps = re.findall(r"^== (\w+):", summary, re.M)
     assert steps == ["bench_train", "torchrun_train", "predict", "loaders", "bench_predict",
+                     "heat_shards", "bench_train_heat", "heat_train", "heat_predict",
                      "importtime"]
     assert summary.count("\n   ok\n") == len(steps) and "steps failed: 0" in summary
     assert "FAILED" not in summary and "printed an error" not in summary
@@ -76,6 +79,43 @@ def test_the_gpu_script_runs_every_step_where_only_the_gpu_images_packages_are(
     for loader in ("pyfunc", "pytorch", "graph on cpu"):
         assert re.search(rf"\[loaders\] {loader}: .* same as the CPU graph", summary), loader
     assert re.search(r"imports: [\d.]+ s in all", summary)
+    # The second use case: its U-Net measured beside a plain loop, registered, forecasting.
+    heat = json.loads((out / "bench_train_heat.json").read_text())
+    assert heat["summary"]["median_training_time_ratio"] > 0
+    assert "[heat_shards] heat-diffusion shards" in summary and "test 8 pairs" in summary
+    assert re.search(r"\[heat_train\] best val_rmse [\d.]+ .*registered heat-unet version 1",
+                     summary)
+    with h5py.File(out / "heat-forecast" / "predictions.h5") as f:
+        assert f["predictions"].shape == (8, 1, 64, 64)
+    assert re.search(r"\[heat_predict\] 8 predictions -> ", summary)
     assert sorted(p.name for p in results.iterdir()) == [
-        "bench_predict.json", "bench_train.json", "logs.tgz", "summary.txt"]
+        "bench_predict.json", "bench_train.json", "bench_train_heat.json", "logs.tgz",
+        "summary.txt"]
     assert (results / "summary.txt").read_text() == summary
+
+
+def test_the_gpu_checks_heat_shards_are_the_pairs_the_use_cases_own_steps_write(tmp_path):
+    """On the GPU node the second use case's shards come from gpu_check.py heat-shards (no
+    xarray, no h5netcdf there); they must be what generate.py then preprocess.py write."""
+    case = REPO / "use-cases" / "heat-diffusion"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for argv in (["generate.py", "--output", str(tmp_path / "heat.nc"), "--members", "6"],
+                 ["preprocess.py", "--input", str(tmp_path / "heat.nc"), "--output",
+                  str(tmp_path / "own")]):
+        subprocess.run([sys.executable, *argv], cwd=case, env=env, check=True, timeout=120,
+                       capture_output=True)
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "heat-shards",
+                           str(tmp_path / "check"), "6"], cwd=REPO, env=env, timeout=120,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    own = json.loads((tmp_path / "own" / "manifest.json").read_text())
+    check = json.loads((tmp_path / "check" / "manifest.json").read_text())
+    assert own["dataset"] == check["dataset"] == "heat-diffusion"
+    assert own["arrays"] == check["arrays"]
+    for split, entry in own["splits"].items():
+        assert entry["num_samples"] == check["splits"][split]["num_samples"] > 0
+        for name in ("inputs", "targets"):
+            def read(folder, manifest):
+                return np.concatenate([h5py.File(tmp_path / folder / s["file"])[name][:]
+                                       for s in manifest["splits"][split]["shards"]])
+            assert np.array_equal(read("own", own), read("check", check)), (split, name)
