@@ -534,3 +534,36 @@ def test_wait_sees_a_short_run_end_at_once_and_polls_a_long_one_once_per_interva
     assert done == 0 and manifest.step("a").state == "COMPLETED"
     assert pauses[0] <= 0.2 and pauses == sorted(pauses) and max(pauses) == 1.0
     assert len(pauses) <= 12        # ~3 s at 1 s a poll, not 15 polls at the first pause
+
+
+def test_a_cancelled_jobs_shell_never_runs_its_next_command_whatever_order_the_signals_land(
+        tmp_path, monkeypatch):
+    """kill_job TERMed the job's processes one after the other. On a loaded machine the shell
+    whose child (`sleep`) was signalled first ran its next command before its own TERM arrived:
+    a cancelled array task wrote its result (a full test run). Forced here: the child comes
+    first and every signal is followed by a pause in which the woken shell can run."""
+    from itwinai_hpc.backends.local import procs
+
+    marker = "attack/1"
+    out = tmp_path / "after-cancel.txt"
+    shell = subprocess.Popen(["bash", "-c", f"sleep 600; echo ran > {out}"],
+                             env={**os.environ, procs.MARKER: marker})
+    deadline = time.monotonic() + 10
+    while len(procs.job_processes(marker)) < 2:          # bash and its sleep
+        assert time.monotonic() < deadline, "the job's sleep never started"
+        time.sleep(0.05)
+    real_processes, real_signal = procs.job_processes, procs._signal
+
+    def children_first(marker, leaders=()):
+        return sorted(real_processes(marker, leaders), key=lambda pid: pid == shell.pid)
+
+    def slow_signal(pid, sig):
+        real_signal(pid, sig)
+        time.sleep(0.3)          # the scheduler runs whoever woke up before the next signal
+
+    monkeypatch.setattr(procs, "job_processes", children_first)
+    monkeypatch.setattr(procs, "_signal", slow_signal)
+    assert procs.kill_job(marker, [], grace=5) == 2
+    assert shell.wait(timeout=10) == -15                 # ended by the TERM, not by a KILL
+    assert not procs.job_processes(marker)
+    assert not out.exists(), "the cancelled shell ran the command after its sleep"

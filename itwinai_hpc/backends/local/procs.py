@@ -81,12 +81,48 @@ def job_processes(marker: str, leaders: Sequence[int] = ()) -> set[int]:
     return found
 
 
+def _parents(pids) -> dict[int, int]:
+    """{pid: parent pid} of those of `pids` that still run."""
+    found = {}
+    for pid in pids:
+        fields = _stat(pid)
+        if fields and fields[0] not in ("Z", "X"):
+            found[pid] = int(fields[1])
+    return found
+
+
+def _parents_first(parents: dict[int, int]) -> list[int]:
+    """The pids of {pid: parent pid}, each after its parent (where the parent is among them)."""
+    def depth(pid: int) -> int:
+        seen = {pid}
+        while parents.get(pid) in parents and parents[pid] not in seen:
+            pid = parents[pid]
+            seen.add(pid)
+        return len(seen)
+    return sorted(parents, key=depth)
+
+
+def _terminate_together(parents: dict[int, int]) -> None:
+    """SIGTERM the processes as one, as a cgroup freezer would: all stopped (parents first, so
+    that none sees a child stop), then TERM, then continued (children first). Signalled one
+    after the other while they ran, a shell whose child died first ran its next command before
+    its own TERM arrived: a cancelled array task wrote its result (full test run, 2026-12-07)."""
+    order = _parents_first(parents)
+    try:
+        for pid in order:
+            _signal(pid, signal.SIGSTOP)
+        for pid in order:
+            _signal(pid, signal.SIGTERM)
+    finally:
+        for pid in reversed(order):
+            _signal(pid, signal.SIGCONT)
+
+
 def kill_job(marker: str, leaders: Sequence[int] = (), grace: float = 5.0) -> int:
-    """TERM every process of the job, KILL what is left after `grace` seconds. Returns how
-    many processes it signalled."""
-    victims = job_processes(marker, leaders)
-    for pid in victims:
-        _signal(pid, signal.SIGTERM)
+    """TERM every process of the job at once (_terminate_together), KILL what is left after
+    `grace` seconds. Returns how many processes it signalled."""
+    victims = set(job_processes(marker, leaders))
+    _terminate_together(_parents(victims))
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if not job_processes(marker, leaders):
