@@ -6,7 +6,8 @@
 #
 # Through the device tool (carry: gpu-carry; at most 8 files come back from its $OUT, so the
 # work stays in /tmp and RESULTS gets summary.txt, the JSON files and logs.tgz):
-#   RESULTS=$OUT OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh run   (timeout_s ~540: the heat steps add ~1 min)
+#   RESULTS=$OUT OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh run   (timeout_s ~540; the
+#   heat-diffusion steps add about a minute)
 #
 # `prepare` downloads wheels for the GPU node's Python (PY_VERSION, default 3.12; x86_64) of what
 # its image lacks (mlflow-skinny and its dependencies, pandas, matplotlib, pydantic, submitit,
