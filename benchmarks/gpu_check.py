@@ -118,6 +118,8 @@ def heat_shards(dest: str, members: int = 24) -> None:
 
     from itwinai_hpc.data import write_shards
 
+    # generate.py's defaults (times, size, substeps, seed) and preprocess.py's lead, written
+    # again: those scripts import xarray at their top. tests/ml/test_gpu_check.py keeps them equal.
     times, lead = 9, 1
     temperature, kappa, source = simulate(members, times, 64, 20, 0)
     chosen = split_members(members)
