@@ -28,7 +28,8 @@
 #      (bench_train_heat.json), `train` registering heat-unet, `predict` -> predictions.h5;
 #   7. import times (python -X importtime) of the train process: who imports what.
 # Each step is stopped after STEP_TIMEOUT seconds (default 240: a hung NCCL start would
-# otherwise take the whole call). A summary goes to $OUT/summary.txt; paste it into the issue
+# otherwise take the whole call). A summary goes to $OUT/summary.txt (each step's outcome and
+# seconds, the install's and the whole run's: what the 15 minutes went on); paste it into the issue
 # with the card's name. Exit status: 0 when every step passed.
 #
 #   here:              bash benchmarks/gpu_check.sh rehearse     # the whole run, on this CPU
@@ -124,32 +125,47 @@ rehearse() {
 }
 
 install_missing() {
-    # Only what this Python lacks: a wheel of an installed distribution would shadow it.
-    local site=$OUT/site missing=()
+    # Only what this Python lacks: a wheel of an installed distribution would shadow it. One
+    # Python asks for all of them, and the installed files are byte-compiled on every core
+    # (pip compiles one after the other): in the rehearsal on 2 cores the install took 33 s
+    # with a Python per wheel and pip's compiling, 12 s so.
+    local site=$OUT/site missing=() list
     mkdir -p "$site"
-    for wheel in "$CARRY"/wheels/*.whl; do
-        dist=$(basename "$wheel" | cut -d- -f1)
-        if ! "$PY" -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" \
-                "$dist" 2>/dev/null; then
-            missing+=("$wheel")
-        fi
-    done
+    list=$("$PY" - "$CARRY"/wheels/*.whl <<'EOF'
+import importlib.metadata as metadata
+import os
+import sys
+
+for wheel in sys.argv[1:]:
+    try:
+        metadata.version(os.path.basename(wheel).split("-")[0])
+    except metadata.PackageNotFoundError:
+        print(wheel)
+EOF
+    )
+    [ -z "$list" ] || mapfile -t missing <<< "$list"
     if ((${#missing[@]})); then
-        "$PY" -m pip install --quiet --no-index --no-deps --target "$site" "${missing[@]}"
+        "$PY" -m pip install --quiet --no-compile --no-index --no-deps --target "$site" \
+            "${missing[@]}"
+        # A file that does not compile (a template, a test for another Python) stays source,
+        # as pip leaves it.
+        "$PY" -m compileall -q -j 0 "$site" > /dev/null || true
     fi
     echo "installed ${#missing[@]} wheel(s) into $site"
 }
 
 FAILED=0
-step() {   # step NAME COMMAND...: run, log, remember the outcome
+step() {   # step NAME COMMAND...: run, log, remember the outcome and its seconds
     local name=$1; shift
     echo "== $name: $*" | tee -a "$OUT/summary.txt"
+    local start=$SECONDS
     if timeout --kill-after=10 "$STEP_TIMEOUT" "$@" > "$OUT/$name.log" 2>&1; then
-        echo "   ok" | tee -a "$OUT/summary.txt"
+        echo "   ok ($((SECONDS - start)) s)" | tee -a "$OUT/summary.txt"
     else
         local rc=$?
         FAILED=$((FAILED + 1))
-        echo "   FAILED (exit $rc): tail of $OUT/$name.log:" | tee -a "$OUT/summary.txt"
+        echo "   FAILED (exit $rc, $((SECONDS - start)) s): tail of $OUT/$name.log:" \
+            | tee -a "$OUT/summary.txt"
         tail -n 20 "$OUT/$name.log" | tee -a "$OUT/summary.txt"
     fi
 }
@@ -160,7 +176,9 @@ run() {
         SEEDS=(--seeds 42 --epochs 1) EPOCHS=(--epochs 1) REPEATS=(--repeats 1)
     fi
     rm -rf "$OUT" && mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+    local began=$SECONDS
     install_missing
+    echo "install: $((SECONDS - began)) s" >> "$OUT/summary.txt"
     export PYTHONPATH="$PWD:$OUT/site${PYTHONPATH:+:$PYTHONPATH}"
     export MLFLOW_ALLOW_FILE_STORE=true PYTHONWARNINGS=ignore
     export MLFLOW_TRACKING_URI="file:$OUT/mlruns"
@@ -232,6 +250,7 @@ run() {
             "$OUT/$name.log" | sed "s/^/[$name] /" >> "$OUT/summary.txt" || true
     done
     "$PY" benchmarks/gpu_check.py imports "$OUT/importtime.log" >> "$OUT/summary.txt" || true
+    echo "seconds in all: $((SECONDS - began))" >> "$OUT/summary.txt"
     echo "steps failed: $FAILED" >> "$OUT/summary.txt"
     cat "$OUT/summary.txt"
     if [ -n "${RESULTS:-}" ]; then   # what a caller with few files to take back needs
