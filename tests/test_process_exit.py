@@ -88,3 +88,18 @@ def test_the_console_script_and_python_m_end_through_exit_now(tmp_path):
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, (argv, done.stderr)
         assert str(bad) in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_thread_pool_still_alive_at_exit_does_not_hold_the_exit(tmp_path):
+    """A pool's idle workers end when Python's exit tells them to (concurrent.futures registers
+    that with threading, called before the non-daemon threads are joined). exit_now joined them
+    by hand and waited for ever wherever a pool was still alive at exit: MLflow's artifact pool,
+    not yet collected, once train held the garbage collector off (core/startup.py)."""
+    script = ("from concurrent.futures import ThreadPoolExecutor\n"
+              "from itwinai_hpc.commands.process import exit_now\n"
+              "pool = ThreadPoolExecutor(2)\n"
+              "print(pool.submit(lambda: 6 * 7).result(), flush=True)\n"
+              "exit_now(4)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (4, "42\n", "")

@@ -42,16 +42,22 @@ def exit_now(code: int) -> NoReturn:
     does that anyone can see, in its order: it waits for the non-daemon threads, runs the atexit
     handlers (MLflow ends its run, logging flushes and closes its files, tempfile removes its
     folders) and flushes stdout and stderr; only then does it skip the rest with os._exit.
+    The wait is Python's own (threading._shutdown, as its exit calls it): threading's exit calls
+    first, where concurrent.futures tells its idle pool workers to end, then the join. Joining
+    the threads by hand waited for ever on the idle workers of a pool that was still alive (found
+    with the collector held off, core/startup.py: MLflow's artifact pool, unused but not yet
+    collected; tests/test_process_exit.py).
 
     A normal exit instead where that cannot be promised: a Python without
-    atexit._run_exitfuncs, ITWINAI_HPC_NORMAL_EXIT=1 (a profiler or leak checker that wants the
-    teardown), or a stream that cannot be flushed (Python's exit then reports it, as usual)."""
+    atexit._run_exitfuncs or threading._shutdown, ITWINAI_HPC_NORMAL_EXIT=1 (a profiler or
+    leak checker that wants the teardown), or a stream that cannot be flushed (Python's exit
+    then reports it, as usual)."""
     run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
-    if run_exitfuncs is None or os.environ.get(job_env.NORMAL_EXIT) == "1":
+    shutdown_threads = getattr(threading, "_shutdown", None)
+    if (run_exitfuncs is None or shutdown_threads is None
+            or os.environ.get(job_env.NORMAL_EXIT) == "1"):
         sys.exit(code)
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    shutdown_threads()
     run_exitfuncs()
     try:
         sys.stdout.flush()
