@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
+# No torch at the top: every task is a process of its own (spawn), which imports this module;
+# torch there would cost each of the 12 tasks ~2.3 s of CPU for nothing (they use MLflow only).
 WORKERS = 4
 ROUNDS = 5
 
@@ -185,6 +186,8 @@ def test_tasks_starting_at_the_same_moment_all_log_their_datasets(tmp_path, mnis
 
 def logged_model_uri(store_uri: str) -> str:
     """One small model logged once; every task registers a version of it."""
+    import torch
+
     from itwinai_hpc.ml import tracking
     from itwinai_hpc.ml.registry import Registration, log_served_model
 
