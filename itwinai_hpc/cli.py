@@ -297,4 +297,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
+    from itwinai_hpc.core.startup import own_process
+
+    own_process()
     exit_now(main())

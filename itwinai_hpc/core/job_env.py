@@ -44,9 +44,10 @@ SUBMITIT_CLUSTER = "ITWINAI_HPC_SUBMITIT_CLUSTER"      # slurm or local
 RUNS = "ITWINAI_HPC_RUNS"                              # where run folders go
 PROFILES = "ITWINAI_HPC_PROFILES"                      # extra site profile folders
 NORMAL_EXIT = "ITWINAI_HPC_NORMAL_EXIT"                # 1: Python's teardown at exit (profilers)
+GC = "ITWINAI_HPC_GC"                                  # normal: no collector hold (core/startup)
 
 SETTINGS = frozenset({DATA_MODE, DATA_MEMORY_BUDGET, STAGE_DIR, LOCAL_PARALLEL,
-                      SUBMITIT_CLUSTER, RUNS, PROFILES, NORMAL_EXIT})
+                      SUBMITIT_CLUSTER, RUNS, PROFILES, NORMAL_EXIT, GC})
 
 
 def owned_problem(name: str) -> str | None:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import itwinai_hpc.run.layout as layout
-from itwinai_hpc.core import job_env
+from itwinai_hpc.core import job_env, startup
 from itwinai_hpc.ml.job_where import mark_stopped, stop_file
 
 STORE_HELP = ("MLflow store: a folder, or a URI such as sqlite:///mlflow.db (default: "
@@ -115,6 +115,7 @@ def port_number(text: str) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    startup.hold_collector()   # until the trainer's loop starts (Trainer.fit)
     from itwinai_hpc.core.errors import UserError
     from itwinai_hpc.ml import distributed
     from itwinai_hpc.ml.config import TrainConfig, load_config
@@ -173,6 +174,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    startup.hold_collector()   # until the model is loaded (predict)
     from itwinai_hpc.ml.config import InferenceConfig, load_config
     from itwinai_hpc.ml.predict import PredictionsNotWritten, predict
     from itwinai_hpc.ml.sweep import SweepTask

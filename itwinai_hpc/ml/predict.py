@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from itwinai_hpc.core import atomic
+from itwinai_hpc.core import atomic, startup
 from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.ml.config import InferenceConfig
 from itwinai_hpc.ml.predict_arrays import PredictionsNotWritten
@@ -93,6 +93,7 @@ def predict(config: InferenceConfig, data: str, model_uri: str, output: str | os
         model = registry.load_model(resolved)
     model = graph_on(model, device)
     run_id = _start_run(config, about)
+    startup.release_collector()   # torch, MLflow and the model are loaded (core/startup.py)
     try:
         rows, evaluation, text = _predict_rows(model, manifest, config, device, loader)
         _write(output, text)
@@ -148,6 +149,7 @@ def _predict_arrays(config, manifest, model_uri, resolved, about, shapes, task, 
     with reading_model(model_uri):
         model = graph_on(registry.load_model(resolved), device)
     run_id = _start_run(config, about)
+    startup.release_collector()
     evaluation = None
     try:
         if classes:

@@ -16,6 +16,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from itwinai_hpc.core import startup
 from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.ml import distributed as D
 from itwinai_hpc.ml import tasks
@@ -90,6 +91,7 @@ class Trainer:
         if (done := self.resume()) is not None:
             return done            # the checkpoint is a finished training's
         self.start()
+        startup.release_collector()   # torch, dynamo and MLflow are loaded (core/startup.py)
         with self.session_guard():
             for epoch in range(self.start_epoch, self.epochs):
                 trained = self.train_epoch(epoch)
