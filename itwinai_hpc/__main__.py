@@ -8,13 +8,11 @@ from __future__ import annotations
 from typing import NoReturn
 
 from itwinai_hpc.cli import main
-from itwinai_hpc.commands.process import exit_now
-from itwinai_hpc.core.startup import own_process
+from itwinai_hpc.commands.process import run_as_program
 
 
 def run() -> NoReturn:
-    own_process()
-    exit_now(main())
+    run_as_program(main)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from itwinai_hpc import __version__
-from itwinai_hpc.commands.process import exit_now, terminated, usable_streams
+from itwinai_hpc.commands.process import run_as_program, terminated, usable_streams
 from itwinai_hpc.core.errors import RunStateError, UserError
 
 # Commands the job scripts run (inside a job, on a compute node); every other command is typed
@@ -297,7 +297,4 @@ def _main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    from itwinai_hpc.core.startup import own_process
-
-    own_process()
-    exit_now(main())
+    run_as_program(main)

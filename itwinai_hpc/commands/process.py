@@ -9,9 +9,10 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import NoReturn
 
-from itwinai_hpc.core import job_env
+from itwinai_hpc.core import job_env, startup
 
 
 def usable_streams() -> None:
@@ -28,6 +29,14 @@ def usable_streams() -> None:
 def terminated(signum, frame) -> None:
     """SIGTERM (a job's time limit, `kill`): unwind, so half-written folders are removed."""
     raise SystemExit(128 + signal.SIGTERM)
+
+
+def run_as_program(main: Callable[[], int]) -> NoReturn:
+    """The console script and `python -m itwinai_hpc[.cli]`: main() in a process that is ours
+    (core/startup.py: train and predict may hold the garbage collector off while they import),
+    then exit_now."""
+    startup.own_process()
+    exit_now(main())
 
 
 def exit_now(code: int) -> NoReturn:
