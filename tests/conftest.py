@@ -190,7 +190,7 @@ def pytest_xdist_make_scheduler(config, log):
     return xdist_order.make_scheduler(config, log)
 
 
-# Under pytest-xdist (tests/run.sh: three workers, a file's tests on one) a worker must not stop
+# Under pytest-xdist (tests/run.sh: four workers, a file's tests on one) a worker must not stop
 # a cluster it started: the other worker may still use it. It leaves this mark in the cluster's
 # folder instead, and the controller stops every marked cluster when the whole run ends.
 STARTED_BY_A_WORKER = "started-by-a-pytest-worker"

@@ -57,14 +57,16 @@ export SLURM_CONF=$SLURM_CI_DIR/slurm.conf
 # processes of their own, and where PYTHONDONTWRITEBYTECODE is set each would compile every
 # module it imports, every time. Not exec: the trap must run after pytest.
 "$PY" -m compileall -q itwinai_hpc >/dev/null
-# Three pytest-xdist workers (TEST_WORKERS=1 for one): while one waits on SLURM or a
-# subprocess the others run. On the 2-core VM: 13.7-15.9 min with three (seven runs), 16.7
-# with two, the machine idle 7-8% of the time with three (every process the tests start
-# runs torch with one thread: tests/conftest.py). A file's tests stay on one worker (its
+# Four pytest-xdist workers (TEST_WORKERS=1 for one): while one waits on SLURM or a
+# subprocess the others run. On the 2-core VM (2026-12-08, CPU sampled every 2 s): with three,
+# 721 and 763 s of pytest, the cores idle 12% and 10% of the time, half of one core for 50 s at
+# a stretch where the GPU rehearsal (one process at a time) ran beside two files waiting on
+# SLURM; with four, 635 s and 5% idle. (Every process the tests start runs torch with one
+# thread: tests/conftest.py.) A file's tests stay on one worker (its
 # module fixtures are built once); session fixtures are built once per worker, except
 # `trained`, whose files go to one. The slowest files are dealt first (tests/xdist_order.py,
 # tests/file_durations.txt), so the workers end together; pyproject's addopts print the 30
 # slowest tests of every run.
 status=0
-"$PY" -m pytest -n "${TEST_WORKERS:-3}" --dist loadfile "$@" || status=$?
+"$PY" -m pytest -n "${TEST_WORKERS:-4}" --dist loadfile "$@" || status=$?
 exit "$status"
