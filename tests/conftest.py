@@ -106,8 +106,10 @@ class SlurmCluster:
         # squeue -j with only unknown ids exits 1 ("Invalid job id"): those are gone too
         return set(self.run(*cmd, check=False).split())
 
-    def wait_for_jobs(self, job_ids: Iterable[str], timeout: float = 60) -> None:
-        """Poll squeue until none of job_ids is active; fail the test after timeout s."""
+    def wait_for_jobs(self, job_ids: Iterable[str], timeout: float = 180) -> None:
+        """Poll squeue until none of job_ids is active; fail the test after timeout s. The
+        time includes the queue: a job that needs both nodes whole waits for the other
+        workers' jobs (54 s once with four workers, against 2-3 s with three)."""
         ids = [str(j) for j in job_ids]
         deadline = time.monotonic() + timeout
         while left := self.active_jobs(ids):
@@ -116,7 +118,7 @@ class SlurmCluster:
                             + self.run("squeue", check=False))
             time.sleep(0.2)
 
-    def wait_for_state(self, job_id: str, states: Iterable[str], timeout: float = 60) -> str:
+    def wait_for_state(self, job_id: str, states: Iterable[str], timeout: float = 180) -> str:
         """Poll scontrol until the job is in one of states; return it (fail after timeout)."""
         wanted = set(states)
         deadline = time.monotonic() + timeout

@@ -154,7 +154,7 @@ def test_a_gpu_variant_of_the_mnist_training_is_accepted_and_scheduled_by_sbatch
 
     job = subprocess.run(["sbatch", "--parsable", "02-train.sbatch"], cwd=folder,
                          capture_output=True, text=True, env=env, check=True).stdout.strip()
-    slurm_cluster.wait_for_jobs([job], timeout=90)
+    slurm_cluster.wait_for_jobs([job], timeout=180)   # queued behind other workers' jobs
     fields = slurm_cluster.job_fields(job)
     log = next((folder / "logs").glob(f"*-{job}.out")).read_text()
     assert fields["JobState"] == "COMPLETED", log[-3000:]
