@@ -61,6 +61,13 @@ def fields(n: int, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
     return x.astype(dtype), y
 
 
+@pytest.fixture(autouse=True)
+def _file_store_allowed(monkeypatch) -> None:
+    """MLflow's file store, for the reads these tests make in this process (inference_runs,
+    pyfunc_probabilities): set here, not left to a test that happened to run before."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+
+
 @pytest.fixture(scope="module")
 def use_case(tmp_path_factory) -> SimpleNamespace:
     """The package (tinyfield of own_package plus a classifier module), its shards, and a

@@ -129,7 +129,17 @@ case $BIND in
   none)  TASKPLUGIN=TaskPlugin=task/none ;;
   *) log "SLURM_CI_BIND must be cores or none"; exit 2 ;;
 esac
-if all_up && scontrol ping >/dev/null 2>&1 && nodes_usable; then
+# Every daemon alive: the controller may be slow to answer and a node may show a state outside
+# USABLE for a moment while four pytest workers load it; ask again for up to 10 s before
+# calling the cluster stale (a restart kills every other worker's jobs: seen once in a full run,
+# the answer it went on unrecorded, hence the log line).
+reachable() { scontrol ping >/dev/null 2>&1 && nodes_usable; }
+if all_up && ! reachable; then
+  for _ in 1 2 3 4 5; do sleep 2; reachable && break; done
+  reachable || log "daemons alive, but ping or node states say not usable:" \
+                   "$(sinfo -h -N -o '%N=%T' 2>&1 | tr '\n' ' ')"
+fi
+if all_up && reachable; then
   if [[ $(cat "$DIR/knobs" 2>/dev/null) == "$KNOBS" ]]; then
     log "already running ($DIR)"; echo "export SLURM_CONF=$SLURM_CONF"; exit 0
   fi
