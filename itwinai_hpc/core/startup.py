@@ -37,7 +37,7 @@ def own_process() -> None:
 
 
 def hold_collector() -> None:
-    """Hold the collector off while the step imports its libraries (ours processes only)."""
+    """Hold the collector off while the step imports its libraries (our processes only)."""
     global _held
     if _owned and not _held and gc.isenabled():
         gc.disable()

@@ -134,12 +134,13 @@ esac
 # calling the cluster stale (a restart kills every other worker's jobs: seen once in a full run,
 # the answer it went on unrecorded, hence the log line).
 reachable() { scontrol ping >/dev/null 2>&1 && nodes_usable; }
-if all_up && ! reachable; then
-  for _ in 1 2 3 4 5; do sleep 2; reachable && break; done
-  reachable || log "daemons alive, but ping or node states say not usable:" \
-                   "$(sinfo -h -N -o '%N=%T' 2>&1 | tr '\n' ' ')"
+usable=0
+if all_up; then
+  for _ in 1 2 3 4 5 6; do reachable && { usable=1; break; }; sleep 2; done
+  ((usable)) || log "daemons alive, but ping or node states say not usable:" \
+                    "$(sinfo -h -N -o '%N=%T' 2>&1 | tr '\n' ' ')"
 fi
-if all_up && reachable; then
+if ((usable)); then
   if [[ $(cat "$DIR/knobs" 2>/dev/null) == "$KNOBS" ]]; then
     log "already running ($DIR)"; echo "export SLURM_CONF=$SLURM_CONF"; exit 0
   fi
