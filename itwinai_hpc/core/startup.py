@@ -8,10 +8,16 @@ of CPU as usual, 3.6 s with the collector off). Every rank of every training and
 prediction pays it, and then pays again each time a full collection walks the libraries.
 
 So `train` and `predict` hold the collector off (`hold_collector`) before they import, and let
-it go (`release_collector`) once their libraries are loaded, just before the main loop: one
-full collection, so the imports' own garbage is freed and nothing leaks; then gc.freeze(),
-which moves what survived (the libraries' objects) out of every later collection; then the
-collector runs as usual on the step's own objects.
+it go (`release_collector`) once their libraries are loaded, just before the main loop:
+gc.freeze() moves everything made so far (the libraries' objects) out of every later
+collection, then the collector runs as usual on the step's own objects. This is the pattern
+the gc module's documentation gives for gc.freeze (disable early, freeze, enable).
+
+No collection before the freeze: it walked the ~730,000 objects once more for 0.3-0.4 s per
+process (each rank, each prediction) to free what the imports left in reference cycles, about
+10,000 objects and 8 MB (measured after `import torch, torch._dynamo, mlflow, mlflow.pytorch`:
+gc.collect() found 10,232). Those stay, frozen, for the life of the process: a fixed amount
+paid once, not a leak that grows.
 
 Only in a process that is ours (`own_process`: the console script, `python -m
 itwinai_hpc.cli`). A program that calls cli.main() in its own process, a notebook or the test
@@ -45,12 +51,11 @@ def hold_collector() -> None:
 
 
 def release_collector() -> None:
-    """The libraries are loaded: free the imports' garbage, keep the survivors out of later
-    collections, and collect as usual from here on. Does nothing where nothing was held."""
+    """The libraries are loaded: keep everything made so far out of later collections and
+    collect as usual from here on. Does nothing where nothing was held."""
     global _held
     if _held:
         _held = False
-        gc.collect()
         gc.freeze()
         gc.enable()
 
