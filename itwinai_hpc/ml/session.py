@@ -4,6 +4,8 @@ learns the run id (or rank 0's error) so that no rank waits forever on a failed 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 from itwinai_hpc.core.errors import UserError
 from itwinai_hpc.ml import distributed as D
@@ -106,18 +108,27 @@ class TrackingSession:
 
     def register(self, registration, *, test: Evaluation, best_metric: float, epochs: int
                  ) -> tuple[str, bool]:
-        from itwinai_hpc.ml import registry, tracking
+        from itwinai_hpc.ml import figure_process, registry, tracking
         from itwinai_hpc.ml.tasks import metrics_of
 
-        registered = registry.log_and_register(registration)
-        # After log_model, which would otherwise copy them into their history a second time.
-        scores = {f"test_{k}": v for k, v in metrics_of(test).items()}
-        tracking.log_metrics({**scores, "test_loss": test.loss,
-                              f"best_{self.metric}": best_metric}, epochs)
-        if self.config.task == "regression":
-            tracking.log_regression(test, "test")
-        else:
-            tracking.log_evaluation(test, "test")
+        task = self.config.task
+        with tempfile.TemporaryDirectory(prefix="itwinai-hpc-figures-") as tmp:
+            # The figures are drawn by a process of their own while the model is exported.
+            drawing = figure_process.start(test, "test", task, Path(tmp))
+            try:
+                registered = registry.log_and_register(registration)
+                # After log_model, which would otherwise copy them into their history again.
+                scores = {f"test_{k}": v for k, v in metrics_of(test).items()}
+                tracking.log_metrics({**scores, "test_loss": test.loss,
+                                      f"best_{self.metric}": best_metric}, epochs)
+                drawn = drawing.files() if drawing is not None else None
+            finally:
+                if drawing is not None:
+                    drawing.stop()
+            if task == "regression":
+                tracking.log_regression(test, "test", drawn=drawn)
+            else:
+                tracking.log_evaluation(test, "test", drawn=drawn)
         tracking.set_tags({"registered_model": f"{self.model_name}/{registered[0]}"})
         return registered
 

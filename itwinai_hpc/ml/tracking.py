@@ -128,14 +128,13 @@ def log_text(text: str, artifact_file: str) -> None:
     mlflow.log_text(text, artifact_file)
 
 
-def log_evaluation(evaluation: Evaluation, split: str, *, class_names: list[str] | None = None
-                   ) -> list[str]:
+def log_evaluation(evaluation: Evaluation, split: str, *, class_names: list[str] | None = None,
+                   drawn: dict[str, Path] | None = None) -> list[str]:
     """What a user looks at for a split, under evaluation/SPLIT/: the confusion matrix
     (figure and JSON), the per-class table (shown as a table in the UI) and a grid of
-    misclassified images. Returns the artifact paths."""
+    misclassified images. `drawn`: the figures as PNG files already (figure_process), else
+    they are drawn here. Returns the artifact paths."""
     import mlflow
-
-    from itwinai_hpc.ml import figures
 
     folder = f"evaluation/{split}"
     table = evaluation.per_class()
@@ -143,27 +142,38 @@ def log_evaluation(evaluation: Evaluation, split: str, *, class_names: list[str]
         table = {"name": class_names, **table}
     paths = [f"{folder}/confusion_matrix.png", f"{folder}/confusion_matrix.json",
              f"{folder}/per_class.json", f"{folder}/misclassified.png"]
-    mlflow.log_figure(figures.confusion_figure(evaluation, split), paths[0])
+    _log_figures(evaluation, split, "classification", folder, drawn)
     mlflow.log_dict({"rows": "true class", "columns": "predicted class",
                      "matrix": evaluation.confusion.tolist()}, paths[1])
     mlflow.log_table(table, paths[2])
-    mlflow.log_figure(figures.misclassified_figure(evaluation, split), paths[3])
     return paths
 
 
-def log_regression(evaluation, split: str) -> list[str]:
+def log_regression(evaluation, split: str, *, drawn: dict[str, Path] | None = None
+                   ) -> list[str]:
     """A regression's figures under evaluation/SPLIT/: predicted vs true fields with their
     error maps (fields.png), the predicted-vs-true scatter (scatter.png) and the metrics
-    (metrics.json). Returns the artifact paths."""
+    (metrics.json). `drawn` as for log_evaluation. Returns the artifact paths."""
     import mlflow
-
-    from itwinai_hpc.ml import field_figures
 
     folder = f"evaluation/{split}"
     paths = [f"{folder}/fields.png", f"{folder}/scatter.png", f"{folder}/metrics.json"]
-    mlflow.log_figure(field_figures.fields_figure(evaluation.examples, split), paths[0])
-    mlflow.log_figure(field_figures.scatter_figure(evaluation.scatter, evaluation.metrics,
-                                                   split), paths[1])
+    _log_figures(evaluation, split, "regression", folder, drawn)
     mlflow.log_dict({"loss": evaluation.loss, "samples": evaluation.num_samples,
                      **evaluation.metrics}, paths[2])
     return paths
+
+
+def _log_figures(evaluation, split: str, task: str, folder: str,
+                 drawn: dict[str, Path] | None) -> None:
+    """The split's figures as FOLDER/NAME.png: the files in `drawn`, else drawn now."""
+    import mlflow
+
+    if drawn is not None:
+        for path in drawn.values():
+            mlflow.log_artifact(str(path), artifact_path=folder)
+        return
+    from itwinai_hpc.ml.figure_process import figures_of
+
+    for name, fig in figures_of(evaluation, split, task).items():
+        mlflow.log_figure(fig, f"{folder}/{name}")

@@ -49,16 +49,16 @@ def probe(args: list[str], env: dict[str, str]) -> dict:
     return json.loads(line[len("PROBE "):])
 
 
-def test_train_and_predict_import_their_libraries_with_the_collector_held_and_then_collect(
+def test_train_and_predict_import_their_libraries_with_the_collector_held_then_freeze(
         mnist_shards, train_config_file, tmp_path):
     env = ml_env(tmp_path / "mlruns")
     train = probe(["train", "--config", str(train_config_file), "--data", str(mnist_shards),
                    "--epochs", "1", "--checkpoint-dir", str(tmp_path / "ck")], env)
     held = train["imported_with_gc"]
     # torch (the process group), dynamo (the first optimizer) and MLflow (the run) before the
-    # loop, held; matplotlib (the test figures) after the loop, with the collector back.
-    assert held == {"torch": False, "torch._dynamo": False, "mlflow": False,
-                    "matplotlib": True}, held
+    # loop, held; matplotlib not at all: the test figures are drawn by a process of their own
+    # (figure_process.py) while the model is exported.
+    assert held == {"torch": False, "torch._dynamo": False, "mlflow": False}, held
     assert train["enabled"] and train["frozen"] > 100_000, train
 
     predict = probe(["predict", "--data", str(mnist_shards), "--model",
