@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from itwinai_hpc.backends.slurm.query import still_queued
 from itwinai_hpc.cli import main
 from itwinai_hpc.run.folders import find_run
 from itwinai_hpc.run.manifest import RunManifest
@@ -269,6 +270,52 @@ def test_cancel_during_a_running_step_leaves_nothing_of_the_run_queued(
         time.sleep(0.1)
     left = marker.read_text().strip()
     assert doc["steps"][0]["exit_code"] == int(left) == 143
+
+
+def test_still_queued_names_the_jobs_slurm_has_not_let_go(slurm_cluster, run_folder):
+    wf = chain_workflow(run_folder, sleep=60)
+    assert main(["submit", str(wf), "--backend", "slurm"]) == 0
+    ids = [s.job_id for s in RunManifest.load(find_run(None)).steps]
+    try:
+        slurm_cluster.wait_for_state(ids[0], ["RUNNING"])
+        assert still_queued(ids) == set(ids)            # one running, two pending
+        assert still_queued([ids[0], "999999"]) == {ids[0]}
+    finally:
+        slurm_cluster.run("scancel", *ids)
+    slurm_cluster.wait_for_jobs(ids)
+    assert still_queued(ids) == set()                   # squeue: "Invalid job id", exit 1
+
+
+def test_cancel_waits_until_slurm_has_let_the_jobs_go(slurm_cluster, run_folder, capsys,
+                                                      monkeypatch):
+    """The race of a full run (four workers): the running step's exit status file was written
+    (its state final) while SLURM still listed its job COMPLETING, and `cancel` returned. The
+    test cluster keeps a job COMPLETING for well under a second, so here squeue's answer
+    is held back: the job is reported queued for three more asks than SLURM says."""
+    from itwinai_hpc.backends.slurm import backend as slurm_backend
+
+    asked: list[set[str]] = []
+    lag = {"left": 3}
+
+    def lagging(ids, run=subprocess.run):
+        queued = still_queued(ids, run)
+        if lag["left"]:
+            lag["left"] -= 1
+            queued |= {ids[0]}
+        asked.append(queued)
+        return queued
+
+    monkeypatch.setattr(slurm_backend, "still_queued", lagging)
+    wf = chain_workflow(run_folder, sleep=60)
+    assert main(["submit", str(wf), "--backend", "slurm"]) == 0
+    manifest = RunManifest.load(find_run(None))
+    ids = [s.job_id for s in manifest.steps]
+    slurm_cluster.wait_for_state(ids[0], ["RUNNING"])
+    assert main(["cancel", manifest.run_id]) == 0
+    assert len(asked) >= 4 and asked[-1] == set(), asked
+    assert slurm_cluster.active_jobs(ids) == set()
+    rc, doc = status_json(capsys)
+    assert set(states(doc).values()) == {"CANCELLED"}
 
 
 @pytest.mark.slurm

@@ -6,6 +6,7 @@ submit, with which dependencies and environment, and what to write into run.json
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +21,12 @@ from itwinai_hpc.backends.slurm.exit_status import (
     read_task_exit_statuses,
     until_recorded_in_full,
 )
-from itwinai_hpc.backends.slurm.query import SlurmQueryError, detect_accounting, query_jobs
+from itwinai_hpc.backends.slurm.query import (
+    SlurmQueryError,
+    detect_accounting,
+    query_jobs,
+    still_queued,
+)
 from itwinai_hpc.backends.slurm.sbatch import submit_with_retry
 from itwinai_hpc.core.clock import now_iso
 from itwinai_hpc.core.job_env import STOP_EXIT
@@ -202,12 +208,18 @@ class SlurmBackend(Backend):
                            capture_output=True, text=True, timeout=60)
         if p.returncode != 0:
             raise SubmitError(f"scancel failed: {p.stderr.strip()}")
+        # Let SLURM say what became of them, and let them go: a job whose state is final (its
+        # exit status file written) can still be COMPLETING, its processes being killed and
+        # still able to write to the run folder, which a `resume` typed at once would race.
+        ids = [s.job_id for s in active if s.job_id]
+        run = functools.partial(subprocess.run, env=env)
         deadline = time.monotonic() + self.poll_after_cancel_s
-        while time.monotonic() < deadline:      # let SLURM say what became of them
+        while time.monotonic() < deadline:
             self.refresh(manifest)
-            if all(manifest.step(s.name).finished for s in active):
+            if all(manifest.step(s.name).finished for s in active) and \
+                    not still_queued(ids, run):
                 break
-            time.sleep(0.5)
+            time.sleep(0.25)
         return [s.name for s in active]
 
 

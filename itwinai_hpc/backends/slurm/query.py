@@ -275,3 +275,16 @@ def query_jobs(job_ids: Iterable[str], start_time: datetime | str, mode: str,
         done = parse_sacct(_run(run, build_jobcomp_command(missing)))
         result.update({j: done[j] for j in missing if j in done})
     return result
+
+
+def still_queued(job_ids: Iterable[str], run: Runner = subprocess.run) -> set[str]:
+    """Which of `job_ids` SLURM has not let go yet: squeue's default states (pending, running,
+    suspended, configuring, and COMPLETING, in which a cancelled job's processes are still
+    being killed and may still write). `-o %F`: an array's tasks as its id. squeue -j with only
+    ids it no longer knows exits 1 ("Invalid job id"): none of them is queued."""
+    ids = [str(j) for j in job_ids]
+    if not ids:
+        return set()
+    out = _run(run, ["squeue", "-h", "-j", ",".join(ids), "-o", "%F"],
+               ok_errors=("Invalid job id",))
+    return set(out.split()) & set(ids)
