@@ -59,10 +59,10 @@ class Drawing:
             self.proc.kill()
             self.proc.wait()
             return self._failed(f"still drawing after {TIMEOUT_S:.0f} s; stopped")
-        if code != 0:
+        done = self.folder / "done"
+        if code != 0 or not done.is_file():
             return self._failed(f"exited {code}")
-        names = (self.folder / "done").read_text().split()
-        return {name: self.folder / name for name in names}
+        return {name: self.folder / name for name in done.read_text().split()}
 
     def stop(self) -> None:
         """Kill the process if it still runs (the registration failed before `files`)."""
@@ -80,10 +80,14 @@ class Drawing:
 def start(evaluation, split: str, task: str, folder: Path) -> Drawing | None:
     """Start drawing `evaluation`'s figures into `folder` (an empty folder of this process's
     own, e.g. under a TemporaryDirectory); None when no process can be started."""
-    folder.mkdir(parents=True, exist_ok=True)
-    job = folder / "evaluation.pickle"
-    with open(job, "wb") as f:
-        pickle.dump({"evaluation": evaluation, "split": split, "task": task}, f)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "evaluation.pickle", "wb") as f:
+            pickle.dump({"evaluation": evaluation, "split": split, "task": task}, f)
+    except Exception as e:   # a full disk, an object pickle cannot take: draw here
+        print(f"test figures: cannot hand the evaluation to a drawing process "
+              f"({type(e).__name__}: {e}); drawing them here", file=sys.stderr, flush=True)
+        return None
     # The package as this process imported it, first: a source checkout run without install.
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(

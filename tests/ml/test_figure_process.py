@@ -96,3 +96,10 @@ def test_no_process_can_be_started_the_caller_draws(tmp_path, monkeypatch, capfd
     assert figure_process.start(evaluation(3), "test", "classification", tmp_path / "fig") \
         is None
     assert "cannot start the drawing process" in capfd.readouterr().err
+
+
+def test_an_evaluation_that_cannot_be_handed_over_is_drawn_here(tmp_path, capfd):
+    ev = evaluation(3)
+    ev.extra = {"a lambda": lambda: 0}     # pickle refuses it
+    assert figure_process.start(ev, "test", "classification", tmp_path / "fig") is None
+    assert "cannot hand the evaluation to a drawing process" in capfd.readouterr().err
