@@ -10,19 +10,17 @@ prediction pays it, and then pays again each time a full collection walks the li
 So `train` and `predict` hold the collector off (`hold_collector`) before they import, and let
 it go (`release_collector`) once their libraries are loaded, just before the main loop:
 gc.freeze() moves everything made so far (the libraries' objects) out of every later
-collection, then the collector runs as usual on the step's own objects. This is the pattern
-the gc module's documentation gives for gc.freeze (disable early, freeze, enable).
+collection, then the collector runs as usual on the step's own objects. (The gc module's
+documentation gives disable, freeze, enable for another purpose, sharing pages after fork; the
+calls are the same.)
 
 No collection before the freeze: it walked the ~730,000 objects once more for 0.3-0.4 s per
-process (each rank, each prediction) to free what the imports left in reference cycles, about
-10,000 objects and 8 MB (measured after `import torch, torch._dynamo, mlflow, mlflow.pytorch`:
-gc.collect() found 10,232). Those stay, frozen, for the life of the process: a fixed amount
-paid once, not a leak that grows.
-
-Only in a process that is ours (`own_process`: the console script, `python -m
-itwinai_hpc.cli`). A program that calls cli.main() in its own process, a notebook or the test
-suite, keeps its collector exactly as it was: freezing its objects would keep its cyclic
-garbage alive for ever. ITWINAI_HPC_GC=normal leaves the collector alone in our processes too.
+process (each rank, each prediction) to free what was left in reference cycles by then.
+Measured at the release points themselves (MNIST on the CPU, gc.DEBUG_SAVEALL): `train`
+10,578 objects, 8.2 MB; `predict` (the registered model loaded) 12,020 objects, 11.0 MB; in
+both the only tensors among them were 47-48 that hold no data (0 bytes): no weights.
+Those stay, frozen, for the life of the process: a fixed amount paid once, not a leak that
+grows. Not measured: a GPU predict, whose model is moved to the device before the release.
 """
 
 from __future__ import annotations

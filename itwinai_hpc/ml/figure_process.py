@@ -4,11 +4,17 @@ registers the model.
 At the end of `train` rank 0 exports the model (torch.export, single-threaded Python) and
 draws the test figures (importing matplotlib, drawing, PNG encoding: another single-threaded
 0.5 s). One after the other they leave a core idle; side by side they end together. So
-`start` writes the evaluation to the run's private temporary folder and starts `python -m
-itwinai_hpc.ml.figure_process` on it (a new interpreter through fork+exec: nothing of the
-trainer's threads, CUDA context or registered network memory is shared), and `Drawing.files`
-collects the PNGs after the registration. On the 2-core VM the end of `train` is ~0.5 s
-shorter (bench_train.py --whole-process, see ml/README.md).
+`start` writes the evaluation into a TemporaryDirectory of the trainer's (0700, under
+$TMPDIR) and starts `python -m itwinai_hpc.ml.figure_process` there (a new interpreter through
+fork+exec: nothing of the trainer's threads, CUDA context or registered network memory is
+shared), and `Drawing.files` collects the PNGs after the registration. On the 2-core VM the
+end of `train` is ~0.5 s shorter (bench_startup.py, see ml/README.md). With one CPU there
+is nothing to overlap, and the trainer draws them itself.
+
+The child imports nothing from the job's working directory (a project folder others may
+write to): it runs in the private folder, and the package's folder goes on its PYTHONPATH only
+when it is not a site-packages folder already (a source checkout), never ahead of the
+standard library otherwise.
 
 Nothing is lost when that process cannot run or fails: `files` returns None and the caller
 draws in its own process, as before, with the reason on stderr.
@@ -21,12 +27,18 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 # The longest a drawing may take before the trainer stops waiting and draws itself.
 TIMEOUT_S = 120.0
+# The files each task's figures are saved as (figures_of's keys), under evaluation/SPLIT/.
+FIGURES = {"classification": ("confusion_matrix.png", "misclassified.png"),
+           "regression": ("fields.png", "scatter.png")}
 
 
 def figures_of(evaluation, split: str, task: str) -> dict:
@@ -47,8 +59,8 @@ def figures_of(evaluation, split: str, task: str) -> dict:
 class Drawing:
     """A figure process under way; `files` waits for it."""
 
-    def __init__(self, proc: subprocess.Popen, folder: Path):
-        self.proc, self.folder = proc, folder
+    def __init__(self, proc: subprocess.Popen, folder: Path, task: str):
+        self.proc, self.folder, self.task = proc, folder, task
 
     def files(self) -> dict[str, Path] | None:
         """{file name: PNG path} once the process has drawn them all; None (with the reason on
@@ -59,10 +71,13 @@ class Drawing:
             self.proc.kill()
             self.proc.wait()
             return self._failed(f"still drawing after {TIMEOUT_S:.0f} s; stopped")
+        if code < 0:
+            return self._failed(f"was killed by {signal.Signals(-code).name}")
         done = self.folder / "done"
-        if code != 0 or not done.is_file():
-            return self._failed(f"exited {code}")
-        return {name: self.folder / name for name in done.read_text().split()}
+        names = sorted(done.read_text().split()) if done.is_file() else []
+        if code != 0 or names != sorted(FIGURES[self.task]):
+            return self._failed(f"exited {code} having drawn {names or 'nothing'}")
+        return {name: self.folder / name for name in names}
 
     def stop(self) -> None:
         """Kill the process if it still runs (the registration failed before `files`)."""
@@ -77,9 +92,35 @@ class Drawing:
         return None
 
 
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))    # what SLURM's binding or a cgroup leaves us
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def child_env() -> dict[str, str]:
+    """The environment of the child: this process's, with the package's folder first on
+    PYTHONPATH only for a source checkout (an installed package is found anyway, and its
+    site-packages must not go ahead of the standard library)."""
+    root = os.path.realpath(Path(__file__).resolve().parents[2])
+    try:
+        installed = {*site.getsitepackages(), site.getusersitepackages(),
+                     sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    except AttributeError:   # an old virtualenv's site module
+        installed = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    if root in {os.path.realpath(p) for p in installed}:
+        return dict(os.environ)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [root, os.environ.get("PYTHONPATH")])))
+
+
 def start(evaluation, split: str, task: str, folder: Path) -> Drawing | None:
     """Start drawing `evaluation`'s figures into `folder` (an empty folder of this process's
-    own, e.g. under a TemporaryDirectory); None when no process can be started."""
+    own, e.g. under a TemporaryDirectory); None when there is no second CPU to draw on or no
+    process can be started: then the caller draws."""
+    if usable_cpus() < 2:
+        return None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "evaluation.pickle", "wb") as f:
@@ -88,21 +129,18 @@ def start(evaluation, split: str, task: str, folder: Path) -> Drawing | None:
         print(f"test figures: cannot hand the evaluation to a drawing process "
               f"({type(e).__name__}: {e}); drawing them here", file=sys.stderr, flush=True)
         return None
-    # The package as this process imported it, first: a source checkout run without install.
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     try:
         with open(folder / "stderr", "wb") as err:
+            # cwd: `-m` puts the working directory first on sys.path; this one is ours alone.
             proc = subprocess.Popen([sys.executable, "-m", "itwinai_hpc.ml.figure_process",
-                                     str(folder)], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                     str(folder)], cwd=folder, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err, env=child_env(),
                                     close_fds=True)
     except OSError as e:
         print(f"test figures: cannot start the drawing process ({e}); drawing them here",
               file=sys.stderr, flush=True)
         return None
-    return Drawing(proc, folder)
+    return Drawing(proc, folder, task)
 
 
 def main(folder: str) -> None:

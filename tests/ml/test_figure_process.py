@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -103,3 +104,44 @@ def test_an_evaluation_that_cannot_be_handed_over_is_drawn_here(tmp_path, capfd)
     ev.extra = {"a lambda": lambda: 0}     # pickle refuses it
     assert figure_process.start(ev, "test", "classification", tmp_path / "fig") is None
     assert "cannot hand the evaluation to a drawing process" in capfd.readouterr().err
+
+
+def test_the_child_imports_nothing_from_the_jobs_working_directory(tmp_path, monkeypatch):
+    """`python -m` puts the working directory first on sys.path; under SLURM that is the
+    workflow's workdir, a project folder others may write to. A planted pickle.py ran there."""
+    planted = tmp_path / "workdir"
+    planted.mkdir()
+    marker = tmp_path / "planted-code-ran"
+    for name in ("pickle", "numpy", "matplotlib"):
+        (planted / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(planted)
+    files = figure_process.start(evaluation(3), "test", "classification",
+                                 tmp_path / "fig").files()
+    assert files is not None and not marker.exists()
+
+
+def test_the_package_goes_on_pythonpath_only_for_a_source_checkout(monkeypatch):
+    root = os.path.realpath(figure_process.Path(figure_process.__file__).resolve().parents[2])
+    monkeypatch.setenv("PYTHONPATH", "/somewhere")
+    assert figure_process.child_env()["PYTHONPATH"] == os.pathsep.join([root, "/somewhere"])
+    monkeypatch.setattr(figure_process.site, "getsitepackages", lambda: [root])
+    assert figure_process.child_env()["PYTHONPATH"] == "/somewhere"   # installed: untouched
+
+
+def test_with_one_cpu_nothing_is_started_and_the_caller_draws(tmp_path, monkeypatch):
+    monkeypatch.setattr(figure_process.os, "sched_getaffinity", lambda pid: {0})
+    assert figure_process.start(evaluation(3), "test", "classification", tmp_path / "fig") \
+        is None
+    assert not (tmp_path / "fig").exists()
+
+
+def test_a_child_killed_by_a_signal_is_named_so(tmp_path, capfd):
+    drawing = figure_process.start(evaluation(3), "test", "classification", tmp_path / "fig")
+    drawing.proc.send_signal(signal.SIGTERM)   # long before it can have drawn anything
+    assert drawing.files() is None
+    assert "the drawing process was killed by SIGTERM" in capfd.readouterr().err
+
+
+def test_figures_of_draws_exactly_the_files_the_trainer_expects():
+    assert tuple(figure_process.figures_of(evaluation(3), "t", "classification")) == \
+        figure_process.FIGURES["classification"]
