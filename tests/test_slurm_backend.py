@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_hpc.backends.slurm.query import still_queued
+from itwinai_hpc.backends.slurm.query import SlurmQueryError, still_queued
 from itwinai_hpc.cli import main
 from itwinai_hpc.run.folders import find_run
 from itwinai_hpc.run.manifest import RunManifest
@@ -273,39 +273,67 @@ def test_cancel_during_a_running_step_leaves_nothing_of_the_run_queued(
 
 
 def test_still_queued_names_the_jobs_slurm_has_not_let_go(slurm_cluster, run_folder):
+    # A user's own squeue defaults (read from the environment) must not hide our jobs or
+    # list ended ones: the explicit -t and a runner without SQUEUE_* win over them. (Only in
+    # the runner's environment: the test's own squeue calls must see every job.)
+    from itwinai_hpc.backends.slurm.backend import _squeue_runner
+
+    run = _squeue_runner({**os.environ, "SQUEUE_USERS": "nobody", "SQUEUE_STATES": "all"})
     wf = chain_workflow(run_folder, sleep=60)
     assert main(["submit", str(wf), "--backend", "slurm"]) == 0
     ids = [s.job_id for s in RunManifest.load(find_run(None)).steps]
     try:
         slurm_cluster.wait_for_state(ids[0], ["RUNNING"])
-        assert still_queued(ids) == set(ids)            # one running, two pending
-        assert still_queued([ids[0], "999999"]) == {ids[0]}
+        assert still_queued(ids, run) == set(ids)            # one running, two pending
+        assert still_queued([ids[0], "999999"], run) == {ids[0]}
     finally:
         slurm_cluster.run("scancel", *ids)
     slurm_cluster.wait_for_jobs(ids)
-    assert still_queued(ids) == set()                   # squeue: "Invalid job id", exit 1
+    # Cancelled, still known to the controller (MinJobAge): not queued, whatever
+    # SQUEUE_STATES says.
+    assert still_queued(ids, run) == set(), slurm_cluster.run(
+        "squeue", "-h", "-t", "all", "-o", "%F %T %r", check=False)
+    assert still_queued(["999999"], run) == set()           # "Invalid job id specified", exit 1
+
+
+def test_still_queued_reads_squeues_refusals():
+    def answer(code, err):
+        return lambda cmd, **kw: subprocess.CompletedProcess(cmd, code, "", err)
+
+    assert still_queued(["5"], answer(1, "slurm_load_jobs error: Invalid job id specified\n")) \
+        == set()
+    with pytest.raises(SlurmQueryError, match="Unable to contact slurm controller"):
+        still_queued(["5"], answer(1, "slurm_load_jobs error: Unable to contact slurm "
+                                      "controller (connect failure)"))
+
+
+def lag_squeue(monkeypatch, asks: int | None):
+    """Hold squeue's answer back: the run's first job is reported queued for `asks` more asks
+    than SLURM says (None: for ever). The test cluster keeps a job COMPLETING for well under a
+    second, so a longer hold (an epilog, processes outliving SIGTERM) is made here."""
+    from itwinai_hpc.backends.slurm import backend as slurm_backend
+
+    asked: list[set[str]] = []
+    lag = {"left": asks}
+
+    def lagging(ids, run=subprocess.run):
+        queued = still_queued(ids, run)
+        if ids and (lag["left"] is None or lag["left"] > 0):
+            if lag["left"] is not None:
+                lag["left"] -= 1
+            queued |= {sorted(ids, key=int)[0]}
+        asked.append(queued)
+        return queued
+
+    monkeypatch.setattr(slurm_backend, "still_queued", lagging)
+    return asked
 
 
 def test_cancel_waits_until_slurm_has_let_the_jobs_go(slurm_cluster, run_folder, capsys,
                                                       monkeypatch):
     """The race of a full run (four workers): the running step's exit status file was written
-    (its state final) while SLURM still listed its job COMPLETING, and `cancel` returned. The
-    test cluster keeps a job COMPLETING for well under a second, so here squeue's answer
-    is held back: the job is reported queued for three more asks than SLURM says."""
-    from itwinai_hpc.backends.slurm import backend as slurm_backend
-
-    asked: list[set[str]] = []
-    lag = {"left": 3}
-
-    def lagging(ids, run=subprocess.run):
-        queued = still_queued(ids, run)
-        if lag["left"]:
-            lag["left"] -= 1
-            queued |= {ids[0]}
-        asked.append(queued)
-        return queued
-
-    monkeypatch.setattr(slurm_backend, "still_queued", lagging)
+    (its state final) while SLURM still listed its job COMPLETING, and `cancel` returned."""
+    asked = lag_squeue(monkeypatch, 3)
     wf = chain_workflow(run_folder, sleep=60)
     assert main(["submit", str(wf), "--backend", "slurm"]) == 0
     manifest = RunManifest.load(find_run(None))
@@ -316,6 +344,33 @@ def test_cancel_waits_until_slurm_has_let_the_jobs_go(slurm_cluster, run_folder,
     assert slurm_cluster.active_jobs(ids) == set()
     rc, doc = status_json(capsys)
     assert set(states(doc).values()) == {"CANCELLED"}
+
+
+def test_resume_waits_for_a_job_slurm_still_holds(slurm_cluster, run_folder, capsys,
+                                                  monkeypatch):
+    """cancel waits 15 s at most; a job held longer (KillWait, an epilog) is named, and
+    `resume` refuses (exit 1) until SLURM lets it go, instead of racing its processes."""
+    lag_squeue(monkeypatch, None)
+    wf = chain_workflow(run_folder, sleep=60)
+    assert main(["submit", str(wf), "--backend", "slurm"]) == 0
+    manifest = RunManifest.load(find_run(None))
+    ids = [s.job_id for s in manifest.steps]
+    slurm_cluster.wait_for_state(ids[0], ["RUNNING"])
+    capsys.readouterr()
+    assert main(["cancel", manifest.run_id]) == 0
+    assert f"SLURM still holds job(s) {ids[0]}" in capsys.readouterr().err
+    assert main(["resume", manifest.run_id]) == 1
+    err = capsys.readouterr().err
+    assert f"SLURM still holds job(s) {ids[0]} of it" in err and "resume when" in err
+    assert slurm_cluster.active_jobs(ids) == set()          # nothing was queued again
+    from itwinai_hpc.backends.slurm import backend as slurm_backend
+
+    monkeypatch.setattr(slurm_backend, "still_queued", still_queued)   # SLURM let go
+    assert main(["resume", manifest.run_id]) == 0
+    resumed = [s.job_id for s in RunManifest.load(find_run(None)).steps]
+    assert set(resumed).isdisjoint(ids)
+    slurm_cluster.run("scancel", *resumed)
+    slurm_cluster.wait_for_jobs(resumed)
 
 
 @pytest.mark.slurm

@@ -69,6 +69,12 @@ class Backend(ABC):
     def cancel(self, manifest: RunManifest) -> list[str]:
         """Cancel every unfinished job of the run; return the names of the steps cancelled."""
 
+    def lingering(self, manifest: RunManifest) -> list[str]:
+        """Job ids of the run the scheduler still holds although their steps have ended (SLURM:
+        COMPLETING, their processes still being killed, still able to write to the run
+        folder). `resume` waits for them. Default: none."""
+        return []
+
     def log_files(self, manifest: RunManifest, step: StepRecord) -> list[Path]:
         """The step's output file(s): one per array task for arrays (step.log is a glob)."""
         if not step.log:

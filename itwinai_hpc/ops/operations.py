@@ -227,6 +227,12 @@ def _resume(manifest: RunManifest, check: Callable[[list[str]], None] | None,
     todo = steps_to_resume(manifest)
     if not todo:
         return []
+    lingering = backend_for(manifest).lingering(manifest)
+    if lingering:
+        raise RunStateError(f"run {manifest.run_id}: SLURM still holds job(s) "
+                            f"{', '.join(lingering)} of it, whose processes are still being "
+                            "killed and may still write to the run folder; resume when `squeue "
+                            f"-j {','.join(lingering)}` no longer lists them")
     if check is not None:
         check(todo)
     with manifest.updating() as m:

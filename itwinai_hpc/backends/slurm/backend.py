@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -212,15 +213,33 @@ class SlurmBackend(Backend):
         # exit status file written) can still be COMPLETING, its processes being killed and
         # still able to write to the run folder, which a `resume` typed at once would race.
         ids = [s.job_id for s in active if s.job_id]
-        run = functools.partial(subprocess.run, env=env)
         deadline = time.monotonic() + self.poll_after_cancel_s
         while time.monotonic() < deadline:
             self.refresh(manifest)
-            if all(manifest.step(s.name).finished for s in active) and \
-                    not still_queued(ids, run):
+            if all(manifest.step(s.name).finished for s in active):
                 break
-            time.sleep(0.25)
+            time.sleep(0.5)
+        left = still_queued(ids, _squeue_runner(env))
+        while left and time.monotonic() < deadline:
+            time.sleep(0.5)
+            left = still_queued(ids, _squeue_runner(env))
+        if left:    # e.g. an epilog, or processes that outlive SIGTERM until KillWait
+            print(f"cancel: SLURM still holds job(s) {', '.join(sorted(left))} (their "
+                  "processes are still being killed); `resume` waits until squeue no longer "
+                  "lists them", file=sys.stderr)
         return [s.name for s in active]
+
+    def lingering(self, manifest: RunManifest) -> list[str]:
+        ended = [s.job_id for s in manifest.steps if s.job_id and s.finished]
+        return sorted(still_queued(ended, _squeue_runner(submit_environment())))
+
+
+def _squeue_runner(env: dict[str, str]):
+    """subprocess.run for squeue with `env` less SQUEUE_STATES, SQUEUE_USERS, SQUEUE_ACCOUNT,
+    ... (squeue reads them as options): a user's own defaults must not hide our jobs or show
+    ended ones."""
+    return functools.partial(subprocess.run,
+                             env={k: v for k, v in env.items() if not k.startswith("SQUEUE_")})
 
 
 def _exit_statuses(manifest: RunManifest, steps: list[StepRecord]) -> dict:

@@ -277,14 +277,20 @@ def query_jobs(job_ids: Iterable[str], start_time: datetime | str, mode: str,
     return result
 
 
+# Every state in which a job still holds (or waits for) nodes: pending, running, configuring,
+# COMPLETING (a cancelled job's processes still being killed, still able to write), suspended,
+# stopped, signaling, stage-out, resizing, and requeued or held for requeue. Named, because an
+# explicit -t overrides a user's SQUEUE_STATES.
+QUEUED_STATES = "PD,R,CF,CG,S,ST,SI,SO,RS,RQ,RH,RF"
+
+
 def still_queued(job_ids: Iterable[str], run: Runner = subprocess.run) -> set[str]:
-    """Which of `job_ids` SLURM has not let go yet: squeue's default states (pending, running,
-    suspended, configuring, and COMPLETING, in which a cancelled job's processes are still
-    being killed and may still write). `-o %F`: an array's tasks as its id. squeue -j with only
-    ids it no longer knows exits 1 ("Invalid job id"): none of them is queued."""
+    """Which of `job_ids` SLURM has not let go yet (QUEUED_STATES). `-o %F`: an array's tasks
+    as its id. Jobs it no longer knows are simply not listed; a single such id makes squeue
+    exit 1 ("Invalid job id specified"), which means the same."""
     ids = [str(j) for j in job_ids]
     if not ids:
         return set()
-    out = _run(run, ["squeue", "-h", "-j", ",".join(ids), "-o", "%F"],
+    out = _run(run, ["squeue", "-h", "-t", QUEUED_STATES, "-j", ",".join(ids), "-o", "%F"],
                ok_errors=("Invalid job id",))
     return set(out.split()) & set(ids)

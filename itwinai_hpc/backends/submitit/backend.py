@@ -146,6 +146,9 @@ class SubmititBackend(Backend):
                     local_state(m.run_dir, s)
 
     # ---- cancel -----------------------------------------------------------------------
+    def lingering(self, manifest: RunManifest) -> list[str]:
+        return self.slurm.lingering(manifest) if self._cluster(manifest) == "slurm" else []
+
     def cancel(self, manifest: RunManifest) -> list[str]:
         if self._cluster(manifest) == "slurm":
             return self.slurm.cancel(manifest)
