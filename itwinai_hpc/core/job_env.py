@@ -6,6 +6,8 @@ elsewhere). SETTINGS are knobs a user may set, in a step's env or their shell.
 
 from __future__ import annotations
 
+import os
+
 # Exported by every job script (templates/_environment.j2) or the local runner; read by the
 # ML steps, the sweep marks and `itwinai_hpc.job`.
 RUN_DIR = "ITWINAI_HPC_RUN_DIR"            # the run folder
@@ -59,3 +61,12 @@ def owned_problem(name: str) -> str | None:
         return (f"'{name}' is in itwinai-hpc's namespace but is none of its settings "
                 f"({', '.join(sorted(SETTINGS))}); a workflow may not set it")
     return None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: what SLURM's binding or a cgroup's cpuset leaves it,
+    else all of the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -91,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 def rank_facts(torch, local_rank: int, started: float) -> dict:
     """Where this rank runs, what it may use, which GPUs it sees."""
     seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 0
+    cpus = job_env.usable_cpus()
     return {
         "rank": int(os.environ.get("RANK", "0")), "local_rank": local_rank,
         "local_world_size": int(os.environ.get("LOCAL_WORLD_SIZE", "1")),

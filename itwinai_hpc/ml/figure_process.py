@@ -34,6 +34,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from itwinai_hpc.core import job_env
+
 # The longest a drawing may take before the trainer stops waiting and draws itself.
 TIMEOUT_S = 120.0
 # The files each task's figures are saved as (figures_of's keys), under evaluation/SPLIT/.
@@ -47,13 +49,14 @@ def figures_of(evaluation, split: str, task: str) -> dict:
     if task == "regression":
         from itwinai_hpc.ml import field_figures
 
-        return {"fields.png": field_figures.fields_figure(evaluation.examples, split),
-                "scatter.png": field_figures.scatter_figure(evaluation.scatter,
-                                                            evaluation.metrics, split)}
-    from itwinai_hpc.ml import figures
+        drawn = (field_figures.fields_figure(evaluation.examples, split),
+                 field_figures.scatter_figure(evaluation.scatter, evaluation.metrics, split))
+    else:
+        from itwinai_hpc.ml import figures
 
-    return {"confusion_matrix.png": figures.confusion_figure(evaluation, split),
-            "misclassified.png": figures.misclassified_figure(evaluation, split)}
+        drawn = (figures.confusion_figure(evaluation, split),
+                 figures.misclassified_figure(evaluation, split))
+    return dict(zip(FIGURES[task], drawn))
 
 
 class Drawing:
@@ -68,8 +71,7 @@ class Drawing:
         try:
             code = self.proc.wait(TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self.stop()
             return self._failed(f"still drawing after {TIMEOUT_S:.0f} s; stopped")
         if code < 0:
             return self._failed(f"was killed by {signal.Signals(-code).name}")
@@ -92,13 +94,6 @@ class Drawing:
         return None
 
 
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))    # what SLURM's binding or a cgroup leaves us
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def child_env() -> dict[str, str]:
     """The environment of the child: this process's, with the package's folder first on
     PYTHONPATH only for a source checkout (an installed package is found anyway, and its
@@ -119,7 +114,7 @@ def start(evaluation, split: str, task: str, folder: Path) -> Drawing | None:
     """Start drawing `evaluation`'s figures into `folder` (an empty folder of this process's
     own, e.g. under a TemporaryDirectory); None when there is no second CPU to draw on or no
     process can be started: then the caller draws."""
-    if usable_cpus() < 2:
+    if job_env.usable_cpus() < 2:
         return None
     try:
         folder.mkdir(parents=True, exist_ok=True)

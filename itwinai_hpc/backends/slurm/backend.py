@@ -219,10 +219,11 @@ class SlurmBackend(Backend):
             if all(manifest.step(s.name).finished for s in active):
                 break
             time.sleep(0.5)
-        left = still_queued(ids, _squeue_runner(env))
+        squeue = _squeue_runner(env)
+        left = still_queued(ids, squeue)
         while left and time.monotonic() < deadline:
             time.sleep(0.5)
-            left = still_queued(ids, _squeue_runner(env))
+            left = still_queued(ids, squeue)
         if left:    # e.g. an epilog, or processes that outlive SIGTERM until KillWait
             print(f"cancel: SLURM still holds job(s) {', '.join(sorted(left))} (their "
                   "processes are still being killed); `resume` waits until squeue no longer "
